@@ -1,0 +1,24 @@
+"""cupy-ops: vLLM's attention-stage custom ops as NVRTC-compiled CUDA kernels, no C++ build.
+
+Public ops keep vLLM's names and argument order. torch tensors and CuPy arrays run on the GPU
+(on the caller's current stream); NumPy arrays and torch CPU tensors run the float64 reference.
+"""
+
+from ._checks import CupyOpsTypeError, CupyOpsValueError, NoGPUError
+from .ops.merge_attn_states import merge_attn_states
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "merge_attn_states",
+    "CupyOpsTypeError",
+    "CupyOpsValueError",
+    "NoGPUError",
+    "info",
+]
+
+
+def info() -> dict:
+    """Versions, device, NVRTC and cache facts (also ``python -m cupy_ops info``)."""
+    from ._info import collect
+    return collect()

@@ -1,0 +1,184 @@
+"""`python -m cupy_ops bench OP`: GPU timings with baselines measured in the same run.
+
+Method (see docs/perf.md): CUDA events around each call, a GPU sleep queued before each timed
+call so the host's enqueue time is not counted (pure GPU time), warm-up first, the median of
+many runs, and input sets rotated so that the working set exceeds the L2 cache. Also reported:
+"stream" time per call for back-to-back calls (what a caller sees when the host is the
+bottleneck) and host time per call. Baselines: a device-to-device copy (bandwidth ceiling) and
+a plain torch implementation of the same formula.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+
+L2_ROTATION_BYTES = 2 * 50 * 2**20   # twice the H100's 50 MB L2
+MAX_ROTATION_BYTES = 8 * 2**30
+SLEEP_CYCLES = 200_000               # ~100 us at 1.98 GHz: longer than any host enqueue here
+
+# vLLM's own CUDA kernel on our H100 (issue #3; built from vLLM's sources): size -> us.
+VLLM_US = {(256, 16, 128, "float32"): 7.20, (4096, 32, 128, "bfloat16"): 38.6,
+           (65536, 32, 128, "bfloat16"): 539.0}
+
+
+def _torch():
+    import torch
+    if not torch.cuda.is_available():
+        raise SystemExit("bench needs a CUDA GPU and torch with CUDA")
+    return torch
+
+
+def gpu_time_us(fn, reps: int = 200, warmup: int = 20) -> float:
+    """Median GPU time of fn(i) in microseconds (host enqueue hidden behind a GPU sleep)."""
+    torch = _torch()
+    for i in range(warmup):
+        fn(i)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        torch.cuda._sleep(SLEEP_CYCLES)
+        starts[i].record()
+        fn(i)
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends))
+
+
+def stream_time_us(fn, reps: int = 200) -> float:
+    """Average time per call for back-to-back calls, between two events (host-bound if slow)."""
+    torch = _torch()
+    fn(0)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(reps):
+        fn(i)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / reps
+
+
+def host_time_us(fn, reps: int = 2000) -> float:
+    torch = _torch()
+    fn(0)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(reps):
+        fn(i)
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / reps * 1e6
+
+
+def copy_bandwidth_gbs() -> float:
+    """Device-to-device copy ceiling, bytes read + written per second (1 GiB buffers)."""
+    torch = _torch()
+    n = 2**30
+    src, dst = torch.empty(n, dtype=torch.uint8, device="cuda"), torch.empty(n, dtype=torch.uint8, device="cuda")
+    src.random_()
+    us = gpu_time_us(lambda i: dst.copy_(src), reps=30, warmup=3)
+    return 2 * n / us / 1e3
+
+
+def rotation_count(set_bytes: int) -> int:
+    return max(2, min(math.ceil(L2_ROTATION_BYTES / set_bytes), MAX_ROTATION_BYTES // set_bytes))
+
+
+# ---------------------------------------------------------------------------------------------
+# merge_attn_states
+
+MERGE_SIZES = [(256, 16, 128, "float32"), (4096, 32, 128, "bfloat16"), (65536, 32, 128, "bfloat16"),
+               (512, 32, 128, "float16"), (16912, 16, 256, "bfloat16"), (1024, 8, 80, "float16"),
+               (131072, 8, 128, "float32")]
+MERGE_QUICK = MERGE_SIZES[:3]
+
+
+def torch_merge(out, x, p, y, s, out_lse):
+    """Plain torch version of the same formula (fp32 math): the in-run baseline."""
+    torch = _torch()
+    p, s = p.t(), s.t()
+    ninf = torch.tensor(float("-inf"), device=p.device)
+    p = torch.where(torch.isinf(p), ninf, p)
+    s = torch.where(torch.isinf(s), ninf, s)
+    m = torch.maximum(p, s)
+    wp, ws = torch.exp(p - m), torch.exp(s - m)
+    z = wp + ws
+    out.copy_((wp / z).unsqueeze(-1) * x.float() + (ws / z).unsqueeze(-1) * y.float())
+    out_lse.copy_((m + torch.log(z)).t())
+
+
+def bench_merge(sizes, copy_gbs: float) -> list[dict]:
+    torch = _torch()
+    from . import merge_attn_states
+    rows = []
+    for T, H, D, dtype in sizes:
+        dt = getattr(torch, dtype)
+        itemsize = torch.empty(0, dtype=dt).element_size()
+        bytes_moved = 3 * T * H * D * itemsize + 3 * 4 * T * H
+        n = rotation_count(bytes_moved)
+        sets = []
+        for _ in range(n):
+            sets.append((torch.empty(T, H, D, dtype=dt, device="cuda"),
+                         torch.randn(T, H, D, device="cuda").to(dt), torch.randn(H, T, device="cuda"),
+                         torch.randn(T, H, D, device="cuda").to(dt), torch.randn(H, T, device="cuda"),
+                         torch.empty(H, T, device="cuda")))
+
+        def ours(i):
+            o, x, p, y, s, ol = sets[i % n]
+            merge_attn_states(o, x, p, y, s, ol)
+
+        def base(i):
+            o, x, p, y, s, ol = sets[i % n]
+            torch_merge(o, x, p, y, s, ol)
+
+        us = gpu_time_us(ours)
+        row = {"op": "merge_attn_states", "T": T, "H": H, "D": D, "dtype": dtype,
+               "bytes": bytes_moved, "us": us, "gbs": bytes_moved / us / 1e3,
+               "pct_copy": 100 * bytes_moved / us / 1e3 / copy_gbs,
+               "stream_us": stream_time_us(ours), "torch_us": gpu_time_us(base, reps=50),
+               "vllm_us": VLLM_US.get((T, H, D, dtype))}
+        row["speedup_vs_torch"] = row["torch_us"] / us
+        rows.append(row)
+        del sets
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_merge(rows, copy_gbs, host_us, out=sys.stdout):
+    torch = _torch()
+    print(f"device: {torch.cuda.get_device_name()}  copy ceiling {copy_gbs:.0f} GB/s (read+write)", file=out)
+    print(f"host time per call (validate + dispatch + launch, tiny problem): {host_us:.1f} us", file=out)
+    hdr = (f"{'T x H x D':>18s} {'dtype':9s} {'ours us':>9s} {'GB/s':>7s} {'%copy':>6s} "
+           f"{'stream us':>9s} {'torch us':>9s} {'x torch':>7s} {'vLLM us':>8s}")
+    print(hdr, file=out)
+    for r in rows:
+        vllm = f"{r['vllm_us']:8.1f}" if r["vllm_us"] else f"{'-':>8s}"
+        print(f"{r['T']:>7d} x{r['H']:>3d} x{r['D']:>4d} {r['dtype']:9s} {r['us']:9.2f} {r['gbs']:7.0f} "
+              f"{r['pct_copy']:6.1f} {r['stream_us']:9.2f} {r['torch_us']:9.1f} {r['speedup_vs_torch']:7.1f} {vllm}",
+              file=out)
+
+
+def merge_host_overhead_us() -> float:
+    torch = _torch()
+    from . import merge_attn_states
+    x = torch.randn(16, 4, 128, device="cuda", dtype=torch.float16)
+    p = torch.randn(4, 16, device="cuda")
+    out, out_lse = torch.empty_like(x), torch.empty_like(p)
+    return host_time_us(lambda i: merge_attn_states(out, x, p, x, p, out_lse))
+
+
+def run_bench(op: str, quick: bool = False, json_path: str | None = None) -> int:
+    copy_gbs = copy_bandwidth_gbs()
+    if op == "merge_attn_states":
+        rows = bench_merge(MERGE_QUICK if quick else MERGE_SIZES, copy_gbs)
+        host_us = merge_host_overhead_us()
+        print_merge(rows, copy_gbs, host_us)
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump({"copy_gbs": copy_gbs, "host_us": host_us, "rows": rows}, f, indent=1)
+        return 0
+    raise SystemExit(f"no benchmark for {op}")

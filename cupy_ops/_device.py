@@ -1,0 +1,70 @@
+"""GPU facts and module loading, queried once per device. Imports CuPy lazily."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ._checks import NoGPUError
+
+
+@lru_cache(maxsize=None)
+def cupy_or_none():
+    try:
+        import cupy
+    except Exception:  # noqa: BLE001 - a broken CuPy install is the same as none for us
+        return None
+    return cupy
+
+
+def gpu_count() -> int:
+    cupy = cupy_or_none()
+    if cupy is None:
+        return 0
+    try:
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 - no driver / no device
+        return 0
+
+
+def require_cupy(op: str):
+    cupy = cupy_or_none()
+    if cupy is None:
+        raise NoGPUError(
+            f"{op}: GPU inputs need CuPy, which is not installed or failed to import. Install "
+            "cupy-ops[cuda12] or cupy-ops[cuda13]; NumPy inputs run the CPU reference path.")
+    return cupy
+
+
+@lru_cache(maxsize=None)
+def properties(device: int) -> dict:
+    cupy = require_cupy("cupy_ops")
+    return cupy.cuda.runtime.getDeviceProperties(device)
+
+
+def arch(device: int) -> int:
+    p = properties(device)
+    return p["major"] * 10 + p["minor"]
+
+
+def sm_count(device: int) -> int:
+    return properties(device)["multiProcessorCount"]
+
+
+def name(device: int) -> str:
+    n = properties(device)["name"]
+    return n.decode() if isinstance(n, bytes) else n
+
+
+_loaded_modules: list = []
+
+
+def load_function(device: int, binary: bytes, symbol: str):
+    """Load a cubin/PTX into ``device``'s context (never implicitly GPU 0) and get one kernel."""
+    cupy = require_cupy("cupy_ops")
+    from cupy.cuda import function
+    with cupy.cuda.Device(device):
+        module = function.Module()
+        module.load(binary)
+        fn = module.get_function(symbol)
+    _loaded_modules.append(module)  # modules live as long as the process, like their functions
+    return fn

@@ -1,0 +1,236 @@
+"""Zero-copy views of caller arrays, the caller's current stream, and launching in a device context.
+
+Accepted inputs: torch tensors, CuPy arrays, NumPy arrays, and any object exposing
+``__cuda_array_interface__`` or ``__dlpack__`` (wrapped as a CuPy array, no copy). Nothing here
+copies device memory or synchronises the host. torch and CuPy are imported only if the caller
+uses them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+from ._checks import CupyOpsTypeError, CupyOpsValueError, extent_bytes
+
+# C++ spelling of each dtype name, the one map every kernel-name formatter uses.
+CPP_TYPES = {
+    "float32": "float",
+    "float16": "__half",
+    "bfloat16": "__nv_bfloat16",
+    "float8_e4m3fn": "__nv_fp8_e4m3",
+    "float8_e5m2": "__nv_fp8_e5m2",
+    "int32": "int",
+    "int64": "long long",
+    "uint8": "unsigned char",
+}
+
+_TORCH_DTYPES: dict | None = None
+
+
+def _torch_dtypes() -> dict:
+    global _TORCH_DTYPES
+    if _TORCH_DTYPES is None:
+        import torch
+        names = ["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2",
+                 "int64", "int32", "int16", "int8", "uint8", "bool"]
+        _TORCH_DTYPES = {getattr(torch, n): n for n in names if hasattr(torch, n)}
+    return _TORCH_DTYPES
+
+
+class ArrayInfo:
+    """What a kernel launch needs to know of an array; strides are in elements."""
+
+    __slots__ = ("obj", "framework", "ptr", "dtype", "shape", "strides", "itemsize", "device",
+                 "_extent")
+
+    def __init__(self, obj, framework, ptr, dtype, shape, strides, itemsize, device):
+        self.obj = obj
+        self.framework = framework  # "torch", "cupy" or "numpy"
+        self.ptr = ptr
+        self.dtype = dtype          # dtype name, e.g. "bfloat16"
+        self.shape = shape
+        self.strides = strides
+        self.itemsize = itemsize
+        self.device = device        # CUDA device index, or None for host memory
+        self._extent = None
+
+    def extent(self) -> tuple[int, int]:
+        """Byte range [start, end) the elements can touch (computed once)."""
+        if self._extent is None:
+            self._extent = extent_bytes(self)
+        return self._extent
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __repr__(self):
+        where = "host" if self.device is None else f"cuda:{self.device}"
+        return f"ArrayInfo({self.framework}, {self.dtype}, shape={self.shape}, strides={self.strides}, {where})"
+
+
+def describe(op: str, name: str, obj) -> ArrayInfo:
+    """Zero-copy description of ``obj``; raises a TypeError naming ``name`` for anything else."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return _describe_torch(op, name, obj)
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(obj, cupy.ndarray):
+        return _describe_cupy(op, name, obj)
+    if isinstance(obj, np.ndarray):
+        return _describe_numpy(op, name, obj)
+    if hasattr(obj, "__cuda_array_interface__"):
+        from ._device import require_cupy
+        return _describe_cupy(op, name, require_cupy(op).asarray(obj))
+    if hasattr(obj, "__dlpack__"):
+        device_type = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
+        if device_type == 1:  # kDLCPU
+            return _describe_numpy(op, name, np.from_dlpack(obj))
+        from ._device import require_cupy
+        return _describe_cupy(op, name, require_cupy(op).from_dlpack(obj))
+    raise CupyOpsTypeError(
+        f"{op}: {name} must be a torch tensor, CuPy or NumPy array, or an object with "
+        f"__dlpack__ / __cuda_array_interface__; got {type(obj).__name__}")
+
+
+def _describe_torch(op, name, t) -> ArrayInfo:
+    dtype = _torch_dtypes().get(t.dtype)
+    if dtype is None:
+        raise CupyOpsTypeError(f"{op}: {name}.dtype {t.dtype} is not supported")
+    if t.is_cuda:
+        device = t.get_device()
+    elif t.is_cpu:
+        device = None
+    else:
+        raise CupyOpsValueError(f"{op}: {name} is on device {t.device}; expected a CUDA or CPU tensor")
+    return ArrayInfo(t, "torch", t.data_ptr(), dtype, tuple(t.shape), t.stride(),
+                     t.itemsize, device)
+
+
+def _elem_strides(op, name, byte_strides, itemsize):
+    # Only NumPy/CuPy views can have negative strides; no kernel of ours walks backwards.
+    if any(s < 0 for s in byte_strides):
+        raise CupyOpsValueError(f"{op}: {name} has a negative stride {byte_strides} (bytes); "
+                                "pass a contiguous copy")
+    if any(s % itemsize for s in byte_strides):
+        raise CupyOpsValueError(f"{op}: {name} has byte strides {byte_strides} that are not "
+                                f"multiples of its element size {itemsize}")
+    return tuple(s // itemsize for s in byte_strides)
+
+
+def _describe_cupy(op, name, a) -> ArrayInfo:
+    itemsize = a.dtype.itemsize
+    return ArrayInfo(a, "cupy", a.data.ptr, a.dtype.name, a.shape,
+                     _elem_strides(op, name, a.strides, itemsize), itemsize, a.device.id)
+
+
+def _describe_numpy(op, name, a) -> ArrayInfo:
+    itemsize = a.dtype.itemsize
+    return ArrayInfo(a, "numpy", a.__array_interface__["data"][0], a.dtype.name, a.shape,
+                     _elem_strides(op, name, a.strides, itemsize), itemsize, None)
+
+
+def describe_optional(op: str, name: str, obj) -> ArrayInfo | None:
+    return None if obj is None else describe(op, name, obj)
+
+
+# --------------------------------------------------------------------------------------------
+# Host (reference) path
+
+def to_numpy(info: ArrayInfo) -> np.ndarray:
+    """A NumPy view (or, for dtypes NumPy lacks, an exact float32 copy) of a host array."""
+    if info.framework == "numpy":
+        return info.obj
+    t = info.obj.detach()
+    if info.dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        import torch
+        t = t.to(torch.float32)
+    return t.numpy()
+
+
+def write_host(info: ArrayInfo, value: np.ndarray) -> None:
+    """Store ``value`` into a host array, rounding to its dtype (round to nearest even)."""
+    if info.framework == "numpy":
+        np.copyto(info.obj, value, casting="unsafe")
+        return
+    import torch
+    info.obj.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+
+# --------------------------------------------------------------------------------------------
+# Streams and launches
+
+def current_stream(info: ArrayInfo) -> int:
+    """The caller's current stream on ``info.device``: torch's for torch tensors, else CuPy's.
+
+    Read on every call, never cached: ``torch.cuda.graph`` captures on a side stream.
+    """
+    if info.framework == "torch":
+        torch_c = sys.modules["torch"]._C
+        getter = getattr(torch_c, "_cuda_getCurrentRawStream", None)
+        if getter is not None:
+            return getter(info.device)
+        import torch
+        return torch.cuda.current_stream(info.device).cuda_stream
+    import cupy
+    with cupy.cuda.Device(info.device):
+        return cupy.cuda.get_current_stream().ptr
+
+
+_PARAM_FORMATS = {"ptr": "u8", "i64": "i8", "i32": "i4", "u32": "u4", "f32": "f4"}
+
+
+class KernelParams:
+    """A kernel's parameter list, packed for cuLaunchKernel without CuPy's per-argument checks.
+
+    ``types`` lists the kernel's parameters in order ("ptr", "i64", "i32", "u32", "f32"): the
+    fixed-width C types of the signature, so a Python int can never be passed with the wrong
+    width. The packed buffer is per thread and reused: cuLaunchKernel copies the parameters
+    before it returns. This path costs about a third of CuPy's generic kernel call (measured
+    in docs/perf.md), which matters for microsecond-scale decode kernels.
+    """
+
+    def __init__(self, types):
+        self.types = tuple(types)
+        formats = [_PARAM_FORMATS[t] for t in self.types]
+        self.dtype = np.dtype({"names": [f"a{i}" for i in range(len(formats))],
+                               "formats": formats}, align=True)
+        self._offsets = [self.dtype.fields[f"a{i}"][1] for i in range(len(formats))]
+        self._local = threading.local()
+
+    def _buffers(self):
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None:
+            packed = np.zeros(1, self.dtype)
+            base = packed.ctypes.data
+            pointers = np.array([base + off for off in self._offsets], dtype=np.uint64)
+            bufs = self._local.bufs = (packed, pointers, pointers.ctypes.data)
+        return bufs
+
+    def launch(self, kernel, device: int, stream_ptr: int, grid: tuple, block: tuple,
+               values: tuple, shared_mem: int = 0) -> None:
+        """Launch ``kernel`` (a loaded cupy Function) in ``device``'s context on the stream."""
+        if len(values) != len(self.types):
+            raise TypeError(f"kernel takes {len(self.types)} parameters; got {len(values)}")
+        from cupy_backends.cuda.api import driver
+        from cupy.cuda import runtime
+        packed, _, pointers_addr = self._buffers()
+        packed[0] = values
+        gx, gy, gz = (tuple(grid) + (1, 1))[:3]
+        bx, by, bz = (tuple(block) + (1, 1))[:3]
+        if runtime.getDevice() != device:
+            # Kernels belong to the context they were loaded in.
+            with _device_context(device):
+                driver.launchKernel(kernel.ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr,
+                                    pointers_addr, 0)
+            return
+        driver.launchKernel(kernel.ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr,
+                            pointers_addr, 0)
+
+
+def _device_context(device: int):
+    import cupy
+    return cupy.cuda.Device(device)
