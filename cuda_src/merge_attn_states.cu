@@ -25,6 +25,7 @@
 //   VEC_BYTES  2, 4, 8 or 16: bytes per vector access; the host picks the widest that divides
 //              head_size * sizeof(T) and every pointer and stride (16 is the fast path)
 //   THREADS    threads per block (the host's launch geometry uses the same number)
+//   UNROLL     vectors of each input a thread loads before any math (bytes in flight)
 //   LSE_BASE2  false: natural-log LSEs (FlashAttention, vLLM); true: base-2 LSEs (FlashInfer)
 // Runtime sizes: num_tokens (T), num_heads (H), vecs_per_head = head_size / VEC; strides are in
 // elements and 64-bit (token offsets pass 2^31 elements on big batches).
@@ -36,7 +37,7 @@
 
 namespace cupy_ops {
 
-template <typename T, int VEC_BYTES, int THREADS, bool LSE_BASE2>
+template <typename T, int VEC_BYTES, int THREADS, int UNROLL, bool LSE_BASE2>
 __global__ void __launch_bounds__(THREADS) merge_attn_states_kernel(
     T* output, float* output_lse,
     const T* prefix_output, const float* prefix_lse,
@@ -51,9 +52,8 @@ __global__ void __launch_bounds__(THREADS) merge_attn_states_kernel(
   static_assert(VEC_BYTES % sizeof(T) == 0 && VEC_BYTES <= 16,
                 "a vector holds a whole number of elements and is at most 16 bytes");
   static_assert(THREADS % 32 == 0, "whole warps");
+  static_assert(UNROLL >= 1 && UNROLL <= 8, "vectors per thread per step");
   constexpr int VEC = VEC_BYTES / static_cast<int>(sizeof(T));
-  // 4 vectors of each input per thread in flight: 128 B/thread at 16-byte vectors.
-  constexpr int UNROLL = 4;
   using V = Vec<T, VEC>;
 
   const long long token_begin = static_cast<long long>(blockIdx.x) * tokens_per_block;
@@ -80,9 +80,9 @@ __global__ void __launch_bounds__(THREADS) merge_attn_states_kernel(
         vec[u] = rem - head[u] * vecs_per_head;
         token[u] = token_begin + t_local;
         const long long col = static_cast<long long>(vec[u]) * VEC;
-        x[u] = load_vec_streaming<T, VEC>(prefix_output + token[u] * prefix_stride_token +
+        x[u] = load_vec<T, VEC>(prefix_output + token[u] * prefix_stride_token +
                                           head[u] * prefix_stride_head + col);
-        y[u] = load_vec_streaming<T, VEC>(suffix_output + token[u] * suffix_stride_token +
+        y[u] = load_vec<T, VEC>(suffix_output + token[u] * suffix_stride_token +
                                           head[u] * suffix_stride_head + col);
         p[u] = __ldg(prefix_lse + head[u] * prefix_lse_stride_head + token[u] * prefix_lse_stride_token);
         s[u] = __ldg(suffix_lse + head[u] * suffix_lse_stride_head + token[u] * suffix_lse_stride_token);
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(THREADS) merge_attn_states_kernel(
         }
       }
       const long long col = static_cast<long long>(vec[u]) * VEC;
-      store_vec_streaming<T, VEC>(output + token[u] * out_stride_token + head[u] * out_stride_head + col, r);
+      store_vec<T, VEC>(output + token[u] * out_stride_token + head[u] * out_stride_head + col, r);
       if (output_lse != nullptr && vec[u] == 0) {
         output_lse[head[u] * out_lse_stride_head + token[u] * out_lse_stride_token] = merged_lse;
       }

@@ -9,7 +9,6 @@ uses them.
 from __future__ import annotations
 
 import sys
-import threading
 
 import numpy as np
 
@@ -163,20 +162,20 @@ def write_host(info: ArrayInfo, value: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------
 # Streams and launches
 
-def current_stream(info: ArrayInfo) -> int:
-    """The caller's current stream on ``info.device``: torch's for torch tensors, else CuPy's.
+def current_stream(framework: str, device: int) -> int:
+    """The caller's current stream on ``device``: torch's for torch tensors, else CuPy's.
 
     Read on every call, never cached: ``torch.cuda.graph`` captures on a side stream.
     """
-    if info.framework == "torch":
+    if framework == "torch":
         torch_c = sys.modules["torch"]._C
         getter = getattr(torch_c, "_cuda_getCurrentRawStream", None)
         if getter is not None:
-            return getter(info.device)
+            return getter(device)
         import torch
-        return torch.cuda.current_stream(info.device).cuda_stream
+        return torch.cuda.current_stream(device).cuda_stream
     import cupy
-    with cupy.cuda.Device(info.device):
+    with cupy.cuda.Device(device):
         return cupy.cuda.get_current_stream().ptr
 
 
@@ -184,13 +183,13 @@ _PARAM_FORMATS = {"ptr": "u8", "i64": "i8", "i32": "i4", "u32": "u4", "f32": "f4
 
 
 class KernelParams:
-    """A kernel's parameter list, packed for cuLaunchKernel without CuPy's per-argument checks.
+    """A kernel's parameter list, packed once for cuLaunchKernel.
 
     ``types`` lists the kernel's parameters in order ("ptr", "i64", "i32", "u32", "f32"): the
     fixed-width C types of the signature, so a Python int can never be passed with the wrong
-    width. The packed buffer is per thread and reused: cuLaunchKernel copies the parameters
-    before it returns. This path costs about a third of CuPy's generic kernel call (measured
-    in docs/perf.md), which matters for microsecond-scale decode kernels.
+    width. ``pack`` lays the values out once (natural alignment, as the C ABI does); a launch
+    plan keeps the packed block and replays it, so a cached call pays no argument marshalling
+    (CuPy's generic kernel call re-marshals every argument on every launch).
     """
 
     def __init__(self, types):
@@ -198,39 +197,132 @@ class KernelParams:
         formats = [_PARAM_FORMATS[t] for t in self.types]
         self.dtype = np.dtype({"names": [f"a{i}" for i in range(len(formats))],
                                "formats": formats}, align=True)
-        self._offsets = [self.dtype.fields[f"a{i}"][1] for i in range(len(formats))]
-        self._local = threading.local()
+        self.offsets = tuple(self.dtype.fields[f"a{i}"][1] for i in range(len(formats)))
 
-    def _buffers(self):
-        bufs = getattr(self._local, "bufs", None)
-        if bufs is None:
-            packed = np.zeros(1, self.dtype)
-            base = packed.ctypes.data
-            pointers = np.array([base + off for off in self._offsets], dtype=np.uint64)
-            bufs = self._local.bufs = (packed, pointers, pointers.ctypes.data)
-        return bufs
-
-    def launch(self, kernel, device: int, stream_ptr: int, grid: tuple, block: tuple,
-               values: tuple, shared_mem: int = 0) -> None:
-        """Launch ``kernel`` (a loaded cupy Function) in ``device``'s context on the stream."""
+    def pack(self, values: tuple) -> "PackedArgs":
         if len(values) != len(self.types):
             raise TypeError(f"kernel takes {len(self.types)} parameters; got {len(values)}")
-        from cupy_backends.cuda.api import driver
+        return PackedArgs(self, values)
+
+
+class PackedArgs:
+    """Packed parameter values and the array of pointers to them that cuLaunchKernel reads."""
+
+    __slots__ = ("values", "pointers", "address")
+
+    def __init__(self, params: KernelParams, values: tuple):
+        self.values = np.zeros(1, params.dtype)
+        self.values[0] = values
+        base = self.values.ctypes.data
+        self.pointers = np.array([base + off for off in params.offsets], dtype=np.uint64)
+        self.address = self.pointers.ctypes.data
+
+
+def launch_packed(kernel, device: int, stream_ptr: int, grid: tuple, block: tuple,
+                  args: PackedArgs, shared_mem: int = 0) -> None:
+    """Launch ``kernel`` (a loaded cupy Function) in ``device``'s context on the stream."""
+    driver, runtime = _cuda_api()
+    gx, gy, gz = (tuple(grid) + (1, 1))[:3]
+    bx, by, bz = (tuple(block) + (1, 1))[:3]
+    if runtime.getDevice() != device:
+        # Kernels belong to the context they were loaded in.
+        with _device_context(device):
+            driver.launchKernel(kernel.ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr,
+                                args.address, 0)
+        return
+    driver.launchKernel(kernel.ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr,
+                        args.address, 0)
+
+
+_CUDA_API = None
+
+
+def _cuda_api():
+    global _CUDA_API
+    if _CUDA_API is None:
         from cupy.cuda import runtime
-        packed, _, pointers_addr = self._buffers()
-        packed[0] = values
-        gx, gy, gz = (tuple(grid) + (1, 1))[:3]
-        bx, by, bz = (tuple(block) + (1, 1))[:3]
-        if runtime.getDevice() != device:
-            # Kernels belong to the context they were loaded in.
-            with _device_context(device):
-                driver.launchKernel(kernel.ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr,
-                                    pointers_addr, 0)
-            return
-        driver.launchKernel(kernel.ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr,
-                            pointers_addr, 0)
+        from cupy_backends.cuda.api import driver
+        _CUDA_API = (driver, runtime)
+    return _CUDA_API
 
 
 def _device_context(device: int):
     import cupy
     return cupy.cuda.Device(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Launch plans: a validated call, replayed while the arguments' metadata is unchanged
+
+def fingerprint(objs, extra=()):
+    """Hashable metadata of GPU arguments (pointer, shape, strides, dtype, device), or None.
+
+    Everything an op's validation, variant choice and launch geometry read is in here, so two
+    calls with equal fingerprints validate identically and can share one launch plan. Host
+    arrays and unknown array types return None (no plan caching: they take the full path).
+    """
+    torch = sys.modules.get("torch")
+    tensor_type = torch.Tensor if torch is not None else None
+    parts = []
+    for o in objs:
+        if o is None:
+            parts.append(None)
+        elif tensor_type is not None and isinstance(o, tensor_type):
+            device = o.get_device()  # -1 on the host
+            if device < 0:
+                return None
+            parts.append((o.data_ptr(), o.shape, o.stride(), o.dtype, device))
+        else:
+            cupy = sys.modules.get("cupy")
+            if cupy is None or not isinstance(o, cupy.ndarray):
+                return None
+            parts.append((o.data.ptr, o.shape, o.strides, o.dtype, o.device.id))
+    return (tuple(parts), extra)
+
+
+class LaunchPlan:
+    """One kernel launch with every argument fixed except the stream, read at each run."""
+
+    # Holds plain numbers only, never the caller's arrays: a cached plan must not keep memory alive.
+    __slots__ = ("kernel", "framework", "device", "grid", "block", "args", "shared_mem")
+
+    def __init__(self, params: KernelParams, kernel, stream_of: ArrayInfo, grid, block, values,
+                 shared_mem=0):
+        self.kernel = kernel
+        self.framework, self.device = stream_of.framework, stream_of.device
+        self.grid, self.block, self.shared_mem = tuple(grid), tuple(block), shared_mem
+        self.args = params.pack(values)
+
+    def run(self) -> None:
+        launch_packed(self.kernel, self.device, current_stream(self.framework, self.device),
+                      self.grid, self.block, self.args, self.shared_mem)
+
+
+class NoOpPlan:
+    """A validated call with nothing to compute (an empty dimension)."""
+
+    __slots__ = ()
+
+    def run(self) -> None:
+        return None
+
+
+class PlanCache:
+    """Bounded map fingerprint -> plan; dict operations are atomic under the GIL."""
+
+    def __init__(self, maxsize: int = 1024):
+        self.maxsize = maxsize
+        self._plans: dict = {}
+
+    def get(self, key):
+        return None if key is None else self._plans.get(key)
+
+    def put(self, key, plan) -> None:
+        if key is None:
+            return
+        if len(self._plans) >= self.maxsize:
+            self._plans.clear()
+        self._plans[key] = plan
+
+    def clear(self) -> None:
+        self._plans.clear()

@@ -61,19 +61,32 @@ def test_extent_and_overlap():
 
 def test_kernel_params_pack_each_value_at_its_aligned_offset():
     params = _interop.KernelParams(("ptr", "i32", "i64", "i32", "f32", "ptr"))
-    packed, pointers, _ = params._buffers()
     values = (0x7F0000001234, -5, -(2**40), 2**31 - 1, 1.5, 0)
-    packed[0] = values
-    raw = packed.tobytes()
-    offsets = [int(p) - packed.ctypes.data for p in pointers]
+    packed = params.pack(values)
+    raw = packed.values.tobytes()
+    offsets = [int(p) - packed.values.ctypes.data for p in packed.pointers]
     assert offsets == [0, 8, 16, 24, 28, 32]  # natural alignment, like the C ABI
+    assert packed.address == packed.pointers.ctypes.data
     assert int.from_bytes(raw[0:8], "little") == values[0]
     assert int.from_bytes(raw[8:12], "little", signed=True) == -5
     assert int.from_bytes(raw[16:24], "little", signed=True) == -(2**40)
+    assert int.from_bytes(raw[24:28], "little", signed=True) == 2**31 - 1
     assert np.frombuffer(raw[28:32], np.float32)[0] == 1.5
 
 
 def test_kernel_params_reject_a_wrong_argument_count():
     params = _interop.KernelParams(("ptr", "i32"))
     with pytest.raises(TypeError, match="takes 2 parameters"):
-        params.launch(None, 0, 0, (1,), (1,), (1,))
+        params.pack((1,))
+
+
+def test_kernel_params_reject_values_that_do_not_fit():
+    params = _interop.KernelParams(("i32",))
+    with pytest.raises((OverflowError, ValueError)):
+        params.pack((2**31,))
+
+
+def test_fingerprint_is_none_for_host_arrays():
+    assert _interop.fingerprint((np.zeros(3),)) is None
+    torch = pytest.importorskip("torch")
+    assert _interop.fingerprint((torch.zeros(3),)) is None

@@ -23,17 +23,18 @@ struct Vec {
   __device__ __forceinline__ void set(int i, T x) { reinterpret_cast<T*>(&raw)[i] = x; }
 };
 
-// Streaming (evict-first) load and store: for data touched exactly once.
+// Plain (cache-all) loads and stores. Evict-first (__ldcs/__stcs) variants measured 5% slower
+// on large merges (docs/perf.md), so streaming data uses these too.
 template <typename T, int N>
-__device__ __forceinline__ Vec<T, N> load_vec_streaming(const T* p) {
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
   Vec<T, N> v;
-  v.raw = __ldcs(reinterpret_cast<const typename Vec<T, N>::Raw*>(p));
+  v.raw = *reinterpret_cast<const typename Vec<T, N>::Raw*>(p);
   return v;
 }
 
 template <typename T, int N>
-__device__ __forceinline__ void store_vec_streaming(T* p, const Vec<T, N>& v) {
-  __stcs(reinterpret_cast<typename Vec<T, N>::Raw*>(p), v.raw);
+__device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
+  *reinterpret_cast<typename Vec<T, N>::Raw*>(p) = v.raw;
 }
 
 }  // namespace cupy_ops

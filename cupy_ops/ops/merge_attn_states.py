@@ -15,7 +15,7 @@ OP = "merge_attn_states"
 DTYPES = ("float32", "float16", "bfloat16")
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 VEC_BYTES = (2, 4, 8, 16)
-# 256 threads x 4 vectors in flight per thread; UNROLL is fixed in the kernel.
+# 256 threads x 4 vectors of each input in flight per thread (see docs/perf.md).
 THREADS = 256
 UNROLL = 4
 
@@ -28,10 +28,11 @@ class Variant:
     vec_bytes: int      # bytes per vector access: 16 is the fast path, less for odd sizes/offsets
     lse_base2: bool     # base-2 LSEs (FlashInfer) instead of natural-log (FlashAttention, vLLM)
     threads: int = THREADS
+    unroll: int = UNROLL
 
     def template_args(self) -> tuple[str, ...]:
         return (_interop.CPP_TYPES[self.dtype], str(self.vec_bytes), str(self.threads),
-                "true" if self.lse_base2 else "false")
+                str(self.unroll), "true" if self.lse_base2 else "false")
 
 
 def supported(v: Variant) -> bool:
@@ -96,21 +97,36 @@ def merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_l
     CupyOpsTypeError (TypeError, RuntimeError): wrong dtype or array type.
     CupyOpsValueError (ValueError, RuntimeError): wrong shape, stride, device or overlap.
     """
-    args = _validate(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse)
-    out, pre, plse, suf, slse, olse = args
+    arrays = (output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse)
+    key = _interop.fingerprint(arrays, bool(lse_base2))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _plan(*arrays, lse_base2=bool(lse_base2))
+        _PLANS.put(key, plan)
+    plan.run()
+
+
+_PLANS = _interop.PlanCache()
+
+
+def _plan(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse, lse_base2):
+    """Validate, choose the variant and geometry, load the kernel: everything but the launch."""
+    out, pre, plse, suf, slse, olse = _validate(output, prefix_output, prefix_lse, suffix_output,
+                                                suffix_lse, output_lse)
     num_tokens, num_heads, head_size = out.shape
     if out.device is None:
-        _run_reference(out, pre, plse, suf, slse, olse, lse_base2)
-        return
+        return _ReferencePlan(out, pre, plse, suf, slse, olse, lse_base2)
     if num_tokens == 0 or num_heads == 0 or head_size == 0:
-        return
+        return _interop.NoOpPlan()
     variant = choose_variant(out, pre, suf, lse_base2)
     vecs_per_head = head_size * out.itemsize // variant.vec_bytes
     grid, tokens_per_block = launch_geometry(num_tokens, num_heads, vecs_per_head,
-                                             _device.sm_count(out.device))
+                                             _device.sm_count(out.device), variant.threads,
+                                             variant.unroll)
     kernel = _runtime.get_kernel(FAMILY, variant, out.device)
-    PARAMS.launch(kernel, out.device, _interop.current_stream(out), (grid,), (variant.threads,),
-                  _kernel_args(out, olse, pre, plse, suf, slse, vecs_per_head, tokens_per_block))
+    return _interop.LaunchPlan(
+        PARAMS, kernel, out, (grid,), (variant.threads,),
+        _kernel_args(out, olse, pre, plse, suf, slse, vecs_per_head, tokens_per_block))
 
 
 def _validate(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse):
@@ -173,7 +189,7 @@ def choose_variant(out, pre, suf, lse_base2: bool) -> Variant:
 
 
 def launch_geometry(num_tokens: int, num_heads: int, vecs_per_head: int, sm_count: int,
-                    threads: int = THREADS) -> tuple[int, int]:
+                    threads: int = THREADS, unroll: int = UNROLL) -> tuple[int, int]:
     """(grid, tokens_per_block) for ``num_tokens`` rows of ``num_heads * vecs_per_head`` vectors.
 
     A block covers whole tokens, about threads * UNROLL vectors. With few tokens we shrink it so
@@ -181,7 +197,7 @@ def launch_geometry(num_tokens: int, num_heads: int, vecs_per_head: int, sm_coun
     the grid is latency bound there).
     """
     vecs_per_token = num_heads * vecs_per_head
-    tokens_per_block = max(1, (threads * UNROLL) // vecs_per_token)
+    tokens_per_block = max(1, (threads * unroll) // vecs_per_token)
     tokens_per_block = max(1, min(tokens_per_block, -(-num_tokens // (2 * sm_count))))
     grid = -(-num_tokens // tokens_per_block)
     return grid, tokens_per_block
@@ -219,9 +235,18 @@ def _kernel_args(out, olse, pre, plse, suf, slse, vecs_per_head, tokens_per_bloc
     )
 
 
-def _run_reference(out, pre, plse, suf, slse, olse, lse_base2) -> None:
-    n = _interop.to_numpy
-    merged, lse = reference.merge_attn_states(n(pre), n(plse), n(suf), n(slse), lse_base2=lse_base2)
-    _interop.write_host(out, merged)
-    if olse is not None:
-        _interop.write_host(olse, lse)
+class _ReferencePlan:
+    """Host arrays: the float64 reference, rounded into the caller's outputs (never cached)."""
+
+    def __init__(self, out, pre, plse, suf, slse, olse, lse_base2):
+        self.arrays = (out, pre, plse, suf, slse, olse)
+        self.lse_base2 = lse_base2
+
+    def run(self) -> None:
+        out, pre, plse, suf, slse, olse = self.arrays
+        n = _interop.to_numpy
+        merged, lse = reference.merge_attn_states(n(pre), n(plse), n(suf), n(slse),
+                                                  lse_base2=self.lse_base2)
+        _interop.write_host(out, merged)
+        if olse is not None:
+            _interop.write_host(olse, lse)
