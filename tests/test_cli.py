@@ -1,0 +1,55 @@
+"""CPU: the command line (info, precompile with a progress bar, selftest, bench's GPU guard)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import GPU_SKIP_REASON, requires_nvrtc
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "cupy_ops", *args], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})))
+
+
+def test_info_lists_versions_and_cache(tmp_cache):
+    out = cli("info")
+    assert out.returncode == 0, out.stderr
+    for key in ("cupy_ops", "numpy", "nvrtc", "cache_dir", "cuda_src"):
+        assert key in out.stdout
+    assert str(tmp_cache) in out.stdout
+
+
+@requires_nvrtc
+def test_precompile_fills_the_cache_with_a_progress_bar(tmp_cache):
+    out = cli("precompile", "--op", "merge_attn_states", "--arch", "90", "-j", "2")
+    assert out.returncode == 0, out.stderr
+    assert "precompile sm_90 [" in out.stderr and "3/3" in out.stderr
+    assert len(list(tmp_cache.glob("merge_attn_states-*.cubin"))) == 3
+    again = cli("info")
+    assert "'merge_attn_states': 3" in again.stdout
+
+
+def test_precompile_rejects_unknown_ops():
+    out = cli("precompile", "--op", "nope", "--arch", "90")
+    assert out.returncode == 2 and "unknown op" in out.stderr
+
+
+@pytest.mark.skipif(GPU_SKIP_REASON is None, reason="checks the no-GPU message")
+def test_precompile_without_gpu_asks_for_arch():
+    out = cli("precompile")
+    assert out.returncode == 2 and "--arch" in out.stderr
+
+
+def test_selftest_passes_on_this_machine():
+    out = cli("selftest")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "merge_attn_states" in out.stdout and "all passed" in out.stdout
+
+
+@pytest.mark.skipif(GPU_SKIP_REASON is None, reason="checks the no-GPU message")
+def test_bench_without_gpu_says_so():
+    out = cli("bench", "merge_attn_states", "--quick")
+    assert out.returncode != 0 and "needs a CUDA GPU" in (out.stdout + out.stderr)
