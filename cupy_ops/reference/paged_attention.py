@@ -3,11 +3,12 @@
 One decode query per sequence attends to that sequence's keys and values, read from vLLM's paged
 caches through a block table. Everything is computed in float64 from the cache contents as given;
 the kernel's low-precision roundings (§4.2: probabilities rounded to the query dtype, fp32
-accumulators, fp8 values rounded to the query dtype after scaling) are not emulated, so GPU tests
-compare against this oracle with per-dtype tolerances. What *is* kept from the kernel, because
-it is part of the op's definition rather than rounding: ``scale`` narrowed to fp32, the ``+1e-6``
-in every softmax denominator, the max starting at -FLT_MAX and ignoring NaN (``fmaxf``), and
-block-sparse skipped tokens entering the exp-sum with logit -FLT_MAX.
+accumulators, fp8 values rounded to the query dtype after scaling, through fp16 first for fp32
+queries) are not emulated, so GPU tests compare against this oracle with per-dtype tolerances.
+What *is* kept from the kernel, because it is part of the op's definition rather than rounding:
+``scale`` narrowed to fp32, the ``+1e-6`` in every softmax denominator, the max starting at
+-FLT_MAX and ignoring NaN logits (``fmaxf``), and block-sparse skipped tokens entering the
+exp-sum with logit -FLT_MAX.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def _fp8_table(fmt: str) -> np.ndarray:
 _FP8_TABLES = {fmt: _fp8_table(fmt) for fmt in ("e4m3", "e5m2")}
 
 
+def _is_fp8_bytes(dtype) -> bool:
+    return dtype == np.uint8 or (dtype.itemsize == 1 and dtype.name.startswith("float8"))
+
+
 def fp8_to_float64(raw_uint8, fmt: str) -> np.ndarray:
     """Decode fp8 bytes exactly.
 
@@ -80,7 +85,7 @@ def fp8_to_float64(raw_uint8, fmt: str) -> np.ndarray:
     if fmt not in _FP8_TABLES:
         raise CupyOpsValueError(f"fp8_to_float64: fmt must be 'e4m3' or 'e5m2'; got {fmt!r}")
     raw = np.asarray(raw_uint8)
-    if not (raw.dtype == np.uint8 or (raw.dtype.itemsize == 1 and raw.dtype.name.startswith("float8"))):
+    if not _is_fp8_bytes(raw.dtype):
         raise CupyOpsTypeError(f"fp8_to_float64: raw_uint8.dtype must be uint8 or a float8 type; "
                                f"got {raw.dtype.name}")
     return _FP8_TABLES[fmt][raw.view(np.uint8)]
@@ -138,6 +143,9 @@ def gather_kv(key_cache, value_cache, block_table, seq_len: int, read_blocks=Non
     """
     key_cache = np.asarray(key_cache)
     value_cache = np.asarray(value_cache)
+    if key_cache.ndim != 5 or value_cache.ndim != 4:
+        raise CupyOpsValueError(f"{op}: key_cache and value_cache must have 5 and 4 dimensions; got shapes "
+                                f"{key_cache.shape} and {value_cache.shape}")
     num_blocks, num_kv_heads, head_size_over_x, block_size, x = key_cache.shape
     head_size = head_size_over_x * x
     n = -(-seq_len // block_size)
@@ -251,8 +259,8 @@ def _validate(op, query, key_cache, value_cache, num_kv_heads, scale, block_tabl
         raise CupyOpsValueError(f"{op}: value_cache must have 4 dimensions [num_blocks, num_kv_heads, "
                                 f"head_size, block_size]; got shape {value_cache.shape}")
     if key_cache.dtype != value_cache.dtype:
-        raise CupyOpsTypeError(f"{op}: value_cache.dtype must equal key_cache.dtype ({key_cache.dtype.name}); "
-                               f"got {value_cache.dtype.name}")
+        raise CupyOpsTypeError(f"{op}: value_cache.dtype must equal key_cache.dtype "
+                               f"({key_cache.dtype.name}); got {value_cache.dtype.name}")
     cache_dtype = key_cache.dtype
     if fmt is None:
         if cache_dtype != query.dtype:
@@ -261,7 +269,7 @@ def _validate(op, query, key_cache, value_cache, num_kv_heads, scale, block_tabl
         # x = 16 // itemsize of the cache dtype; a float32/float64 copy of a 16-bit cache keeps x = 8.
         allowed_x = (8,) if cache_dtype.itemsize == 2 else (4, 8)
     else:
-        if not (cache_dtype == np.uint8 or (cache_dtype.itemsize == 1 and cache_dtype.name.startswith("float8"))):
+        if not _is_fp8_bytes(cache_dtype):
             raise CupyOpsTypeError(f"{op}: with kv_cache_dtype={kv_cache_dtype!r} key_cache.dtype must be "
                                    f"uint8 (fp8 bytes); got {cache_dtype.name}")
         if head_size % 16 != 0:
@@ -273,8 +281,8 @@ def _validate(op, query, key_cache, value_cache, num_kv_heads, scale, block_tabl
         raise CupyOpsValueError(f"{op}: key_cache.shape[4] (x = 16 bytes / cache element size) must be "
                                 f"{' or '.join(map(str, allowed_x))} for a {cache_dtype.name} cache; got {x}")
     if bs_k != block_size:
-        raise CupyOpsValueError(f"{op}: key_cache.shape[3] (block_size) must equal block_size ({block_size}); "
-                                f"got {bs_k}")
+        raise CupyOpsValueError(f"{op}: key_cache.shape[3] (block_size) must equal block_size "
+                                f"({block_size}); got {bs_k}")
     if d_over_x * x != head_size:
         raise CupyOpsValueError(f"{op}: key_cache.shape[2] * key_cache.shape[4] (head_size/x * x) must equal "
                                 f"head_size ({head_size}); got {d_over_x} * {x}")
@@ -290,7 +298,8 @@ def _validate(op, query, key_cache, value_cache, num_kv_heads, scale, block_tabl
         raise CupyOpsValueError(f"{op}: block_tables.shape must be ({num_seqs}, max_num_blocks_per_seq); "
                                 f"got {block_tables.shape}")
     if seq_lens.shape != (num_seqs,):
-        raise CupyOpsValueError(f"{op}: seq_lens.shape must be ({num_seqs},) [num_seqs]; got {seq_lens.shape}")
+        raise CupyOpsValueError(f"{op}: seq_lens.shape must be ({num_seqs},) [num_seqs]; "
+                                f"got {seq_lens.shape}")
     if num_seqs and seq_lens.min() < 0:
         raise CupyOpsValueError(f"{op}: seq_lens must be >= 0; got {int(seq_lens.min())}")
     max_seq_len = _index(op, "max_seq_len", max_seq_len)
@@ -355,7 +364,7 @@ def _sequence_inputs(op, a, seq_idx):
         keys, values = keys.astype(np.float64), values.astype(np.float64)
     else:
         keys = fp8_to_float64(keys, a["fmt"]) * a["k_scale"]
-        values = fp8_to_float64(values, a["fmt"]) * a["k_scale"]
+        values = fp8_to_float64(values, a["fmt"]) * a["v_scale"]
     group = num_heads // num_kv_heads
     # logit[h, t] = scale * dot(q_h, k_{g(h), t}): the scale multiplies the finished dot product.
     # einsum, not matmul: NumPy's own single-threaded loop; a threaded BLAS stalls on busy CPUs.
