@@ -277,3 +277,27 @@ def test_more_than_2_pow_31_elements(torch):
     idx = torch.cat([torch.arange(0, 10), torch.randint(0, T, (300,)), torch.arange(T - 10, T)]).cuda()
     ref, _ = ref_merge(host(x[idx]), host(p[:, idx]), host(y[idx]), host(s[:, idx]))
     assert_close(out[idx], ref, x[idx], y[idx], "bfloat16")
+
+
+def test_cached_plans_follow_new_views_and_do_not_keep_tensors_alive(torch):
+    import gc
+    import weakref
+    T, H, D = 300, 4, 64
+    gen = torch.Generator(device="cuda").manual_seed(21)
+    x, p, y, s = make_inputs(torch, T, H, D, "float16", gen)
+    out = torch.full_like(x, float("nan"))
+    cupy_ops.merge_attn_states(out, x, p, y, s)
+    # Same storage, other views: a fresh plan each, never the cached one.
+    half = T // 2
+    out2 = torch.full_like(x, float("nan"))
+    cupy_ops.merge_attn_states(out2[:half], x[:half], p[:, :half], y[:half], s[:, :half])
+    ref, _ = ref_merge(host(x), host(p), host(y), host(s))
+    assert_close(out, ref, x, y, "float16")
+    assert_close(out2[:half], ref[:half], x[:half], y[:half], "float16")
+    assert torch.isnan(out2[half:]).all()
+    probe = torch.empty_like(x)
+    ref_probe = weakref.ref(probe)
+    cupy_ops.merge_attn_states(probe, x, p, y, s)
+    del probe
+    gc.collect()
+    assert ref_probe() is None, "a cached launch plan keeps the output tensor alive"
