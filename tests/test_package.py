@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    out = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert out.returncode == 0, f"{cmd[:3]} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+    return out
 
 
 @pytest.fixture(scope="module")
