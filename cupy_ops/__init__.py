@@ -6,11 +6,14 @@ Public ops keep vLLM's names and argument order. torch tensors and CuPy arrays r
 
 from ._checks import CupyOpsTypeError, CupyOpsValueError, NoGPUError
 from .ops.merge_attn_states import merge_attn_states
+from .ops.paged_attention import paged_attention_v1, paged_attention_v2
 
 __version__ = "0.1.0"
 
 __all__ = [
     "merge_attn_states",
+    "paged_attention_v1",
+    "paged_attention_v2",
     "CupyOpsTypeError",
     "CupyOpsValueError",
     "NoGPUError",

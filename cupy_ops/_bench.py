@@ -213,6 +213,112 @@ def merge_host_overhead_us() -> float:
     return host_time_us(lambda i: merge_attn_states(out, x, p, x, p, out_lse))
 
 
+# ---------------------------------------------------------------------------------------------
+# paged_attention
+
+# (name, batch, seq_len, Hq, Hkv, head_size, block_size, dtype, kv_cache_dtype)
+PAGED_CONFIGS = [
+    ("B64 L4096", 64, 4096, 32, 8, 128, 16, "bfloat16", "auto"),
+    ("B8 L4096", 8, 4096, 32, 8, 128, 16, "bfloat16", "auto"),
+    ("B1 L32768", 1, 32768, 32, 8, 128, 16, "bfloat16", "auto"),
+    ("B256 L1024", 256, 1024, 32, 8, 128, 16, "bfloat16", "auto"),
+    ("Hq64 fp16 B8 L4096", 8, 4096, 64, 8, 128, 16, "float16", "auto"),
+    ("fp8e4m3 B64 L4096", 64, 4096, 32, 8, 128, 16, "bfloat16", "fp8_e4m3"),
+]
+# vLLM's kernels and dense SDPA on our H100 (issue #4), us: name -> (v1, v2, sdpa)
+VLLM_PAGED_US = {"B64 L4096": (1087, 893, 353), "B8 L4096": (269, 149, 55.1),
+                 "B1 L32768": (2031, 153, 55.3), "B256 L1024": (908, 896, 355),
+                 "Hq64 fp16 B8 L4096": (140, 153, 55.5), "fp8e4m3 B64 L4096": (887, 875, None)}
+
+
+def _paged_set(torch, B, L, Hq, Hkv, D, BS, dtype, kv, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dt = getattr(torch, dtype)
+    fp8 = kv != "auto"
+    x = 16 if fp8 else 16 // torch.empty(0, dtype=dt).element_size()
+    nb = B * (-(-L // BS))
+    kf = torch.randn(nb, Hkv, D // x, BS, x, device="cuda", generator=g)
+    vf = torch.randn(nb, Hkv, D, BS, device="cuda", generator=g)
+    if fp8:
+        kc, vc = kf.to(torch.float8_e4m3fn).view(torch.uint8), vf.to(torch.float8_e4m3fn).view(torch.uint8)
+    else:
+        kc, vc = kf.to(dt), vf.to(dt)
+    del kf, vf
+    table = torch.randperm(nb, device="cuda", generator=g).int().view(B, -1)
+    lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
+    q = torch.randn(B, Hq, D, device="cuda", generator=g).to(dt)
+    return q, kc, vc, table, lens
+
+
+def bench_paged(copy_gbs: float, configs=None) -> list[dict]:
+    torch = _torch()
+    from . import paged_attention_v1, paged_attention_v2
+    rows = []
+    for name, B, L, Hq, Hkv, D, BS, dtype, kv in configs or PAGED_CONFIGS:
+        elem = 1 if kv != "auto" else torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+        q_elem = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+        kv_bytes = 2 * B * L * Hkv * D * elem
+        bytes_moved = kv_bytes + 2 * B * Hq * D * q_elem
+        n = rotation_count(bytes_moved)
+        sets = [_paged_set(torch, B, L, Hq, Hkv, D, BS, dtype, kv, i) for i in range(n)]
+        scale = D ** -0.5
+        one = torch.ones((), device="cuda")
+        P = -(-L // 512)
+        outs = [torch.empty_like(s[0]) for s in sets]
+        scratch = [(torch.empty(B, Hq, P, device="cuda"), torch.empty(B, Hq, P, device="cuda"),
+                    torch.empty(B, Hq, P, D, dtype=s[0].dtype, device="cuda")) for s in sets]
+
+        def v1(i):
+            q, kc, vc, table, lens = sets[i % n]
+            paged_attention_v1(outs[i % n], q, kc, vc, Hkv, scale, table, lens, BS, L, None, kv, one, one)
+
+        def v2(i):
+            q, kc, vc, table, lens = sets[i % n]
+            es, ml, tmp = scratch[i % n]
+            paged_attention_v2(outs[i % n], es, ml, tmp, q, kc, vc, Hkv, scale, table, lens, BS, L,
+                               None, kv, one, one)
+
+        row = {"op": "paged_attention", "config": name, "bytes": bytes_moved,
+               "v1_us": gpu_time_us(v1, reps=100), "v2_us": gpu_time_us(v2, reps=100)}
+        row["v1_graph_us"] = graph_time_us(v1, max(n, 4))
+        del sets, scratch, outs
+        torch.cuda.empty_cache()
+        if kv == "auto":
+            dt = getattr(torch, dtype)
+            dense = [(torch.randn(B, Hq, 1, D, device="cuda").to(dt),
+                      torch.randn(B, Hkv, L, D, device="cuda").to(dt),
+                      torch.randn(B, Hkv, L, D, device="cuda").to(dt)) for _ in range(n)]
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            row["sdpa_us"] = gpu_time_us(lambda i: sdpa(*dense[i % n], enable_gqa=True), reps=100)
+            del dense
+            torch.cuda.empty_cache()
+        else:
+            row["sdpa_us"] = None
+        best = min(row["v1_us"], row["v2_us"])
+        row["gbs_v1"] = bytes_moved / row["v1_us"] / 1e3
+        row["pct_copy_v1"] = 100 * row["gbs_v1"] / copy_gbs
+        row["vllm"] = VLLM_PAGED_US.get(name)
+        row["best_us"] = best
+        rows.append(row)
+    return rows
+
+
+def print_paged(rows, copy_gbs, out=sys.stdout):
+    torch = _torch()
+    print(f"device: {torch.cuda.get_device_name()}  copy ceiling {copy_gbs:.0f} GB/s (read+write)", file=out)
+    print("v1/v2 us: GPU time per call (median); GB/s and %copy for v1 (KV + q + out bytes);"
+          " x sdpa: v1 time / dense SDPA time (enable_gqa, contiguous KV)", file=out)
+    print(f"{'config':20s} {'v1 us':>8s} {'v2 us':>8s} {'v1 graph':>8s} {'GB/s':>6s} {'%copy':>6s} "
+          f"{'sdpa us':>8s} {'x sdpa':>6s} {'vLLM v1':>8s} {'vLLM v2':>8s}", file=out)
+    for r in rows:
+        sdpa = f"{r['sdpa_us']:8.1f}" if r["sdpa_us"] else f"{'-':>8s}"
+        ratio = f"{r['v1_us'] / r['sdpa_us']:6.2f}" if r["sdpa_us"] else f"{'-':>6s}"
+        vl = r["vllm"] or (None, None, None)
+        print(f"{r['config']:20s} {r['v1_us']:8.1f} {r['v2_us']:8.1f} {r['v1_graph_us']:8.1f} "
+              f"{r['gbs_v1']:6.0f} {r['pct_copy_v1']:6.1f} {sdpa} {ratio} {vl[0] or '-':>8} {vl[1] or '-':>8}",
+              file=out)
+
+
 def run_bench(op: str, quick: bool = False, json_path: str | None = None) -> int:
     copy_gbs = copy_bandwidth_gbs()
     if op == "merge_attn_states":
@@ -222,5 +328,12 @@ def run_bench(op: str, quick: bool = False, json_path: str | None = None) -> int
         if json_path:
             with open(json_path, "w") as f:
                 json.dump({"copy_gbs": copy_gbs, "host_us": host_us, "rows": rows}, f, indent=1)
+        return 0
+    if op == "paged_attention":
+        rows = bench_paged(copy_gbs, PAGED_CONFIGS[:2] if quick else None)
+        print_paged(rows, copy_gbs)
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump({"copy_gbs": copy_gbs, "rows": rows}, f, indent=1)
         return 0
     raise SystemExit(f"no benchmark for {op}")

@@ -159,6 +159,27 @@ def write_host(info: ArrayInfo, value: np.ndarray) -> None:
     info.obj.copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
+class DeviceBuffer:
+    """Scratch memory from the caller's framework (torch's caching allocator, so it is also
+    valid inside torch graph capture; or CuPy's pool): ``ptr`` plus the owning object."""
+
+    __slots__ = ("obj", "ptr")
+
+    def __init__(self, obj, ptr):
+        self.obj, self.ptr = obj, ptr
+
+
+def empty_like_framework(like: ArrayInfo, shape: tuple, dtype: str) -> DeviceBuffer:
+    if like.framework == "torch":
+        import torch
+        t = torch.empty(shape, dtype=getattr(torch, dtype), device=f"cuda:{like.device}")
+        return DeviceBuffer(t, t.data_ptr())
+    import cupy
+    with cupy.cuda.Device(like.device):
+        a = cupy.empty(shape, dtype=dtype)
+    return DeviceBuffer(a, a.data.ptr)
+
+
 # --------------------------------------------------------------------------------------------
 # Streams and launches
 
@@ -296,6 +317,20 @@ class LaunchPlan:
     def run(self) -> None:
         launch_packed(self.kernel, self.device, current_stream(self.framework, self.device),
                       self.grid, self.block, self.args, self.shared_mem)
+
+
+class SequencePlan:
+    """Several launches in order on one stream (e.g. a split kernel and its reduce)."""
+
+    __slots__ = ("launches", "keep_alive")
+
+    def __init__(self, launches, keep_alive=None):
+        self.launches = tuple(launches)
+        self.keep_alive = keep_alive  # a workspace the launches write (owned by the plan)
+
+    def run(self) -> None:
+        for launch in self.launches:
+            launch.run()
 
 
 class NoOpPlan:

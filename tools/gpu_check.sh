@@ -13,6 +13,8 @@ if [ "${LARGE:-0}" = 1 ]; then
 fi
 python3 -m cupy_ops selftest 2>&1 | tee "$OUT/selftest.txt" || rc=1
 if [ "${BENCH:-1}" = 1 ]; then
-  python3 -m cupy_ops bench merge_attn_states --json "$OUT/bench_merge.json" 2>&1 | tee "$OUT/bench_merge.txt" || rc=1
+  for op in ${BENCH_OPS:-merge_attn_states paged_attention}; do
+    python3 -m cupy_ops bench $op --json "$OUT/bench_$op.json" 2>&1 | tee "$OUT/bench_$op.txt" || rc=1
+  done
 fi
 exit $rc

@@ -4,8 +4,7 @@ Readers of the tables: the dispatchers (choose_variant in each module), ``python
 precompile`` and tests/test_compile_all.py.
 """
 
-from . import merge_attn_states
+from . import merge_attn_states, paged_attention
 
-FAMILIES = {
-    merge_attn_states.FAMILY.op: merge_attn_states.FAMILY,
-}
+FAMILIES = {f.op: f for f in (merge_attn_states.FAMILY, paged_attention.FAMILY,
+                              paged_attention.REDUCE_FAMILY)}

@@ -24,9 +24,10 @@ FLT_MAX = float(np.finfo(np.float32).max)
 # The kernel adds 1e-6f to each softmax denominator (§4.1, §5.3); this is that fp32 constant.
 SOFTMAX_EPS = float(np.float32(1e-6))
 PARTITION_SIZE = 512
-# vLLM's compiled sets (§3.1). The GPU op's variant table must contain at least these.
-SUPPORTED_HEAD_SIZES = (32, 64, 80, 96, 112, 120, 128, 192, 256)
-SUPPORTED_BLOCK_SIZES = (8, 16, 32)
+# vLLM compiles head sizes 32, 64, 80, 96, 112, 120, 128, 192, 256 and block sizes 8, 16, 32 (§3.1);
+# we take any multiple of 8 up to 256 (16 for fp8 caches) and any power-of-two block size to 256.
+SUPPORTED_HEAD_SIZES = tuple(range(8, 257, 8))
+SUPPORTED_BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # kv_cache_dtype string -> fp8 format of the cache bytes, None for an unquantized cache (§3.2).
 KV_CACHE_DTYPES = {
     "auto": None, "float16": None, "bfloat16": None,

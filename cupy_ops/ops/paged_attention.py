@@ -1,0 +1,563 @@
+"""paged_attention_v1 / paged_attention_v2: validate -> choose variant -> geometry -> launch."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+
+import numpy as np
+
+from .. import _checks as C
+from .. import _device, _interop, _runtime
+from ..reference import paged_attention as reference
+
+OP_V1, OP_V2 = "paged_attention_v1", "paged_attention_v2"
+DTYPES = ("float32", "float16", "bfloat16")
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "uint8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
+# kv_cache_dtype string -> cache element kind: "auto" (same as the query) or an fp8 format.
+KV_KINDS = {"auto": "auto", "float16": "auto", "bfloat16": "auto",
+            "fp8": "e4m3", "fp8_e4m3": "e4m3", "fp8_ds_mla": "e4m3", "fp8_e5m2": "e5m2"}
+FP8_CPP = {"e4m3": "__nv_fp8_e4m3", "e5m2": "__nv_fp8_e5m2"}
+GROUP_TILES = (1, 2, 4, 8, 16)
+THREADS = 128          # PA_THREADS in the kernel
+STAGES = 3             # cp.async pipeline depth
+PARTITION_SIZE = 512   # v2's scratch contract (spec §5.1)
+STAGE_TARGET_BYTES = 32 * 1024  # K + V bytes per pipeline stage (docs/perf.md)
+MAX_HEAD_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """Compile-time parameters of paged_decode_kernel; head size, block size, tile and split
+    sizes are runtime values, so every head size and block size shares these instantiations."""
+
+    dtype: str        # query / output
+    kv: str           # "auto" (cache dtype = dtype), "e4m3" or "e5m2"
+    out: str          # element type the kernel writes: dtype, or float32 (v1's split workspace)
+    group_tile: int   # query heads per CTA
+    rows: int         # head-dim rows per thread in P.V (1: head_size <= 128, 2: <= 256)
+    stages: int = STAGES
+
+    def template_args(self) -> tuple[str, ...]:
+        cpp = _interop.CPP_TYPES
+        kv = cpp[self.dtype] if self.kv == "auto" else FP8_CPP[self.kv]
+        return (cpp[self.dtype], kv, cpp[self.out], str(self.group_tile), str(self.rows), str(self.stages))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReduceVariant:
+    dtype: str   # output
+    tmp: str     # partial results: dtype (v2's tmp_out) or float32 (v1's workspace)
+
+    def template_args(self) -> tuple[str, ...]:
+        return (_interop.CPP_TYPES[self.dtype], _interop.CPP_TYPES[self.tmp])
+
+
+def supported(v: Variant) -> bool:
+    # Partials are written either in the output dtype or in float32; nothing else.
+    return v.out in (v.dtype, "float32")
+
+
+VARIANTS = tuple(v for v in (Variant(d, kv, o, g, r) for d, kv, o, g, r in itertools.product(
+    DTYPES, ("auto", "e4m3", "e5m2"), DTYPES, GROUP_TILES, (1, 2))) if supported(v))
+FAMILY = _runtime.KernelFamily(
+    op="paged_attention", source="paged_attention.cu", template="cupy_ops::paged_decode_kernel",
+    variants=VARIANTS,
+    common=tuple(v for v in VARIANTS if v.dtype in ("float16", "bfloat16") and v.kv == "auto"
+                 and v.rows == 1 and v.group_tile in (1, 4, 8)))
+REDUCE_VARIANTS = tuple(ReduceVariant(d, t) for d in DTYPES for t in {d, "float32"})
+REDUCE_FAMILY = _runtime.KernelFamily(
+    op="paged_attention_reduce", source="paged_attention.cu", template="cupy_ops::paged_reduce_kernel",
+    variants=REDUCE_VARIANTS, common=REDUCE_VARIANTS)
+
+
+# --------------------------------------------------------------------------------------------
+# Public ops
+
+def paged_attention_v1(out, query, key_cache, value_cache, num_kv_heads, scale, block_tables,
+                       seq_lens, block_size, max_seq_len, alibi_slopes=None, kv_cache_dtype="auto",
+                       k_scale=None, v_scale=None, tp_rank=0, blocksparse_local_blocks=0,
+                       blocksparse_vert_stride=0, blocksparse_block_size=64,
+                       blocksparse_head_sliding_step=0, *, validate=None) -> None:
+    """Decode attention over a paged KV cache; writes ``out`` in place (vLLM's v1 signature).
+
+    Parameters
+    ----------
+    out : [num_seqs, num_heads, head_size], dtype of query; head_size stride 1
+    query : [num_seqs, num_heads, head_size], float32 / float16 / bfloat16; head_size stride 1,
+        other strides free (a slice of a fused qkv buffer works)
+    key_cache : [num_blocks, num_kv_heads, head_size/x, block_size, x], x = 16 bytes / element:
+        query dtype for kv_cache_dtype "auto"; uint8 (or a float8 dtype) holding fp8 bytes for
+        "fp8", "fp8_e4m3", "fp8_e5m2". Last three dimensions packed.
+    value_cache : [num_blocks, num_kv_heads, head_size, block_size], key_cache's dtype; last two
+        dimensions packed. Its own strides are used (vLLM reuses key_cache's).
+    num_kv_heads : int, divides num_heads (GQA / MQA)
+    scale : float, multiplies q.k (narrowed to fp32, like vLLM)
+    block_tables : [num_seqs, max_num_blocks_per_seq] int32, physical block of each logical block
+    seq_lens : [num_seqs] int32, tokens per sequence (0 gives zeros)
+    block_size : int, a power of two in 1..256 (vLLM: 8, 16, 32), = key_cache.shape[3]
+    max_seq_len : int >= max(seq_lens)
+    alibi_slopes : [num_heads] float32, optional
+    kv_cache_dtype : "auto" | "float16" | "bfloat16" | "fp8" | "fp8_e4m3" | "fp8_e5m2"
+    k_scale, v_scale : float32 device tensors (element 0 is read on the GPU) for fp8 caches;
+        ignored otherwise
+    tp_rank, blocksparse_* : block-sparse attention (on when blocksparse_vert_stride > 1), spec §4.4
+    validate : bool, keyword-only. Also check the *values* of block_tables and seq_lens (copies
+        them to the host: ids in range, lengths within max_seq_len and the table's capacity).
+        Default: the CUPY_OPS_VALIDATE environment variable. Without it, values are trusted:
+        out-of-range block ids read out of bounds; lengths past the table's capacity are clamped
+        to it, so the table itself is never read past its rows.
+
+    Notes
+    -----
+    One CTA serves all query heads of a kv head (vLLM's kernel re-reads K/V per query head), and
+    long sequences are split across CTAs (merged with the log-sum-exp rule through a workspace)
+    when the batch alone would not fill the GPU. Head sizes: any multiple of 8 up to 256 (16 for
+    fp8); vLLM supports 32, 64, 80, 96, 112, 120, 128, 192, 256. Softmax denominators carry vLLM's
+    +1e-6; probabilities are not rounded to the query dtype before P.V (vLLM rounds them).
+    NaN or Inf in cache slots that are not attended (past seq_len, unused table columns, skipped
+    block-sparse blocks) never reaches the output.
+    """
+    _call(OP_V1, out, None, None, None, query, key_cache, value_cache, num_kv_heads, scale,
+          block_tables, seq_lens, block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale,
+          v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
+          blocksparse_block_size, blocksparse_head_sliding_step, validate)
+
+
+def paged_attention_v2(out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache,
+                       num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
+                       alibi_slopes=None, kv_cache_dtype="auto", k_scale=None, v_scale=None,
+                       tp_rank=0, blocksparse_local_blocks=0, blocksparse_vert_stride=0,
+                       blocksparse_block_size=64, blocksparse_head_sliding_step=0, *,
+                       validate=None) -> None:
+    """v1's attention split into 512-token partitions (vLLM's v2 signature); writes ``out`` and
+    the scratch tensors in place.
+
+    Extra parameters
+    ----------------
+    exp_sums, max_logits : [num_seqs, num_heads, P] float32, contiguous, P >= ceil(max_seq_len/512)
+    tmp_out : [num_seqs, num_heads, P, head_size], query dtype, contiguous
+
+    After the call, for partitions p < ceil(seq_len/512) (spec §5.2): max_logits = the
+    partition's max logit, exp_sums = sum of exp(logit - max), tmp_out = the partition's
+    normalised output (rounded to the query dtype); other entries are untouched. ``out`` is their
+    log-sum-exp merge (§5.3); for seq_len <= 512 it equals v1's result bit for bit.
+    See ``paged_attention_v1`` for the other parameters.
+    """
+    _call(OP_V2, out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
+          scale, block_tables, seq_lens, block_size, max_seq_len, alibi_slopes, kv_cache_dtype,
+          k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
+          blocksparse_block_size, blocksparse_head_sliding_step, validate)
+
+
+_PLANS = _interop.PlanCache()
+
+
+def _call(op, out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, *scalars_and_rest):
+    (num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len, alibi_slopes,
+     kv_cache_dtype, k_scale, v_scale, tp_rank, bs_local, bs_vert, bs_block, bs_step,
+     validate) = scalars_and_rest
+    if validate is None:
+        validate = os.environ.get("CUPY_OPS_VALIDATE", "") not in ("", "0")
+    arrays = (out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, block_tables,
+              seq_lens, alibi_slopes, k_scale, v_scale)
+    scalars = (op, num_kv_heads, scale, block_size, max_seq_len, kv_cache_dtype, tp_rank, bs_local,
+               bs_vert, bs_block, bs_step)
+    key = None if validate else _interop.fingerprint(arrays, scalars)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _plan(arrays, scalars, validate)
+        _PLANS.put(key, plan)
+    plan.run()
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+@dataclasses.dataclass
+class _Args:
+    op: str
+    out: object
+    exp_sums: object
+    max_logits: object
+    tmp_out: object
+    query: object
+    key_cache: object
+    value_cache: object
+    block_tables: object
+    seq_lens: object
+    alibi: object
+    k_scale: object
+    v_scale: object
+    kv: str
+    num_seqs: int
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    block_size: int
+    max_seq_len: int
+    scale: float
+    sparse: tuple     # tp_rank, local_blocks, vert_stride, block_size, sliding_step
+    partitions: int   # v2 scratch pitch (0 for v1)
+
+
+def _int(op, name, value, lo, hi=2**31 - 1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        C.fail(op, f"{name} must be an int; got {type(value).__name__}", kind=C.CupyOpsTypeError)
+    C.check_int_range(op, name, int(value), lo, hi)
+    return int(value)
+
+
+def _validate(arrays, scalars) -> _Args:
+    (out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, block_tables, seq_lens,
+     alibi_slopes, k_scale, v_scale) = arrays
+    (op, num_kv_heads, scale, block_size, max_seq_len, kv_cache_dtype, tp_rank, bs_local,
+     bs_vert, bs_block, bs_step) = scalars
+    d = lambda name, x: _interop.describe(op, name, x)  # noqa: E731
+    # vLLM's checks first, in its order (spec §3.3).
+    if not isinstance(kv_cache_dtype, str) or kv_cache_dtype not in KV_KINDS:
+        C.fail(op, f"Unsupported data type of kv cache: {kv_cache_dtype!r} (kv_cache_dtype must be "
+                   f"one of {', '.join(KV_KINDS)})")
+    kv = KV_KINDS[kv_cache_dtype]
+    q = d("query", query)
+    C.check_dtype(op, "query", q, DTYPES)
+    block_size = _int(op, "block_size", block_size, 1, 256)
+    if block_size & (block_size - 1):
+        C.fail(op, f"block_size must be a power of two in 1..256; got {block_size}")
+    bt, sl = d("block_tables", block_tables), d("seq_lens", seq_lens)
+    C.check_dtype(op, "block_tables", bt, ("int32",))
+    C.check_dtype(op, "seq_lens", sl, ("int32",))
+    C.check_rank(op, "query", q, 3, "num_seqs, num_heads, head_size")
+    num_seqs, num_heads, head_size = q.shape
+    cache_elem = q.itemsize if kv == "auto" else 1
+    x = 16 // cache_elem
+    if head_size % 8 or head_size % x or not 8 <= head_size <= MAX_HEAD_SIZE:
+        C.fail(op, f"query.shape[2] (head_size) must be a multiple of {max(8, x)} in "
+                   f"{max(8, x)}..{MAX_HEAD_SIZE} for this cache; got {head_size}")
+    num_kv_heads = _int(op, "num_kv_heads", num_kv_heads, 1)
+    if num_heads % num_kv_heads:
+        C.fail(op, f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
+    max_seq_len = _int(op, "max_seq_len", max_seq_len, 0)
+    try:
+        scale = float(np.float32(scale))
+    except (TypeError, ValueError):
+        C.fail(op, f"scale must be a float; got {type(scale).__name__}", kind=C.CupyOpsTypeError)
+
+    o = d("out", out)
+    C.check_dtype(op, "out", o, (q.dtype,))
+    C.check_shape(op, "out", o, q.shape, "num_seqs, num_heads, head_size")
+    kc, vc = d("key_cache", key_cache), d("value_cache", value_cache)
+    if kv == "auto":
+        C.check_dtype(op, "key_cache", kc, (q.dtype,))
+    else:
+        C.check_dtype(op, "key_cache", kc, ("uint8", "float8_e4m3fn", "float8_e5m2"))
+    C.check_dtype(op, "value_cache", vc, (kc.dtype,))
+    C.check_rank(op, "key_cache", kc, 5, "num_blocks, num_kv_heads, head_size/x, block_size, x")
+    num_blocks = kc.shape[0]
+    C.check_shape(op, "key_cache", kc, (num_blocks, num_kv_heads, head_size // x, block_size, x),
+                  "num_blocks, num_kv_heads, head_size/x, block_size, x")
+    C.check_shape(op, "value_cache", vc, (num_blocks, num_kv_heads, head_size, block_size),
+                  "num_blocks, num_kv_heads, head_size, block_size")
+    if kc.strides[2:] != (block_size * x, x, 1) and num_blocks:
+        C.fail(op, f"key_cache's last three dimensions must be packed (strides {(block_size * x, x, 1)}); "
+                   f"got {kc.strides[2:]}")
+    if vc.strides[2:] != (block_size, 1) and num_blocks:
+        C.fail(op, f"value_cache's last two dimensions must be packed (strides {(block_size, 1)}); "
+                   f"got {vc.strides[2:]}")
+    C.check_rank(op, "block_tables", bt, 2, "num_seqs, max_num_blocks_per_seq")
+    if bt.shape[0] != num_seqs:
+        C.fail(op, f"block_tables.shape[0] must be num_seqs ({num_seqs}); got {bt.shape[0]}")
+    if bt.shape[1] > 1 and bt.strides[1] != 1:
+        C.fail(op, f"block_tables must be contiguous along max_num_blocks_per_seq; got strides {bt.strides}")
+    C.check_shape(op, "seq_lens", sl, (num_seqs,), "num_seqs")
+    if num_seqs > 1 and sl.strides[0] != 1:
+        C.fail(op, f"seq_lens must be contiguous; got stride {sl.strides[0]}")
+    for name, a in (("query", q), ("out", o)):
+        C.check_last_dim_contiguous(op, name, a)
+
+    alibi = None if alibi_slopes is None else d("alibi_slopes", alibi_slopes)
+    if alibi is not None:
+        C.check_dtype(op, "alibi_slopes", alibi, ("float32",))
+        C.check_shape(op, "alibi_slopes", alibi, (num_heads,), "num_heads")
+        if num_heads > 1 and alibi.strides[0] != 1:
+            C.fail(op, f"alibi_slopes must be contiguous; got stride {alibi.strides[0]}")
+    ks = vs = None
+    if kv != "auto":
+        for name, sc in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if sc is None or isinstance(sc, (int, float)):
+                C.fail(op, f"{name} must be a float32 tensor on the GPU for an fp8 cache "
+                           f"(kv_cache_dtype={kv_cache_dtype!r}); got {type(sc).__name__}",
+                       kind=C.CupyOpsTypeError)
+        ks, vs = d("k_scale", k_scale), d("v_scale", v_scale)
+        for name, sc in (("k_scale", ks), ("v_scale", vs)):
+            C.check_dtype(op, name, sc, ("float32",))
+            if sc.size < 1:
+                C.fail(op, f"{name} must hold at least one element; got shape {sc.shape}")
+
+    tp_rank = _int(op, "tp_rank", tp_rank, 0)
+    bs_local = _int(op, "blocksparse_local_blocks", bs_local, 0)
+    bs_vert = _int(op, "blocksparse_vert_stride", bs_vert, -2**31)
+    bs_block = _int(op, "blocksparse_block_size", bs_block, -2**31)
+    bs_step = _int(op, "blocksparse_head_sliding_step", bs_step, -2**31)
+    if bs_vert > 1 and (bs_block <= 0 or bs_block % block_size):
+        C.fail(op, f"blocksparse_block_size must be a positive multiple of block_size ({block_size}) "
+                   f"when blocksparse_vert_stride > 1; got {bs_block}")
+
+    partitions = 0
+    es = ml = tmp = None
+    if op == OP_V2:
+        need = -(-max_seq_len // PARTITION_SIZE)
+        es, ml, tmp = d("exp_sums", exp_sums), d("max_logits", max_logits), d("tmp_out", tmp_out)
+        for name, a in (("exp_sums", es), ("max_logits", ml)):
+            C.check_dtype(op, name, a, ("float32",))
+            C.check_rank(op, name, a, 3, "num_seqs, num_heads, max_num_partitions")
+        C.check_dtype(op, "tmp_out", tmp, (q.dtype,))
+        C.check_rank(op, "tmp_out", tmp, 4, "num_seqs, num_heads, max_num_partitions, head_size")
+        partitions = es.shape[2]
+        if partitions < need:
+            C.fail(op, f"exp_sums.shape[2] (max_num_partitions) must be >= ceil(max_seq_len / 512) = "
+                       f"{need}; got {partitions} (scratch too small)")
+        for name, a, shape in (("exp_sums", es, (num_seqs, num_heads, partitions)),
+                               ("max_logits", ml, (num_seqs, num_heads, partitions)),
+                               ("tmp_out", tmp, (num_seqs, num_heads, partitions, head_size))):
+            C.check_shape(op, name, a, shape)
+            if a.size and a.strides != _contiguous_strides(shape):
+                C.fail(op, f"{name} must be contiguous; got strides {a.strides}")
+        C.check_no_overlap(op, "out", o, {"tmp_out": tmp, "exp_sums": es, "max_logits": ml})
+
+    C.check_same_device(op, {"out": o, "query": q, "key_cache": kc, "value_cache": vc,
+                             "block_tables": bt, "seq_lens": sl, "alibi_slopes": alibi,
+                             "k_scale": ks, "v_scale": vs, "exp_sums": es, "max_logits": ml,
+                             "tmp_out": tmp})
+    C.check_no_overlap(op, "out", o, {"query": q, "key_cache": kc, "value_cache": vc})
+    return _Args(op, o, es, ml, tmp, q, kc, vc, bt, sl, alibi, ks, vs, kv, num_seqs, num_heads,
+                 num_kv_heads, head_size, block_size, max_seq_len, scale,
+                 (tp_rank, bs_local, bs_vert, bs_block, bs_step), partitions)
+
+
+def _contiguous_strides(shape):
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return tuple(reversed(strides))
+
+
+def _validate_values(a: _Args) -> None:
+    """The optional device-to-host check of block_tables / seq_lens values."""
+    op = a.op
+    bt = _to_host(a.block_tables)
+    sl = _to_host(a.seq_lens)
+    if a.num_seqs == 0:
+        return
+    if sl.min() < 0:
+        C.fail(op, f"seq_lens must be >= 0; got {int(sl.min())} at sequence {int(sl.argmin())}")
+    longest = int(sl.max())
+    if longest > a.max_seq_len:
+        C.fail(op, f"max_seq_len ({a.max_seq_len}) must be >= max(seq_lens) = {longest}")
+    capacity = bt.shape[1] * a.block_size
+    if longest > capacity:
+        C.fail(op, f"seq_lens[{int(sl.argmax())}] = {longest} exceeds the block table's capacity "
+                   f"(max_num_blocks_per_seq {bt.shape[1]} * block_size {a.block_size})")
+    num_blocks = a.key_cache.shape[0]
+    for s in range(a.num_seqs):
+        used = bt[s, : -(-int(sl[s]) // a.block_size)]
+        if used.size and (used.min() < 0 or used.max() >= num_blocks):
+            bad = used[(used < 0) | (used >= num_blocks)][0]
+            C.fail(op, f"block_tables[{s}] holds block id {int(bad)}, outside 0..{num_blocks - 1}")
+
+
+def _to_host(info) -> np.ndarray:
+    if info.device is None:
+        return _interop.to_numpy(info)
+    if info.framework == "torch":
+        return info.obj.cpu().numpy()
+    import cupy
+    return cupy.asnumpy(info.obj)
+
+
+# --------------------------------------------------------------------------------------------
+# Variant choice and geometry (pure: testable without a GPU)
+
+def group_tile(group: int) -> int:
+    """Smallest power of two holding the GQA group, capped at 16 (bigger groups take chunks)."""
+    for gt in GROUP_TILES:
+        if gt >= group:
+            return gt
+    return GROUP_TILES[-1]
+
+
+def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str) -> Variant:
+    return Variant(dtype, kv, out, group_tile(group), 1 if head_size <= THREADS else 2)
+
+
+def tile_tokens(head_size: int, cache_elem: int, block_size: int) -> int:
+    """Tokens per pipeline stage: about STAGE_TARGET_BYTES of K + V, a power of two in
+    [max(16 / cache_elem, 16), 256]; it divides the 512-token partition."""
+    per_token = 2 * head_size * cache_elem
+    t = 256
+    while t > 16 and t * per_token > STAGE_TARGET_BYTES:
+        t //= 2
+    return max(t, 16 // cache_elem, 16)
+
+
+def smem_bytes(variant: Variant, head_size: int, tile: int, cache_elem: int) -> int:
+    gt = variant.group_tile
+    floats = gt * head_size + gt * tile + 2 * gt + 2
+    return floats * 4 + 16 + 2 * variant.stages * tile * head_size * cache_elem
+
+
+def v1_splits(num_seqs: int, ctas_per_split: int, max_seq_len: int, tile: int, sm_count: int) -> int:
+    """Token split for v1: the fewest splits that give about two CTAs per SM (no split, no
+    workspace and no reduce when the batch already fills the GPU). Returns tokens per split."""
+    longest = max(max_seq_len, 1)
+    ctas = max(num_seqs * ctas_per_split, 1)
+    want = -(-2 * sm_count // ctas)
+    max_splits = -(-longest // tile)
+    splits = max(1, min(want, max_splits))
+    per_split = -(-longest // splits)
+    return -(-per_split // tile) * tile
+
+
+# --------------------------------------------------------------------------------------------
+# Plans
+
+def _plan(arrays, scalars, validate):
+    a = _validate(arrays, scalars)
+    if validate:
+        _validate_values(a)
+    if a.query.device is None:
+        return _ReferencePlan(a)
+    if a.num_seqs == 0 or a.num_heads == 0:
+        return _interop.NoOpPlan()
+    device = a.query.device
+    group = a.num_heads // a.num_kv_heads
+    cache_elem = 1 if a.kv != "auto" else a.query.itemsize
+    tile = tile_tokens(a.head_size, cache_elem, a.block_size)
+    chunks_per_group = -(-group // group_tile(group))
+    ctas_per_split = a.num_kv_heads * chunks_per_group
+    if a.op == OP_V2:
+        split = PARTITION_SIZE
+        splits = a.partitions
+        direct = False
+    else:
+        split = v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, tile, _device.sm_count(device))
+        splits = max(1, -(-a.max_seq_len // split))
+        direct = splits == 1
+    out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
+    variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype)
+    kernel = _runtime.get_kernel(FAMILY, variant, device)
+    smem = smem_bytes(variant, a.head_size, tile, cache_elem)
+    launches = []
+    workspace = None
+    if direct:
+        target = (a.out.ptr, 0, 0, a.out.strides[0], a.out.strides[1], 0)
+    elif a.op == OP_V2:
+        target = (a.tmp_out.ptr, a.exp_sums.ptr, a.max_logits.ptr,
+                  a.num_heads * splits * a.head_size, splits * a.head_size, a.head_size)
+    else:
+        workspace = _interop.empty_like_framework(a.query, (a.num_seqs * a.num_heads * splits * (a.head_size + 2),), "float32")
+        ws = workspace.ptr
+        stats = a.num_seqs * a.num_heads * splits
+        target = (ws + 8 * stats, ws, ws + 4 * stats,
+                  a.num_heads * splits * a.head_size, splits * a.head_size, a.head_size)
+    grid = (a.num_seqs, ctas_per_split, splits)
+    launches.append(_interop.LaunchPlan(DECODE_PARAMS, kernel, a.query, grid, (THREADS,),
+                                        _decode_args(a, target, splits, split, tile), smem))
+    if not direct:
+        rv = ReduceVariant(a.query.dtype, out_dtype)
+        reduce_kernel = _runtime.get_kernel(REDUCE_FAMILY, rv, device)
+        exp_ptr, max_ptr, tmp_ptr = target[1], target[2], target[0]
+        launches.append(_interop.LaunchPlan(
+            REDUCE_PARAMS, reduce_kernel, a.query, (a.num_seqs, a.num_heads), (THREADS,),
+            (a.out.ptr, exp_ptr, max_ptr, tmp_ptr, a.seq_lens.ptr, a.num_heads, a.head_size, split,
+             splits, a.out.strides[0], a.out.strides[1]), 4 * (splits + 32)))
+    return _interop.SequencePlan(launches, keep_alive=workspace)
+
+
+# paged_decode_kernel's parameter types, line by line as in the .cu signature.
+DECODE_PARAMS = _interop.KernelParams((
+    "ptr", "ptr", "ptr",                      # out (or partials), exp_sums, max_logits
+    "ptr", "ptr", "ptr",                      # query, key_cache, value_cache
+    "ptr", "ptr", "ptr",                      # block_tables, seq_lens, alibi_slopes
+    "ptr", "ptr",                             # k_scale, v_scale
+    "f32", "i32", "i32", "i32", "i32", "i32",  # scale, num_heads, num_kv_heads, group, head_size, log2_bs
+    "i32", "i32", "i32",                      # tile_tokens, split_tokens, num_partitions
+    "i64", "i64",                             # q_stride_seq, q_stride_head
+    "i64", "i64",                             # k_stride_block, k_stride_head
+    "i64", "i64",                             # v_stride_block, v_stride_head
+    "i64", "i32",                             # block_tables_stride, max_table_tokens
+    "i64", "i64", "i64",                      # out_stride_seq, out_stride_head, out_stride_part
+    "i32", "i32", "i32", "i32", "i32",        # tp_rank, local_blocks, vert_stride, bs_block, step
+))
+REDUCE_PARAMS = _interop.KernelParams((
+    "ptr", "ptr", "ptr", "ptr", "ptr",        # out, exp_sums, max_logits, tmp_out, seq_lens
+    "i32", "i32", "i32", "i32",               # num_heads, head_size, split_tokens, num_partitions
+    "i64", "i64",                             # out_stride_seq, out_stride_head
+))
+
+
+def _decode_args(a: _Args, target, splits, split, tile) -> tuple:
+    out_ptr, exp_ptr, max_ptr, st_seq, st_head, st_part = target
+    tp_rank, bs_local, bs_vert, bs_block, bs_step = a.sparse
+    capacity = min(a.block_tables.shape[1] * a.block_size, 2**31 - 1)
+    return (
+        out_ptr, exp_ptr, max_ptr,
+        a.query.ptr, a.key_cache.ptr, a.value_cache.ptr,
+        a.block_tables.ptr, a.seq_lens.ptr, 0 if a.alibi is None else a.alibi.ptr,
+        0 if a.k_scale is None else a.k_scale.ptr, 0 if a.v_scale is None else a.v_scale.ptr,
+        a.scale, a.num_heads, a.num_kv_heads, a.num_heads // a.num_kv_heads, a.head_size,
+        a.block_size.bit_length() - 1,
+        tile, split, splits,
+        a.query.strides[0], a.query.strides[1],
+        a.key_cache.strides[0], a.key_cache.strides[1],
+        a.value_cache.strides[0], a.value_cache.strides[1],
+        a.block_tables.strides[0], capacity,
+        st_seq, st_head, st_part,
+        tp_rank, bs_local, bs_vert, bs_block, bs_step,
+    )
+
+
+class _ReferencePlan:
+    """Host arrays: the float64 reference, rounded into the caller's outputs (never cached)."""
+
+    def __init__(self, a: _Args):
+        self.a = a
+
+    def run(self) -> None:
+        a = self.a
+        n = _interop.to_numpy
+        kc, vc = a.key_cache, a.value_cache
+        key = _fp8_bytes(kc) if a.kv != "auto" else n(kc)
+        val = _fp8_bytes(vc) if a.kv != "auto" else n(vc)
+        kv_dtype = "auto" if a.kv == "auto" else ("fp8_e4m3" if a.kv == "e4m3" else "fp8_e5m2")
+        tp_rank, bs_local, bs_vert, bs_block, bs_step = a.sparse
+        args = (n(a.query), key, val, a.num_kv_heads, a.scale, n(a.block_tables), n(a.seq_lens),
+                a.block_size, a.max_seq_len, None if a.alibi is None else n(a.alibi), kv_dtype,
+                1.0 if a.k_scale is None else float(n(a.k_scale).reshape(-1)[0]),
+                1.0 if a.v_scale is None else float(n(a.v_scale).reshape(-1)[0]),
+                tp_rank, bs_local, bs_vert, bs_block, bs_step)
+        if a.op == OP_V1:
+            _interop.write_host(a.out, reference.paged_attention(*args))
+            return
+        parts = reference.paged_attention_v2_partials(*args, partition_size=PARTITION_SIZE)
+        defined = parts.defined
+        pad = a.partitions - defined.shape[2]
+        for info, value in ((a.exp_sums, parts.exp_sums), (a.max_logits, parts.max_logits),
+                            (a.tmp_out, parts.tmp_out)):
+            current = n(info).astype(np.float64)
+            mask = np.pad(defined, ((0, 0), (0, 0), (0, pad)))
+            widened = np.pad(value, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (value.ndim - 3))
+            if value.ndim == 4:
+                mask = mask[..., None]
+            _interop.write_host(info, np.where(mask, widened, current))
+        _interop.write_host(a.out, reference.paged_attention_v2_reduce(
+            parts.exp_sums, parts.max_logits, parts.tmp_out, n(a.seq_lens), PARTITION_SIZE))
+
+
+def _fp8_bytes(info) -> np.ndarray:
+    if info.framework == "torch":
+        import torch
+        return info.obj.detach().view(torch.uint8).numpy()
+    return info.obj.view(np.uint8)
