@@ -36,68 +36,10 @@
 #include "common/dtypes.cuh"
 #include "common/math.cuh"
 #include "common/vec.cuh"
+#include "common/paged_tiles.cuh"
+#include "common/mma.cuh"
 
 namespace cupy_ops {
-
-constexpr int PA_THREADS = 128;
-constexpr float PA_FLT_MAX = 3.402823466e38f;
-
-// ---- cp.async helpers (sm_80+) -----------------------------------------------------------------
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-template <int BYTES>
-__device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
-  if constexpr (BYTES == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
-                 "n"(BYTES));
-  }
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-// Copy `bytes` (1..16, a power of two) global -> shared; cp.async where the size allows it.
-__device__ __forceinline__ void copy_small(unsigned char* smem, const unsigned char* gmem, int bytes) {
-  if (bytes == 16) {
-    cp_async<16>(smem, gmem);
-  } else if (bytes == 8) {
-    cp_async<8>(smem, gmem);
-  } else if (bytes == 4) {
-    cp_async<4>(smem, gmem);
-  } else {
-    for (int i = 0; i < bytes; ++i) smem[i] = gmem[i];
-  }
-}
-__device__ __forceinline__ void zero_small(unsigned char* smem, int bytes) {
-  if (bytes == 16) {
-    *reinterpret_cast<uint4*>(smem) = make_uint4(0, 0, 0, 0);
-  } else {
-    for (int i = 0; i < bytes; ++i) smem[i] = 0;
-  }
-}
-
-// V tiles are stored [D][tile] (a row per head-dim element, tokens contiguous). Rows are read by
-// consecutive threads, so 16-byte groups are XOR-swizzled by row to spread them over the banks.
-__device__ __forceinline__ int v_swizzle(int row, int byte_in_row, int row_bytes) {
-  const int groups = row_bytes >> 4;
-  const int mask = (groups >= 8 ? 8 : groups) - 1;
-  return byte_in_row ^ ((row & mask) << 4);
-}
-
-// Block-sparse (§4.4): is kv-cache block `blk` attended for query head h / kv head kvh?
-__device__ __forceinline__ bool bs_attended(int blk, int block_size, int seq_len, int h, int kvh,
-                                            int num_heads, int num_kv_heads, int tp_rank,
-                                            int vert_stride, int local_blocks, int bs_block_size,
-                                            int sliding_step) {
-  const int q_blk = (seq_len - 1) / bs_block_size;
-  const int kb = (blk * block_size) / bs_block_size;
-  const int off = sliding_step >= 0 ? (tp_rank * num_heads + h) * sliding_step + 1
-                                    : (tp_rank * num_kv_heads + kvh) * (-sliding_step) + 1;
-  return ((kb + off) % vert_stride == 0) || (kb > q_blk - local_blocks);
-}
 
 template <typename T, typename KV, typename O, int GT, int ROWS, int STAGES>
 __global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(
@@ -163,8 +105,6 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(
   const unsigned char* v_base =
       reinterpret_cast<const unsigned char*>(value_cache + kv_head * v_stride_head);
   const int row_bytes = tile_tokens * static_cast<int>(sizeof(KV));
-  // V is copied in pieces of one block row when a row is under 16 bytes (small block sizes).
-  const int v_piece = min(16, block_size * static_cast<int>(sizeof(KV)));
   const int chunks = head_size / X;
   const bool sparse = bs_vert_stride > 1;
 
@@ -179,43 +119,9 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(
     return false;
   };
 
-  auto load_tile = [&](int tile_begin, int stage) {
-    unsigned char* ks = k_s + stage * tile_bytes;
-    unsigned char* vs = v_s + stage * tile_bytes;
-    // K: chunk (j, token) -> ks[(j * tile + token) * 16]; consecutive threads take consecutive
-    // tokens, which are consecutive 16-byte chunks in the cache block.
-    for (int c = tid; c < chunks * tile_tokens; c += PA_THREADS) {
-      const int j = c / tile_tokens, tl = c - j * tile_tokens;
-      const int t = tile_begin + tl;
-      if (t >= end) continue;
-      const int blk = t >> log2_bs;
-      if (!block_needed(blk)) continue;
-      const long long phys = __ldg(table + blk);
-      const unsigned char* src = k_base + (phys * k_stride_block +
-                                           (static_cast<long long>(j) * block_size + (t & (block_size - 1))) * X) *
-                                              static_cast<long long>(sizeof(KV));
-      cp_async<16>(ks + c * 16, src);
-    }
-    // V: row d, pieces of v_piece bytes (whole 16-byte groups unless the block row is shorter).
-    const int pieces_per_row = row_bytes / v_piece;
-    const int piece_tokens = v_piece / static_cast<int>(sizeof(KV));
-    for (int c = tid; c < head_size * pieces_per_row; c += PA_THREADS) {
-      const int d = c / pieces_per_row, k = c - d * pieces_per_row;
-      const int tl = k * piece_tokens;
-      const int t = tile_begin + tl;
-      unsigned char* dst = vs + d * row_bytes + v_swizzle(d, k * v_piece, row_bytes);
-      const int blk = t >> log2_bs;
-      if (t >= end || !block_needed(blk)) {
-        zero_small(dst, v_piece);  // P is 0 there; zeros keep 0 * garbage (NaN) out of the sum
-        continue;
-      }
-      const long long phys = __ldg(table + blk);
-      const unsigned char* src = v_base + (phys * v_stride_block + static_cast<long long>(d) * block_size +
-                                           (t & (block_size - 1))) *
-                                              static_cast<long long>(sizeof(KV));
-      copy_small(dst, src, v_piece);
-    }
-  };
+  const KvTiles<KV> tiles{k_s, v_s, k_base, v_base, table, k_stride_block, v_stride_block,
+                          log2_bs, head_size, tile_tokens, end};
+  auto load_tile = [&](int tile_begin, int stage) { tiles.load(tile_begin, stage, block_needed); };
 
   float acc[ROWS][GT];
 #pragma unroll
@@ -253,22 +159,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(
     const int valid = min(tile_tokens, end - tile_begin);
     const unsigned char* ks = k_s + stage * tile_bytes;
     unsigned char* vs = v_s + stage * tile_bytes;
-    if (valid < tile_tokens) {
-      // A piece straddling the end holds tokens >= L (maybe NaN): zero them.
-      const int piece_tokens = v_piece / static_cast<int>(sizeof(KV));
-      const int straddle = valid % piece_tokens;
-      if (straddle != 0) {
-        const int first = valid;  // tokens [valid, valid + count) of the straddling piece
-        const int count = piece_tokens - straddle;
-        for (int i = tid; i < head_size * count; i += PA_THREADS) {
-          const int d = i / count, tl = first + (i - d * count);
-          const int byte = tl * static_cast<int>(sizeof(KV));
-          unsigned char* p = vs + d * row_bytes + v_swizzle(d, byte & ~15, row_bytes) + (byte & 15);
-          for (int b = 0; b < static_cast<int>(sizeof(KV)); ++b) p[b] = 0;
-        }
-        __syncthreads();
-      }
-    }
+    if (valid < tile_tokens) tiles.clear_tail(stage, valid);
 
     // ---- scores: thread group of tpt threads per token, chunks split among them -------------
     for (int tl = tid / tpt; tl < tile_tokens; tl += PA_THREADS / tpt) {
@@ -401,6 +292,227 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(
       const float inv = v_scale / (l_s[g] + 1e-6f);
       out[seq * out_stride_seq + (head0 + g) * out_stride_head + split * out_stride_part + d] =
           from_float<O>(acc[r][g] * inv);
+    }
+  }
+}
+
+// Tensor-core variant of paged_decode_kernel for 16-bit queries (same grid, arguments and
+// outputs; no block-sparse). The CTA's 16 query-head rows (the GQA group, zero-padded) are the M
+// dimension of mma.sync m16n8k16: S = Q K^T per 8 tokens, then O += P V with P taken straight
+// from S's registers. Each of the 4 warps owns 16 tokens of every 64-token tile with its own
+// online softmax; the warps' (m, l, O) are merged through shared memory at the end.
+//   DMAX  head_size bound (64, 128, 256): sizes the register arrays; head_size % 16 == 0
+// fp8 caches decode to fp16 in registers and use fp16 mma (e4m3 and e5m2 values are exact in fp16).
+template <typename T, typename KV, typename O, int DMAX>
+__global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
+    O* out, float* exp_sums, float* max_logits,
+    const T* query, const KV* key_cache, const KV* value_cache,
+    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
+    const float* k_scale_ptr, const float* v_scale_ptr,
+    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
+    int tile_tokens, int split_tokens, int num_partitions,
+    long long q_stride_seq, long long q_stride_head,
+    long long k_stride_block, long long k_stride_head,
+    long long v_stride_block, long long v_stride_head,
+    long long block_tables_stride, int max_table_tokens,
+    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
+    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step) {
+  static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
+  constexpr bool IS_FP8 = sizeof(KV) == 1;
+  using MT = typename pick_type<IS_FP8, __half, T>::type;
+  constexpr int ELEM = static_cast<int>(sizeof(KV));
+  constexpr int X = 16 / ELEM;
+  constexpr int KSTEPS = DMAX / 16;
+  constexpr int NTILES = DMAX / 8;
+  constexpr int TILE = 64;  // tile_tokens must equal this (the host passes it)
+  constexpr int STAGE_BYTES = TILE * DMAX * ELEM * 2;
+  constexpr int STAGES = STAGE_BYTES <= 16384 ? 4 : (STAGE_BYTES <= 32768 ? 3 : 2);
+
+  const int seq = blockIdx.x;
+  const int chunks_per_group = (group + 15) / 16;
+  const int kv_head = blockIdx.y / chunks_per_group;
+  const int head0 = kv_head * group + (blockIdx.y % chunks_per_group) * 16;
+  const int heads_here = min(16, kv_head * group + group - head0);
+  const int split = blockIdx.z;
+  const int seq_len = min(seq_lens[seq], max_table_tokens);
+  const int begin = split * split_tokens;
+  if (exp_sums != nullptr && begin >= seq_len) return;
+  const int end = min(begin + split_tokens, seq_len);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gq = lane >> 2, tq = lane & 3;  // mma fragment coordinates
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tile_bytes = TILE * head_size * ELEM;
+  unsigned char* k_s = smem;
+  unsigned char* v_s = smem + STAGES * tile_bytes;
+  const KvTiles<KV> tiles{k_s, v_s,
+                          reinterpret_cast<const unsigned char*>(key_cache + kv_head * k_stride_head),
+                          reinterpret_cast<const unsigned char*>(value_cache + kv_head * v_stride_head),
+                          block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
+                          log2_bs, head_size, TILE, end};
+  auto all_blocks = [](int) { return true; };
+
+  const float k_scale = IS_FP8 ? __ldg(k_scale_ptr) : 1.0f;
+  const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
+  const float s_scale = scale * k_scale;
+
+  // Q as A fragments (rows: query heads head0 + row; beyond the group: zeros).
+  unsigned qa[KSTEPS][4];
+  auto q_at = [&](int row, int col) {
+    return row < heads_here ? to_float(query[seq * q_stride_seq + (head0 + row) * q_stride_head + col]) : 0.0f;
+  };
+#pragma unroll
+  for (int kk = 0; kk < KSTEPS; ++kk) {
+    const int c0 = kk * 16 + tq * 2;
+    if (kk * 16 < head_size) {
+      qa[kk][0] = pack2<MT>(q_at(gq, c0), q_at(gq, c0 + 1));
+      qa[kk][1] = pack2<MT>(q_at(gq + 8, c0), q_at(gq + 8, c0 + 1));
+      qa[kk][2] = pack2<MT>(q_at(gq, c0 + 8), q_at(gq, c0 + 9));
+      qa[kk][3] = pack2<MT>(q_at(gq + 8, c0 + 8), q_at(gq + 8, c0 + 9));
+    }
+  }
+  float slope[2];
+  slope[0] = (alibi_slopes != nullptr && gq < heads_here) ? __ldg(alibi_slopes + head0 + gq) : 0.0f;
+  slope[1] = (alibi_slopes != nullptr && gq + 8 < heads_here) ? __ldg(alibi_slopes + head0 + gq + 8) : 0.0f;
+
+  float o[NTILES][4];
+#pragma unroll
+  for (int n = 0; n < NTILES; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_run[2] = {-PA_FLT_MAX, -PA_FLT_MAX}, l_run[2] = {0.0f, 0.0f};
+
+  const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < num_tiles) tiles.load(begin + s * TILE, s, all_blocks);
+    cp_async_commit();
+  }
+  const int rb = TILE * ELEM;  // V row bytes
+  for (int it = 0; it < num_tiles; ++it) {
+    const int stage = it % STAGES;
+    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    cp_async_commit();
+    cp_async_wait<STAGES - 1>();
+    __syncthreads();
+    const int tile_begin = begin + it * TILE;
+    const int valid = min(TILE, end - tile_begin);
+    if (valid < TILE) tiles.clear_tail(stage, valid);
+    const unsigned char* ks = k_s + stage * tile_bytes;
+    const unsigned char* vs = v_s + stage * tile_bytes;
+    const int tw = warp * 16;  // this warp's first token in the tile
+    if (tw < valid) {
+      float s[2][4];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS; ++kk) {
+        if (kk * 16 >= head_size) break;
+        const int d0 = kk * 16 + tq * 2;  // and d0 + 8
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const int t = tw + nt * 8 + gq;
+          const unsigned b0 = load_pair<KV, MT>(ks + ((d0 / X) * TILE + t) * 16 + (d0 % X) * ELEM);
+          const unsigned b1 = load_pair<KV, MT>(ks + (((d0 + 8) / X) * TILE + t) * 16 + ((d0 + 8) % X) * ELEM);
+          mma16816<MT>(s[nt], qa[kk], b0, b1);
+        }
+      }
+      // Scale, ALiBi, mask; then the online softmax per head row (rows gq and gq + 8).
+      float mx[2] = {-PA_FLT_MAX, -PA_FLT_MAX};
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int t = tw + nt * 8 + tq * 2 + (i & 1);
+          const int row = i >> 1;
+          float v = s[nt][i] * s_scale + slope[row] * static_cast<float>(tile_begin + t - seq_len + 1);
+          if (t >= valid) v = neg_inf();
+          s[nt][i] = v;
+          mx[row] = fmaxf(mx[row], v);
+        }
+#pragma unroll
+      for (int row = 0; row < 2; ++row) {
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 1));
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 2));
+        const float m_new = fmaxf(m_run[row], mx[row]);
+        const float alpha = __expf(m_run[row] - m_new);
+        m_run[row] = m_new;
+        l_run[row] *= alpha;
+#pragma unroll
+        for (int n = 0; n < NTILES; ++n) {
+          o[n][row * 2] *= alpha;
+          o[n][row * 2 + 1] *= alpha;
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = __expf(s[nt][i] - m_run[i >> 1]);
+          s[nt][i] = p;
+          l_run[i >> 1] += p;
+        }
+      const unsigned pa[4] = {pack2<MT>(s[0][0], s[0][1]), pack2<MT>(s[0][2], s[0][3]),
+                              pack2<MT>(s[1][0], s[1][1]), pack2<MT>(s[1][2], s[1][3])};
+      const int tb = (tw + tq * 2) * ELEM;  // byte of token tw + 2c in a V row (and + 8 tokens)
+#pragma unroll
+      for (int n = 0; n < NTILES; ++n) {
+        if (n * 8 >= head_size) break;
+        const int d = n * 8 + gq;
+        const unsigned char* row = vs + d * rb;
+        const unsigned b0 = load_pair<KV, MT>(row + v_swizzle(d, tb & ~15, rb) + (tb & 15));
+        const int tb8 = tb + 8 * ELEM;
+        const unsigned b1 = load_pair<KV, MT>(row + v_swizzle(d, tb8 & ~15, rb) + (tb8 & 15));
+        mma16816<MT>(o[n], pa, b0, b1);
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Merge the 4 warps: each publishes (m, l, O) for its 16 rows; shared memory is free now.
+#pragma unroll
+  for (int row = 0; row < 2; ++row) {
+    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 1);
+    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 2);
+  }
+  float* m_s = reinterpret_cast<float*>(smem);       // [4][16]
+  float* l_s = m_s + 4 * 16;                           // [4][16]
+  float* o_s = l_s + 4 * 16;                           // [4][16][head_size]
+  if (tq == 0) {
+    m_s[warp * 16 + gq] = m_run[0];
+    m_s[warp * 16 + gq + 8] = m_run[1];
+    l_s[warp * 16 + gq] = l_run[0];
+    l_s[warp * 16 + gq + 8] = l_run[1];
+  }
+#pragma unroll
+  for (int n = 0; n < NTILES; ++n) {
+    if (n * 8 >= head_size) break;
+    const int d = n * 8 + tq * 2;
+    float* base = o_s + (warp * 16) * head_size;
+    base[gq * head_size + d] = o[n][0];
+    base[gq * head_size + d + 1] = o[n][1];
+    base[(gq + 8) * head_size + d] = o[n][2];
+    base[(gq + 8) * head_size + d + 1] = o[n][3];
+  }
+  __syncthreads();
+  for (int i = tid; i < heads_here * head_size; i += PA_THREADS) {
+    const int r = i / head_size, d = i - r * head_size;
+    float mx = -PA_FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
+    float l = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float wt = expf(m_s[w * 16 + r] - mx);
+      l += l_s[w * 16 + r] * wt;
+      acc += o_s[(w * 16 + r) * head_size + d] * wt;
+    }
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] =
+        from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    if (exp_sums != nullptr && d == 0) {
+      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
+      exp_sums[idx] = l;
+      max_logits[idx] = mx;
     }
   }
 }

@@ -41,6 +41,12 @@ def properties(device: int) -> dict:
     return cupy.cuda.runtime.getDeviceProperties(device)
 
 
+def max_dynamic_smem(device: int) -> int:
+    """Shared memory one block may use after opting in (227 KB on H100)."""
+    p = properties(device)
+    return p.get("sharedMemPerBlockOptin", p["sharedMemPerBlock"])
+
+
 def arch(device: int) -> int:
     p = properties(device)
     return p["major"] * 10 + p["minor"]
@@ -62,9 +68,15 @@ def load_function(device: int, binary: bytes, symbol: str):
     """Load a cubin/PTX into ``device``'s context (never implicitly GPU 0) and get one kernel."""
     cupy = require_cupy("cupy_ops")
     from cupy.cuda import function
+    from cupy_backends.cuda.api import driver
     with cupy.cuda.Device(device):
         module = function.Module()
         module.load(binary)
         fn = module.get_function(symbol)
+        # Kernels may use all the dynamic shared memory the device allows (over 48 KB needs
+        # this opt-in); launch geometry decides how much each launch takes.
+        static = driver.funcGetAttribute(driver.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn.ptr)
+        driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                max_dynamic_smem(device) - static)
     _loaded_modules.append(module)  # modules live as long as the process, like their functions
     return fn

@@ -30,9 +30,10 @@ def fresh_venv(tmp_path_factory):
     venv = tmp / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     py = venv / "bin" / "python"
-    run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
-         "-q", str(wheel)])
     site = Path(run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    # The venv has no pip of its own: install the (pure-Python) wheel with ours, into its site.
+    run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+         str(site), str(wheel)])
     numpy_only = tmp / "numpy_only"
     numpy_only.mkdir()
     numpy_dir = Path(numpy.__file__).parent

@@ -31,4 +31,9 @@ template <> __device__ __forceinline__ __nv_fp8_e5m2 from_float<__nv_fp8_e5m2>(f
   return __nv_fp8_e5m2(x);
 }
 
+// The fp8 format of a cache element type, for the paired conversions in cuda_fp8.h.
+template <typename KV> __device__ __forceinline__ __nv_fp8_interpretation_t fp8_kind();
+template <> __device__ __forceinline__ __nv_fp8_interpretation_t fp8_kind<__nv_fp8_e4m3>() { return __NV_E4M3; }
+template <> __device__ __forceinline__ __nv_fp8_interpretation_t fp8_kind<__nv_fp8_e5m2>() { return __NV_E5M2; }
+
 }  // namespace cupy_ops

@@ -66,6 +66,36 @@ FAMILY = _runtime.KernelFamily(
     variants=VARIANTS,
     common=tuple(v for v in VARIANTS if v.dtype in ("float16", "bfloat16") and v.kv == "auto"
                  and v.rows == 1 and v.group_tile in (1, 4, 8)))
+
+
+@dataclasses.dataclass(frozen=True)
+class MmaVariant:
+    """Compile-time parameters of paged_decode_mma_kernel (16-bit queries, head_size % 16 == 0)."""
+
+    dtype: str        # float16 or bfloat16
+    kv: str
+    out: str
+    dmax: int         # head_size bound: 64, 128, 256
+
+    def template_args(self) -> tuple[str, ...]:
+        cpp = _interop.CPP_TYPES
+        kv = cpp[self.dtype] if self.kv == "auto" else FP8_CPP[self.kv]
+        return (cpp[self.dtype], kv, cpp[self.out], str(self.dmax))
+
+    def stages(self, cache_elem: int) -> int:
+        """Pipeline depth, as the kernel derives it from DMAX and the cache element size."""
+        stage = MMA_TILE * self.dmax * cache_elem * 2
+        return 4 if stage <= 16384 else (3 if stage <= 32768 else 2)
+
+
+MMA_TILE = 64
+MMA_DTYPES = ("float16", "bfloat16")
+MMA_VARIANTS = tuple(MmaVariant(d, kv, o, dm) for d, kv, o, dm in itertools.product(
+    MMA_DTYPES, ("auto", "e4m3", "e5m2"), MMA_DTYPES + ("float32",), (64, 128, 256)) if o in (d, "float32"))
+MMA_FAMILY = _runtime.KernelFamily(
+    op="paged_attention_mma", source="paged_attention.cu", template="cupy_ops::paged_decode_mma_kernel",
+    variants=MMA_VARIANTS,
+    common=tuple(v for v in MMA_VARIANTS if v.kv in ("auto", "e4m3") and v.dmax in (64, 128)))
 REDUCE_VARIANTS = tuple(ReduceVariant(d, t) for d in DTYPES for t in {d, "float32"})
 REDUCE_FAMILY = _runtime.KernelFamily(
     op="paged_attention_reduce", source="paged_attention.cu", template="cupy_ops::paged_reduce_kernel",
@@ -388,8 +418,17 @@ def group_tile(group: int) -> int:
     return GROUP_TILES[-1]
 
 
-def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str) -> Variant:
+def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str, sparse: bool):
+    """The tensor-core kernel for 16-bit queries with head_size % 16 == 0 and no block-sparse
+    pattern; the CUDA-core kernel otherwise (fp32 queries, head sizes 8 (mod 16), block-sparse)."""
+    if dtype in MMA_DTYPES and head_size % 16 == 0 and not sparse:
+        dmax = 64 if head_size <= 64 else (128 if head_size <= 128 else 256)
+        return MmaVariant(dtype, kv, out, dmax)
     return Variant(dtype, kv, out, group_tile(group), 1 if head_size <= THREADS else 2)
+
+
+def heads_per_cta(variant, group: int) -> int:
+    return 16 if isinstance(variant, MmaVariant) else group_tile(group)
 
 
 def tile_tokens(head_size: int, cache_elem: int, block_size: int) -> int:
@@ -402,7 +441,11 @@ def tile_tokens(head_size: int, cache_elem: int, block_size: int) -> int:
     return max(t, 16 // cache_elem, 16)
 
 
-def smem_bytes(variant: Variant, head_size: int, tile: int, cache_elem: int) -> int:
+def smem_bytes(variant, head_size: int, tile: int, cache_elem: int) -> int:
+    if isinstance(variant, MmaVariant):
+        stages = variant.stages(cache_elem) * 2 * MMA_TILE * head_size * cache_elem
+        merge = (2 * 4 * 16 + 4 * 16 * head_size) * 4
+        return max(stages, merge)
     gt = variant.group_tile
     floats = gt * head_size + gt * tile + 2 * gt + 2
     return floats * 4 + 16 + 2 * variant.stages * tile * head_size * cache_elem
@@ -434,8 +477,11 @@ def _plan(arrays, scalars, validate):
     device = a.query.device
     group = a.num_heads // a.num_kv_heads
     cache_elem = 1 if a.kv != "auto" else a.query.itemsize
-    tile = tile_tokens(a.head_size, cache_elem, a.block_size)
-    chunks_per_group = -(-group // group_tile(group))
+    sparse = a.sparse[2] > 1
+    probe = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse)
+    mma = isinstance(probe, MmaVariant)
+    tile = MMA_TILE if mma else tile_tokens(a.head_size, cache_elem, a.block_size)
+    chunks_per_group = -(-group // heads_per_cta(probe, group))
     ctas_per_split = a.num_kv_heads * chunks_per_group
     if a.op == OP_V2:
         split = PARTITION_SIZE
@@ -446,8 +492,8 @@ def _plan(arrays, scalars, validate):
         splits = max(1, -(-a.max_seq_len // split))
         direct = splits == 1
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
-    variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype)
-    kernel = _runtime.get_kernel(FAMILY, variant, device)
+    variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse)
+    kernel = _runtime.get_kernel(MMA_FAMILY if mma else FAMILY, variant, device)
     smem = smem_bytes(variant, a.head_size, tile, cache_elem)
     launches = []
     workspace = None

@@ -1,0 +1,147 @@
+// Shared pieces of the paged-attention kernels: cp.async, the K/V tile loader, block-sparse rule.
+//
+// Tile layouts in shared memory (one pipeline stage, tile = tile_tokens tokens of one kv head):
+//   K: [head_size / X][tile][X] cache elements, X = 16 bytes / element: chunk (j, token) at
+//      byte (j * tile + token) * 16, so consecutive tokens' chunks are consecutive 16-byte words.
+//   V: [head_size][tile] cache elements (a row per head-dim element, tokens contiguous), 16-byte
+//      groups XOR-swizzled by row (v_swizzle) so that threads reading different rows at the same
+//      token offset hit different banks.
+// Slots past the sequence end (and blocks nobody attends) hold zeros in V: their probability is
+// 0, and 0 * garbage could be NaN.
+#pragma once
+
+namespace cupy_ops {
+
+constexpr int PA_THREADS = 128;
+constexpr float PA_FLT_MAX = 3.402823466e38f;
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
+  if constexpr (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+                 "n"(BYTES));
+  }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Copy `bytes` (1..16, a power of two) global -> shared; cp.async where the size allows it.
+__device__ __forceinline__ void copy_small(unsigned char* smem, const unsigned char* gmem, int bytes) {
+  if (bytes == 16) {
+    cp_async<16>(smem, gmem);
+  } else if (bytes == 8) {
+    cp_async<8>(smem, gmem);
+  } else if (bytes == 4) {
+    cp_async<4>(smem, gmem);
+  } else {
+    for (int i = 0; i < bytes; ++i) smem[i] = gmem[i];
+  }
+}
+__device__ __forceinline__ void zero_small(unsigned char* smem, int bytes) {
+  if (bytes == 16) {
+    *reinterpret_cast<uint4*>(smem) = make_uint4(0, 0, 0, 0);
+  } else {
+    for (int i = 0; i < bytes; ++i) smem[i] = 0;
+  }
+}
+
+__device__ __forceinline__ int v_swizzle(int row, int byte_in_row, int row_bytes) {
+  const int groups = row_bytes >> 4;
+  const int mask = (groups >= 8 ? 8 : groups) - 1;
+  return byte_in_row ^ ((row & mask) << 4);
+}
+
+// Block-sparse (spec §4.4): is kv-cache block `blk` attended by query head h / kv head kvh?
+__device__ __forceinline__ bool bs_attended(int blk, int block_size, int seq_len, int h, int kvh,
+                                            int num_heads, int num_kv_heads, int tp_rank,
+                                            int vert_stride, int local_blocks, int bs_block_size,
+                                            int sliding_step) {
+  const int q_blk = (seq_len - 1) / bs_block_size;
+  const int kb = (blk * block_size) / bs_block_size;
+  const int off = sliding_step >= 0 ? (tp_rank * num_heads + h) * sliding_step + 1
+                                    : (tp_rank * num_kv_heads + kvh) * (-sliding_step) + 1;
+  return ((kb + off) % vert_stride == 0) || (kb > q_blk - local_blocks);
+}
+
+template <typename KV>
+struct KvTiles {
+  static constexpr int ELEM = static_cast<int>(sizeof(KV));
+  static constexpr int X = 16 / ELEM;
+  unsigned char* k_s;               // STAGES x tile_bytes
+  unsigned char* v_s;
+  const unsigned char* k_base;      // key_cache + kv_head * k_stride_head (bytes)
+  const unsigned char* v_base;
+  const int* table;                 // this sequence's block-table row
+  long long k_stride_block, v_stride_block;  // elements
+  int log2_bs, head_size, tile_tokens, end;
+
+  __device__ int tile_bytes() const { return tile_tokens * head_size * ELEM; }
+  __device__ int row_bytes() const { return tile_tokens * ELEM; }
+  // V is copied in pieces of one block row when a row is under 16 bytes (small block sizes).
+  __device__ int v_piece() const { return min(16, (1 << log2_bs) * ELEM); }
+
+  // Issue the copies of tokens [tile_begin, tile_begin + tile) into `stage` (cp.async; the
+  // caller commits and waits). needed(blk) says whether a cache block is read at all.
+  template <typename Needed>
+  __device__ void load(int tile_begin, int stage, Needed needed) const {
+    const int block_size = 1 << log2_bs;
+    unsigned char* ks = k_s + stage * tile_bytes();
+    unsigned char* vs = v_s + stage * tile_bytes();
+    const int chunks = head_size / X;
+    for (int c = threadIdx.x; c < chunks * tile_tokens; c += blockDim.x) {
+      const int j = c / tile_tokens, tl = c - j * tile_tokens;
+      const int t = tile_begin + tl;
+      if (t >= end) continue;
+      const int blk = t >> log2_bs;
+      if (!needed(blk)) continue;
+      const long long phys = __ldg(table + blk);
+      const long long elem = phys * k_stride_block +
+                             (static_cast<long long>(j) * block_size + (t & (block_size - 1))) * X;
+      cp_async<16>(ks + c * 16, k_base + elem * ELEM);
+    }
+    const int piece = v_piece();
+    const int rb = row_bytes();
+    const int pieces_per_row = rb / piece;
+    const int piece_tokens = piece / ELEM;
+    for (int c = threadIdx.x; c < head_size * pieces_per_row; c += blockDim.x) {
+      const int d = c / pieces_per_row, k = c - d * pieces_per_row;
+      const int t = tile_begin + k * piece_tokens;
+      unsigned char* dst = vs + d * rb + v_swizzle(d, k * piece, rb);
+      const int blk = t >> log2_bs;
+      if (t >= end || !needed(blk)) {
+        zero_small(dst, piece);
+        continue;
+      }
+      const long long phys = __ldg(table + blk);
+      const long long elem = phys * v_stride_block + static_cast<long long>(d) * block_size +
+                             (t & (block_size - 1));
+      copy_small(dst, v_base + elem * ELEM, piece);
+    }
+  }
+
+  // After the copies of a tile with only `valid` tokens landed: zero the tokens >= valid that
+  // share a copied piece with valid ones (they may hold NaN). Ends with a barrier if it wrote.
+  __device__ void clear_tail(int stage, int valid) const {
+    const int piece_tokens = v_piece() / ELEM;
+    const int straddle = valid % piece_tokens;
+    if (straddle == 0) return;
+    const int count = piece_tokens - straddle;
+    const int rb = row_bytes();
+    unsigned char* vs = v_s + stage * tile_bytes();
+    for (int i = threadIdx.x; i < head_size * count; i += blockDim.x) {
+      const int d = i / count, tl = valid + (i - d * count);
+      const int byte = tl * ELEM;
+      unsigned char* p = vs + d * rb + v_swizzle(d, byte & ~15, rb) + (byte & 15);
+      for (int b = 0; b < ELEM; ++b) p[b] = 0;
+    }
+    __syncthreads();
+  }
+};
+
+}  // namespace cupy_ops
