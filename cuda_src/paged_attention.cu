@@ -301,9 +301,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(
 // dimension of mma.sync m16n8k16: S = Q K^T per 8 tokens, then O += P V with P taken straight
 // from S's registers. Each of the 4 warps owns 16 tokens of every 64-token tile with its own
 // online softmax; the warps' (m, l, O) are merged through shared memory at the end.
-//   DMAX  head_size bound (64, 128, 256): sizes the register arrays; head_size % 16 == 0
+//   DMAX    head_size bound (64, 128, 256): sizes the register arrays; head_size % 16 == 0
+//   STAGES  cp.async pipeline depth (2..4)
 // fp8 caches decode to fp16 in registers and use fp16 mma (e4m3 and e5m2 values are exact in fp16).
-template <typename T, typename KV, typename O, int DMAX>
+template <typename T, typename KV, typename O, int DMAX, int STAGES>
 __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     O* out, float* exp_sums, float* max_logits,
     const T* query, const KV* key_cache, const KV* value_cache,
@@ -325,8 +326,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
   constexpr int KSTEPS = DMAX / 16;
   constexpr int NTILES = DMAX / 8;
   constexpr int TILE = 64;  // tile_tokens must equal this (the host passes it)
-  constexpr int STAGE_BYTES = TILE * DMAX * ELEM * 2;
-  constexpr int STAGES = STAGE_BYTES <= 16384 ? 4 : (STAGE_BYTES <= 32768 ? 3 : 2);
+  static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
 
   const int seq = blockIdx.x;
   const int chunks_per_group = (group + 15) / 16;
@@ -400,9 +400,12 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     const unsigned char* vs = v_s + stage * tile_bytes;
     const int tw = warp * 16;  // this warp's first token in the tile
     if (tw < valid) {
-      float s[2][4];
+      // Even and odd k-steps accumulate separately: two independent mma chains per n-tile.
+      float s[2][4], s_odd[2][4];
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[nt][i] = s_odd[nt][i] = 0.0f;
 #pragma unroll
       for (int kk = 0; kk < KSTEPS; ++kk) {
         if (kk * 16 >= head_size) break;
@@ -412,9 +415,13 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
           const int t = tw + nt * 8 + gq;
           const unsigned b0 = load_pair<KV, MT>(ks + ((d0 / X) * TILE + t) * 16 + (d0 % X) * ELEM);
           const unsigned b1 = load_pair<KV, MT>(ks + (((d0 + 8) / X) * TILE + t) * 16 + ((d0 + 8) % X) * ELEM);
-          mma16816<MT>(s[nt], qa[kk], b0, b1);
+          mma16816<MT>((kk & 1) ? s_odd[nt] : s[nt], qa[kk], b0, b1);
         }
       }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[nt][i] += s_odd[nt][i];
       // Scale, ALiBi, mask; then the online softmax per head row (rows gq and gq + 8).
       float mx[2] = {-PA_FLT_MAX, -PA_FLT_MAX};
 #pragma unroll

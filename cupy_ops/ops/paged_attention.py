@@ -76,21 +76,23 @@ class MmaVariant:
     kv: str
     out: str
     dmax: int         # head_size bound: 64, 128, 256
+    stages: int       # cp.async pipeline depth, see mma_stages()
 
     def template_args(self) -> tuple[str, ...]:
         cpp = _interop.CPP_TYPES
         kv = cpp[self.dtype] if self.kv == "auto" else FP8_CPP[self.kv]
-        return (cpp[self.dtype], kv, cpp[self.out], str(self.dmax))
+        return (cpp[self.dtype], kv, cpp[self.out], str(self.dmax), str(self.stages))
 
-    def stages(self, cache_elem: int) -> int:
-        """Pipeline depth, as the kernel derives it from DMAX and the cache element size."""
-        stage = MMA_TILE * self.dmax * cache_elem * 2
-        return 4 if stage <= 16384 else (3 if stage <= 32768 else 2)
+
+def mma_stages(dmax: int, kv: str) -> int:
+    """Pipeline depth from the stage size (64 tokens of K and V): deeper for small stages."""
+    stage = MMA_TILE * dmax * (1 if kv != "auto" else 2) * 2
+    return 4 if stage <= 16384 else (3 if stage <= 32768 else 2)
 
 
 MMA_TILE = 64
 MMA_DTYPES = ("float16", "bfloat16")
-MMA_VARIANTS = tuple(MmaVariant(d, kv, o, dm) for d, kv, o, dm in itertools.product(
+MMA_VARIANTS = tuple(MmaVariant(d, kv, o, dm, mma_stages(dm, kv)) for d, kv, o, dm in itertools.product(
     MMA_DTYPES, ("auto", "e4m3", "e5m2"), MMA_DTYPES + ("float32",), (64, 128, 256)) if o in (d, "float32"))
 MMA_FAMILY = _runtime.KernelFamily(
     op="paged_attention_mma", source="paged_attention.cu", template="cupy_ops::paged_decode_mma_kernel",
@@ -145,7 +147,9 @@ def paged_attention_v1(out, query, key_cache, value_cache, num_kv_heads, scale, 
     long sequences are split across CTAs (merged with the log-sum-exp rule through a workspace)
     when the batch alone would not fill the GPU. Head sizes: any multiple of 8 up to 256 (16 for
     fp8); vLLM supports 32, 64, 80, 96, 112, 120, 128, 192, 256. Softmax denominators carry vLLM's
-    +1e-6; probabilities are not rounded to the query dtype before P.V (vLLM rounds them).
+    +1e-6. 16-bit queries run on tensor cores (mma.sync), whose P.V takes probabilities rounded
+    to the query dtype (fp16 for fp8 caches), as vLLM's kernel also rounds them; fp32 queries,
+    head sizes that are 8 (mod 16) and block-sparse calls run a CUDA-core kernel in fp32.
     NaN or Inf in cache slots that are not attended (past seq_len, unused table columns, skipped
     block-sparse blocks) never reaches the output.
     """
@@ -423,7 +427,7 @@ def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str, sp
     pattern; the CUDA-core kernel otherwise (fp32 queries, head sizes 8 (mod 16), block-sparse)."""
     if dtype in MMA_DTYPES and head_size % 16 == 0 and not sparse:
         dmax = 64 if head_size <= 64 else (128 if head_size <= 128 else 256)
-        return MmaVariant(dtype, kv, out, dmax)
+        return MmaVariant(dtype, kv, out, dmax, mma_stages(dmax, kv))
     return Variant(dtype, kv, out, group_tile(group), 1 if head_size <= THREADS else 2)
 
 
@@ -443,7 +447,7 @@ def tile_tokens(head_size: int, cache_elem: int, block_size: int) -> int:
 
 def smem_bytes(variant, head_size: int, tile: int, cache_elem: int) -> int:
     if isinstance(variant, MmaVariant):
-        stages = variant.stages(cache_elem) * 2 * MMA_TILE * head_size * cache_elem
+        stages = variant.stages * 2 * MMA_TILE * head_size * cache_elem
         merge = (2 * 4 * 16 + 4 * 16 * head_size) * 4
         return max(stages, merge)
     gt = variant.group_tile
