@@ -21,8 +21,11 @@ def main():
         one = torch.ones((), device="cuda")
         outs = [torch.empty_like(s[0]) for s in sets]
         kvk = pa.KV_KINDS[kv]
-        line = name + ":"
-        for stages in (2, 3, 4):
+        print(name)
+        for stages, order in ((2, "random"), (3, "random"), (3, "sequential")):
+            if order == "sequential":
+                for q, kc, vc, table, lens in sets:
+                    table.copy_(torch.arange(table.numel(), device="cuda", dtype=torch.int32).view_as(table))
             v = pa.MmaVariant(dtype, kvk, dtype, 128, stages)
             src = _runtime.read_source("paged_attention.cu")
             expr = pa.MMA_FAMILY.name_expression(v)
@@ -39,7 +42,7 @@ def main():
                 plans.append(_interop.LaunchPlan(pa.DECODE_PARAMS, k, a.query, grid, (128,),
                                                  pa._decode_args(a, target, 1, -(-L // 64) * 64, 64), smem))
             us = _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=50)
-            print(f"  stages {stages}: {us:.1f} us (smem {smem // 1024} KB)", flush=True)
+            print(f"  stages {stages}, {order} block table: {us:.1f} us (smem {smem // 1024} KB)", flush=True)
         del sets
         torch.cuda.empty_cache()
 

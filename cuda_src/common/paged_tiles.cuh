@@ -91,6 +91,55 @@ struct KvTiles {
   template <typename Needed>
   __device__ void load(int tile_begin, int stage, Needed needed) const {
     const int block_size = 1 << log2_bs;
+    if (block_size <= tile_tokens && block_size * ELEM >= 16) {
+      load_whole_blocks(tile_begin, stage, needed);
+    } else {
+      load_by_rows(tile_begin, stage, needed);
+    }
+  }
+
+  // The tile holds whole cache blocks, each a contiguous [D/X][bs][X] (K) and [D][bs] (V)
+  // region per kv head: consecutive threads copy consecutive 16-byte words of one block, so a
+  // warp reads 512 contiguous bytes (not 32-byte rows of four blocks).
+  template <typename Needed>
+  __device__ void load_whole_blocks(int tile_begin, int stage, Needed needed) const {
+    const int block_size = 1 << log2_bs;
+    unsigned char* ks = k_s + stage * tile_bytes();
+    unsigned char* vs = v_s + stage * tile_bytes();
+    const int units = head_size * block_size / X;  // 16-byte words per block and head
+    const int blocks = tile_tokens >> log2_bs;
+    const int rb = row_bytes();
+    for (int c = threadIdx.x; c < blocks * units; c += blockDim.x) {
+      const int u = c / units, f = c - u * units;
+      const int t0 = tile_begin + (u << log2_bs);  // first token of this block in the tile
+      // K word f: chunk j = f / bs of token o = f % bs.
+      const int j = f >> log2_bs, o = f & (block_size - 1);
+      // V word f: row d, tokens [ov, ov + X) of the block.
+      const int e = f * X;
+      const int d = e >> log2_bs, ov = e & (block_size - 1);
+      const bool k_live = t0 + o < end, v_live = t0 + ov < end;
+      const int blk = t0 >> log2_bs;
+      unsigned char* vdst = vs + d * rb + v_swizzle(d, ((u << log2_bs) + ov) * ELEM, rb);
+      if ((k_live || v_live) && needed(blk)) {
+        const long long phys = __ldg(table + blk);
+        const long long base = phys * k_stride_block;
+        if (k_live) cp_async<16>(ks + (j * tile_tokens + (u << log2_bs) + o) * 16, k_base + (base + f * X) * ELEM);
+        if (v_live) {
+          cp_async<16>(vdst, v_base + (phys * v_stride_block + e) * ELEM);
+        } else {
+          zero_small(vdst, 16);
+        }
+      } else {
+        zero_small(vdst, 16);
+      }
+    }
+  }
+
+  // General case (blocks larger than the tile, or block rows under 16 bytes): K by (chunk,
+  // token), V by (row, piece) with pieces of one block row when a row is under 16 bytes.
+  template <typename Needed>
+  __device__ void load_by_rows(int tile_begin, int stage, Needed needed) const {
+    const int block_size = 1 << log2_bs;
     unsigned char* ks = k_s + stage * tile_bytes();
     unsigned char* vs = v_s + stage * tile_bytes();
     const int chunks = head_size / X;
