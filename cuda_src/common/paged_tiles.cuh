@@ -91,7 +91,7 @@ struct KvTiles {
   template <typename Needed>
   __device__ void load(int tile_begin, int stage, Needed needed) const {
     const int block_size = 1 << log2_bs;
-    if (block_size <= tile_tokens && block_size * ELEM >= 16) {
+    if (block_size <= tile_tokens && block_size * ELEM >= 16 && (tile_tokens >> log2_bs) <= static_cast<int>(blockDim.x)) {
       load_whole_blocks(tile_begin, stage, needed);
     } else {
       load_by_rows(tile_begin, stage, needed);
@@ -99,36 +99,34 @@ struct KvTiles {
   }
 
   // The tile holds whole cache blocks, each a contiguous [D/X][bs][X] (K) and [D][bs] (V)
-  // region per kv head: consecutive threads copy consecutive 16-byte words of one block, so a
-  // warp reads 512 contiguous bytes (not 32-byte rows of four blocks).
+  // region per kv head. Each thread serves one block (one block-table lookup per tile, issued
+  // before its copies), and the threads of a block copy consecutive 16-byte words, so a warp
+  // reads 256-512 contiguous bytes.
   template <typename Needed>
   __device__ void load_whole_blocks(int tile_begin, int stage, Needed needed) const {
     const int block_size = 1 << log2_bs;
     unsigned char* ks = k_s + stage * tile_bytes();
     unsigned char* vs = v_s + stage * tile_bytes();
     const int units = head_size * block_size / X;  // 16-byte words per block and head
-    const int blocks = tile_tokens >> log2_bs;
+    const int blocks = tile_tokens >> log2_bs;      // <= blockDim.x, both powers of two
+    const int per_block = blockDim.x / blocks;
+    const int u = threadIdx.x / per_block;
+    const int t0 = tile_begin + (u << log2_bs);     // first token of this block in the tile
+    const int blk = t0 >> log2_bs;
+    const bool live = t0 < end && needed(blk);
+    const long long phys = live ? static_cast<long long>(__ldg(table + blk)) : 0;
     const int rb = row_bytes();
-    for (int c = threadIdx.x; c < blocks * units; c += blockDim.x) {
-      const int u = c / units, f = c - u * units;
-      const int t0 = tile_begin + (u << log2_bs);  // first token of this block in the tile
-      // K word f: chunk j = f / bs of token o = f % bs.
+    for (int f = threadIdx.x - u * per_block; f < units; f += per_block) {
+      // K word f: chunk j = f / bs of token o = f % bs. V word f: row d, tokens [ov, ov + X).
       const int j = f >> log2_bs, o = f & (block_size - 1);
-      // V word f: row d, tokens [ov, ov + X) of the block.
       const int e = f * X;
       const int d = e >> log2_bs, ov = e & (block_size - 1);
-      const bool k_live = t0 + o < end, v_live = t0 + ov < end;
-      const int blk = t0 >> log2_bs;
       unsigned char* vdst = vs + d * rb + v_swizzle(d, ((u << log2_bs) + ov) * ELEM, rb);
-      if ((k_live || v_live) && needed(blk)) {
-        const long long phys = __ldg(table + blk);
-        const long long base = phys * k_stride_block;
-        if (k_live) cp_async<16>(ks + (j * tile_tokens + (u << log2_bs) + o) * 16, k_base + (base + f * X) * ELEM);
-        if (v_live) {
-          cp_async<16>(vdst, v_base + (phys * v_stride_block + e) * ELEM);
-        } else {
-          zero_small(vdst, 16);
-        }
+      if (live && t0 + o < end)
+        cp_async<16>(ks + (j * tile_tokens + (u << log2_bs) + o) * 16,
+                     k_base + (phys * k_stride_block + f * X) * ELEM);
+      if (live && t0 + ov < end) {
+        cp_async<16>(vdst, v_base + (phys * v_stride_block + e) * ELEM);
       } else {
         zero_small(vdst, 16);
       }
