@@ -25,6 +25,7 @@ STAGES = 3             # cp.async pipeline depth
 PARTITION_SIZE = 512   # v2's scratch contract (spec §5.1)
 STAGE_TARGET_BYTES = 32 * 1024  # K + V bytes per pipeline stage (docs/perf.md)
 MAX_HEAD_SIZE = 256
+MIN_SPLIT_TOKENS = 256  # shorter splits spend more on pipeline fill and the merge than they gain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,12 +457,14 @@ def smem_bytes(variant, head_size: int, tile: int, cache_elem: int) -> int:
 
 
 def v1_splits(num_seqs: int, ctas_per_split: int, max_seq_len: int, tile: int, sm_count: int) -> int:
-    """Token split for v1: the fewest splits that give about two CTAs per SM (no split, no
-    workspace and no reduce when the batch already fills the GPU). Returns tokens per split."""
+    """Token split for v1: the fewest splits that give about four CTAs per SM (two resident
+    per SM, two waves to even out the tail), none of them shorter than MIN_SPLIT_TOKENS (no
+    split, no workspace and no reduce when the batch already fills the GPU). Returns tokens
+    per split."""
     longest = max(max_seq_len, 1)
     ctas = max(num_seqs * ctas_per_split, 1)
-    want = -(-2 * sm_count // ctas)
-    max_splits = -(-longest // tile)
+    want = -(-4 * sm_count // ctas)
+    max_splits = max(1, longest // max(MIN_SPLIT_TOKENS, tile))
     splits = max(1, min(want, max_splits))
     per_split = -(-longest // splits)
     return -(-per_split // tile) * tile
