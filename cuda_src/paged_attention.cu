@@ -387,12 +387,14 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     cp_async_commit();
   }
   const int rb = TILE * ELEM;  // V row bytes
+  // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
+  // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
   for (int it = 0; it < num_tiles; ++it) {
     const int stage = it % STAGES;
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
     if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
     cp_async_commit();
-    cp_async_wait<STAGES - 1>();
-    __syncthreads();
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);
     if (valid < TILE) tiles.clear_tail(stage, valid);
@@ -471,7 +473,6 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
         mma16816<MT>(o[n], pa, b0, b1);
       }
     }
-    __syncthreads();
   }
   cp_async_wait<0>();
   __syncthreads();

@@ -80,3 +80,9 @@ def load_function(device: int, binary: bytes, symbol: str):
                                 max_dynamic_smem(device) - static)
     _loaded_modules.append(module)  # modules live as long as the process, like their functions
     return fn
+
+
+def resident_blocks(kernel, threads: int, smem: int) -> int:
+    """CTAs of ``kernel`` one SM holds at once (registers, shared memory, threads)."""
+    from cupy_backends.cuda.api import driver
+    return max(1, driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.ptr, threads, smem))

@@ -856,3 +856,66 @@ def test_bad_partition_size():
     for bad in (100, 0, -16):
         with pytest.raises(CupyOpsValueError, match="partition_size must be a positive multiple"):
             paged_attention_v2_partials(**kw, partition_size=bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU op's pure dispatch helpers (no GPU needed)
+
+def test_v1_split_model_picks_whole_waves():
+    from cupy_ops.ops import paged_attention as pa
+    slots = 2 * 132
+    # Enough CTAs already: no split.
+    assert pa.v1_splits(64, 8, 4096, 64, slots) >= 4096
+    # One sequence, 8 kv heads: one wave of <= 264 CTAs beats two waves of shorter splits.
+    split = pa.v1_splits(1, 8, 32768, 64, slots)
+    used = -(-32768 // split)
+    assert 8 * used <= slots and used >= 16
+    # Splits are tile multiples and never shorter than MIN_SPLIT_TOKENS.
+    for L in (1, 63, 300, 5000, 100_000):
+        s = pa.v1_splits(2, 4, L, 64, slots)
+        assert s % 64 == 0 and (s >= min(pa.MIN_SPLIT_TOKENS, -(-L // 64) * 64))
+
+
+def test_variant_choice_and_geometry():
+    from cupy_ops.ops import paged_attention as pa
+    v = pa.choose_variant("bfloat16", "auto", 128, 4, "bfloat16", False)
+    assert isinstance(v, pa.MmaVariant) and pa.MMA_FAMILY.contains(v)
+    assert isinstance(pa.choose_variant("float32", "auto", 128, 4, "float32", False), pa.Variant)
+    assert isinstance(pa.choose_variant("bfloat16", "auto", 40, 4, "bfloat16", False), pa.Variant)
+    assert isinstance(pa.choose_variant("bfloat16", "auto", 128, 4, "bfloat16", True), pa.Variant)
+    for dtype in pa.DTYPES:
+        for kv in ("auto", "e4m3", "e5m2"):
+            for D in range(16 if kv != "auto" else 8, 257, 16 if kv != "auto" else 8):
+                for group in (1, 3, 4, 7, 8, 16, 32):
+                    for out in (dtype, "float32"):
+                        for sparse in (False, True):
+                            v = pa.choose_variant(dtype, kv, D, group, out, sparse)
+                            fam = pa.MMA_FAMILY if isinstance(v, pa.MmaVariant) else pa.FAMILY
+                            assert fam.contains(v), v
+    for D, elem in ((8, 2), (128, 2), (256, 4), (128, 1), (256, 1)):
+        t = pa.tile_tokens(D, elem, 16)
+        assert 512 % t == 0 and t * elem >= 16
+        assert pa.smem_bytes(pa.choose_variant("float32", "auto", D, 4, "float32", False), D, t, elem) < 200 * 1024
+
+
+def test_public_ops_run_the_reference_on_numpy_inputs():
+    import cupy_ops
+    rng = np.random.default_rng(7)
+    S, Hq, Hkv, D, BS = 3, 4, 2, 32, 16
+    lens = np.array([40, 0, 17], np.int32)
+    nb = 8
+    kc = rng.standard_normal((nb, Hkv, D // 4, BS, 4)).astype(np.float32)
+    vc = rng.standard_normal((nb, Hkv, D, BS)).astype(np.float32)
+    table = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 0]], np.int32)
+    q = rng.standard_normal((S, Hq, D)).astype(np.float32)
+    out = np.full((S, Hq, D), np.nan, np.float32)
+    cupy_ops.paged_attention_v1(out, q, kc, vc, Hkv, 0.2, table, lens, BS, 40)
+    want = paged_attention(q, kc, vc, Hkv, 0.2, table, lens, BS, 40)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+    out2 = np.full_like(out, np.nan)
+    P = 1
+    es, ml = np.full((S, Hq, P), -7, np.float32), np.full((S, Hq, P), -7, np.float32)
+    tmp = np.full((S, Hq, P, D), -7, np.float32)
+    cupy_ops.paged_attention_v2(out2, es, ml, tmp, q, kc, vc, Hkv, 0.2, table, lens, BS, 40)
+    np.testing.assert_allclose(out2, want, rtol=1e-5, atol=1e-6)
+    assert np.all(es[1] == -7)  # the empty sequence's partition is left untouched

@@ -26,6 +26,9 @@ PARTITION_SIZE = 512   # v2's scratch contract (spec §5.1)
 STAGE_TARGET_BYTES = 32 * 1024  # K + V bytes per pipeline stage (docs/perf.md)
 MAX_HEAD_SIZE = 256
 MIN_SPLIT_TOKENS = 256  # shorter splits spend more on pipeline fill and the merge than they gain
+MAX_SPLITS = 256
+SPLIT_OVERHEAD_TOKENS = 128
+REDUCE_OVERHEAD_TOKENS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,18 +459,24 @@ def smem_bytes(variant, head_size: int, tile: int, cache_elem: int) -> int:
     return floats * 4 + 16 + 2 * variant.stages * tile * head_size * cache_elem
 
 
-def v1_splits(num_seqs: int, ctas_per_split: int, max_seq_len: int, tile: int, sm_count: int) -> int:
-    """Token split for v1: the fewest splits that give about four CTAs per SM (two resident
-    per SM, two waves to even out the tail), none of them shorter than MIN_SPLIT_TOKENS (no
-    split, no workspace and no reduce when the batch already fills the GPU). Returns tokens
-    per split."""
+def v1_splits(num_seqs: int, ctas_per_split: int, max_seq_len: int, tile: int, slots: int) -> int:
+    """Tokens per split for v1, from a wave model: with ``slots`` CTAs resident at once, s
+    splits cost about ceil(ctas * s / slots) waves of (tokens per split + SPLIT_OVERHEAD_TOKENS)
+    (pipeline fill and the in-CTA merge), plus REDUCE_OVERHEAD_TOKENS once for the merge kernel
+    when s > 1. Measured on H100 (docs/perf.md): B1 L32768 runs best with one wave of 256 CTAs,
+    B64 L4096 without splitting. Splits are multiples of the tile and >= MIN_SPLIT_TOKENS."""
     longest = max(max_seq_len, 1)
     ctas = max(num_seqs * ctas_per_split, 1)
-    want = -(-4 * sm_count // ctas)
-    max_splits = max(1, longest // max(MIN_SPLIT_TOKENS, tile))
-    splits = max(1, min(want, max_splits))
-    per_split = -(-longest // splits)
-    return -(-per_split // tile) * tile
+    unit = max(tile, MIN_SPLIT_TOKENS)
+    best_cost, best_split = None, -(-longest // tile) * tile
+    for splits in range(1, min(MAX_SPLITS, max(1, longest // unit)) + 1):
+        per = -(-(-(-longest // splits)) // tile) * tile
+        used = -(-longest // per)
+        waves = -(-ctas * used // max(slots, 1))
+        cost = waves * (per + SPLIT_OVERHEAD_TOKENS) + (REDUCE_OVERHEAD_TOKENS if used > 1 else 0)
+        if best_cost is None or cost < best_cost:
+            best_cost, best_split = cost, per
+    return best_split
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,7 +504,11 @@ def _plan(arrays, scalars, validate):
         splits = a.partitions
         direct = False
     else:
-        split = v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, tile, _device.sm_count(device))
+        direct_variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse)
+        direct_kernel = _runtime.get_kernel(MMA_FAMILY if mma else FAMILY, direct_variant, device)
+        slots = _device.resident_blocks(direct_kernel, THREADS,
+                                        smem_bytes(direct_variant, a.head_size, tile, cache_elem))
+        split = v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, tile, slots * _device.sm_count(device))
         splits = max(1, -(-a.max_seq_len // split))
         direct = splits == 1
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
