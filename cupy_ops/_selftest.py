@@ -37,7 +37,8 @@ class Arrays:
     def put(self, a: np.ndarray, dtype: str):
         if self.kind == "torch-cuda":
             import torch
-            return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to("cuda", getattr(torch, dtype))
+            src = np.ascontiguousarray(a, np.int32 if dtype == "int32" else np.float32)
+            return torch.from_numpy(src).to("cuda", getattr(torch, dtype))
         if self.kind == "cupy":
             import cupy
             return cupy.asarray(a.astype(dtype))
@@ -85,7 +86,44 @@ def check_merge_attn_states(arrays: Arrays, dtype: str, rng) -> tuple[str, float
     return f"[{T},{H},{D}]", err, ok
 
 
-CHECKS = {"merge_attn_states": check_merge_attn_states}
+def check_paged_attention(arrays: Arrays, dtype: str, rng) -> tuple[str, float, bool]:
+    """v1 and v2 on a small GQA cache (one empty sequence, one crossing a partition)."""
+    from . import paged_attention_v1, paged_attention_v2
+    from .reference import paged_attention as ref
+    S, Hq, Hkv, D, BS = 3, 8, 2, 64, 16
+    lens = np.array([600, 0, 37], np.int32)
+    blocks = [-(-int(n) // BS) for n in lens]
+    num_blocks = sum(blocks) + 1
+    x = 16 // np.dtype(dtype if dtype != "bfloat16" else "float16").itemsize
+    kc = rng.standard_normal((num_blocks, Hkv, D // x, BS, x))
+    vc = rng.standard_normal((num_blocks, Hkv, D, BS))
+    table = np.zeros((S, max(blocks)), np.int32)
+    perm = rng.permutation(num_blocks - 1)
+    pos = 0
+    for s, nb in enumerate(blocks):
+        table[s, :nb] = perm[pos:pos + nb]
+        pos += nb
+    q = rng.standard_normal((S, Hq, D))
+    P = -(-int(lens.max()) // 512)
+    dq, dk, dv = arrays.put(q, dtype), arrays.put(kc, dtype), arrays.put(vc, dtype)
+    dt, dl = arrays.put(table, "int32"), arrays.put(lens, "int32")
+    out1 = arrays.put(np.full((S, Hq, D), np.nan), dtype)
+    out2 = arrays.put(np.full((S, Hq, D), np.nan), dtype)
+    es, ml = arrays.put(np.zeros((S, Hq, P)), "float32"), arrays.put(np.zeros((S, Hq, P)), "float32")
+    tmp = arrays.put(np.zeros((S, Hq, P, D)), dtype)
+    scale = D ** -0.5
+    paged_attention_v1(out1, dq, dk, dv, Hkv, scale, dt, dl, BS, int(lens.max()))
+    paged_attention_v2(out2, es, ml, tmp, dq, dk, dv, Hkv, scale, dt, dl, BS, int(lens.max()))
+    arrays.sync()
+    want = ref.paged_attention(arrays.get(dq), arrays.get(dk), arrays.get(dv), Hkv, scale, table, lens,
+                               BS, int(lens.max()))
+    err = max(float(np.max(np.abs(arrays.get(o) - want))) for o in (out1, out2))
+    ok = bool(np.isfinite(err) and err <= 8 * UNIT_ROUNDOFF[dtype] * max(1.0, float(np.abs(vc).max())) + 1e-5)
+    return f"[{S},{Hq},{D}]", err, ok
+
+
+CHECKS = {"merge_attn_states": check_merge_attn_states,
+          "paged_attention_v1/v2": check_paged_attention}
 
 
 def run_selftest(stream=None) -> int:
@@ -95,7 +133,7 @@ def run_selftest(stream=None) -> int:
     rng = np.random.default_rng(0)
     where = kind if kind == "numpy-reference" else f"{kind} on {_device.name(0)}"
     print(f"cupy_ops selftest: {where}", file=stream)
-    header = f"{'op':28s} {'dtype':9s} {'shape':14s} {'max rel err':>12s} {'ms':>8s}  result"
+    header = f"{'op':28s} {'dtype':9s} {'shape':14s} {'max error':>12s} {'ms':>8s}  result"
     print(header, file=stream)
     print("-" * len(header), file=stream)
     failures = 0
