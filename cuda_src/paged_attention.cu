@@ -62,17 +62,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(
   constexpr int X = 16 / static_cast<int>(sizeof(KV));  // cache elements per 16-byte chunk
   constexpr int NWARPS = PA_THREADS / 32;
 
-  const int seq = blockIdx.x;
-  const int chunks_per_group = (group + GT - 1) / GT;
-  const int kv_head = blockIdx.y / chunks_per_group;
-  const int head0 = kv_head * group + (blockIdx.y % chunks_per_group) * GT;  // first query head
-  const int heads_here = min(GT, kv_head * group + group - head0);
-  const int split = blockIdx.z;
-  // Tokens past the block table's capacity cannot be addressed: never read past a table row.
-  const int seq_len = min(seq_lens[seq], max_table_tokens);
-  const int begin = split * split_tokens;
-  if (exp_sums != nullptr && begin >= seq_len) return;  // v2: nothing to write for this split
-  const int end = min(begin + split_tokens, seq_len);
+  const DecodeCta cta(GT, group, seq_lens, max_table_tokens, split_tokens);
+  if (exp_sums != nullptr && cta.begin >= cta.seq_len) return;  // v2: nothing to write here
+  const int seq = cta.seq, kv_head = cta.kv_head, head0 = cta.head0, heads_here = cta.heads_here;
+  const int split = cta.split, seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
   const int block_size = 1 << log2_bs;
   const int tid = threadIdx.x;
   const int warp = tid >> 5, lane = tid & 31;
@@ -328,16 +321,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
   constexpr int TILE = 64;  // tile_tokens must equal this (the host passes it)
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
 
-  const int seq = blockIdx.x;
-  const int chunks_per_group = (group + 15) / 16;
-  const int kv_head = blockIdx.y / chunks_per_group;
-  const int head0 = kv_head * group + (blockIdx.y % chunks_per_group) * 16;
-  const int heads_here = min(16, kv_head * group + group - head0);
-  const int split = blockIdx.z;
-  const int seq_len = min(seq_lens[seq], max_table_tokens);
-  const int begin = split * split_tokens;
-  if (exp_sums != nullptr && begin >= seq_len) return;
-  const int end = min(begin + split_tokens, seq_len);
+  const DecodeCta cta(16, group, seq_lens, max_table_tokens, split_tokens);
+  if (exp_sums != nullptr && cta.begin >= cta.seq_len) return;
+  const int seq = cta.seq, kv_head = cta.kv_head, head0 = cta.head0, heads_here = cta.heads_here;
+  const int split = cta.split, seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gq = lane >> 2, tq = lane & 3;  // mma fragment coordinates
 

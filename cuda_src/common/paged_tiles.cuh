@@ -69,6 +69,24 @@ __device__ __forceinline__ bool bs_attended(int blk, int block_size, int seq_len
   return ((kb + off) % vert_stride == 0) || (kb > q_blk - local_blocks);
 }
 
+// Which work a decode CTA owns: grid x = sequence, y = (kv head, chunk of `heads` query heads of
+// its GQA group), z = split of split_tokens tokens. Tokens past the block table's capacity cannot
+// be addressed, so seq_len is clamped to it: a table row is never read past its end.
+struct DecodeCta {
+  int seq, kv_head, head0, heads_here, split, seq_len, begin, end;
+  __device__ DecodeCta(int heads, int group, const int* seq_lens, int max_table_tokens, int split_tokens) {
+    seq = blockIdx.x;
+    const int chunks_per_group = (group + heads - 1) / heads;
+    kv_head = blockIdx.y / chunks_per_group;
+    head0 = kv_head * group + (blockIdx.y % chunks_per_group) * heads;  // first query head
+    heads_here = min(heads, kv_head * group + group - head0);
+    split = blockIdx.z;
+    seq_len = min(seq_lens[seq], max_table_tokens);
+    begin = split * split_tokens;
+    end = min(begin + split_tokens, seq_len);
+  }
+};
+
 template <typename KV>
 struct KvTiles {
   static constexpr int ELEM = static_cast<int>(sizeof(KV));
