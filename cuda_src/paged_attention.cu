@@ -395,15 +395,18 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
         for (int i = 0; i < 4; ++i) s[nt][i] = s_odd[nt][i] = 0.0f;
+      // K word of (dim 16kk + 2c, token tw + 8nt + g): chunk (16kk + 2c) / X of that token.
+      // With X = 8 (16-bit) the +8 dims are the next chunk; with X = 16 (fp8) the same chunk.
+      const unsigned char* k0 = ks + (tw + gq) * 16 + tq * 2 * ELEM;
+      constexpr int CHUNKS_PER_KSTEP = 16 / X;  // 2 (16-bit) or 1 (fp8)
 #pragma unroll
       for (int kk = 0; kk < KSTEPS; ++kk) {
         if (kk * 16 >= head_size) break;
-        const int d0 = kk * 16 + tq * 2;  // and d0 + 8
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
-          const int t = tw + nt * 8 + gq;
-          const unsigned b0 = load_pair<KV, MT>(ks + ((d0 / X) * TILE + t) * 16 + (d0 % X) * ELEM);
-          const unsigned b1 = load_pair<KV, MT>(ks + (((d0 + 8) / X) * TILE + t) * 16 + ((d0 + 8) % X) * ELEM);
+          const unsigned char* k = k0 + (kk * CHUNKS_PER_KSTEP * TILE + nt * 8) * 16;
+          const unsigned b0 = load_pair<KV, MT>(k);
+          const unsigned b1 = load_pair<KV, MT>(CHUNKS_PER_KSTEP == 2 ? k + TILE * 16 : k + 8 * ELEM);
           mma16816<MT>((kk & 1) ? s_odd[nt] : s[nt], qa[kk], b0, b1);
         }
       }
@@ -429,13 +432,15 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
         mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 1));
         mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 2));
         const float m_new = fmaxf(m_run[row], mx[row]);
-        const float alpha = __expf(m_run[row] - m_new);
-        m_run[row] = m_new;
-        l_run[row] *= alpha;
+        if (m_new != m_run[row]) {  // the running max rarely moves after the first tiles
+          const float alpha = __expf(m_run[row] - m_new);
+          m_run[row] = m_new;
+          l_run[row] *= alpha;
 #pragma unroll
-        for (int n = 0; n < NTILES; ++n) {
-          o[n][row * 2] *= alpha;
-          o[n][row * 2 + 1] *= alpha;
+          for (int n = 0; n < NTILES; ++n) {
+            o[n][row * 2] *= alpha;
+            o[n][row * 2 + 1] *= alpha;
+          }
         }
       }
 #pragma unroll
@@ -448,15 +453,17 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
         }
       const unsigned pa[4] = {pack2<MT>(s[0][0], s[0][1]), pack2<MT>(s[0][2], s[0][3]),
                               pack2<MT>(s[1][0], s[1][1]), pack2<MT>(s[1][2], s[1][3])};
+      // Rows d = 8n + gq share d's low 3 bits with gq, so the swizzled offsets of this lane's
+      // two token pairs are the same in every n-tile: computed once, then a row stride per n.
       const int tb = (tw + tq * 2) * ELEM;  // byte of token tw + 2c in a V row (and + 8 tokens)
+      const int tb8 = tb + 8 * ELEM;
+      const unsigned char* v0 = vs + gq * rb + v_swizzle(gq, tb & ~15, rb) + (tb & 15);
+      const unsigned char* v1 = vs + gq * rb + v_swizzle(gq, tb8 & ~15, rb) + (tb8 & 15);
 #pragma unroll
       for (int n = 0; n < NTILES; ++n) {
         if (n * 8 >= head_size) break;
-        const int d = n * 8 + gq;
-        const unsigned char* row = vs + d * rb;
-        const unsigned b0 = load_pair<KV, MT>(row + v_swizzle(d, tb & ~15, rb) + (tb & 15));
-        const int tb8 = tb + 8 * ELEM;
-        const unsigned b1 = load_pair<KV, MT>(row + v_swizzle(d, tb8 & ~15, rb) + (tb8 & 15));
+        const unsigned b0 = load_pair<KV, MT>(v0 + n * 8 * rb);
+        const unsigned b1 = load_pair<KV, MT>(v1 + n * 8 * rb);
         mma16816<MT>(o[n], pa, b0, b1);
       }
     }
