@@ -451,9 +451,8 @@ def tile_tokens(head_size: int, cache_elem: int, block_size: int) -> int:
 
 def smem_bytes(variant, head_size: int, tile: int, cache_elem: int) -> int:
     if isinstance(variant, MmaVariant):
-        stages = variant.stages * 2 * MMA_TILE * head_size * cache_elem
-        merge = (2 * 4 * 16 + 4 * 16 * head_size) * 4
-        return max(stages, merge)
+        scores = 16 * (MMA_TILE + 4) * 4  # S of one tile, rows padded (S_PITCH in the kernel)
+        return scores + variant.stages * 2 * MMA_TILE * head_size * cache_elem
     gt = variant.group_tile
     floats = gt * head_size + gt * tile + 2 * gt + 2
     return floats * 4 + 16 + 2 * variant.stages * tile * head_size * cache_elem
@@ -499,16 +498,25 @@ def _plan(arrays, scalars, validate):
     tile = MMA_TILE if mma else tile_tokens(a.head_size, cache_elem, a.block_size)
     chunks_per_group = -(-group // heads_per_cta(probe, group))
     ctas_per_split = a.num_kv_heads * chunks_per_group
-    if a.op == OP_V2:
-        split = PARTITION_SIZE
-        splits = a.partitions
-        direct = False
-    else:
+    sm_count = _device.sm_count(device)
+
+    def wave_split(granule: int) -> int:
         direct_variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse)
         direct_kernel = _runtime.get_kernel(MMA_FAMILY if mma else FAMILY, direct_variant, device)
         slots = _device.resident_blocks(direct_kernel, THREADS,
                                         smem_bytes(direct_variant, a.head_size, tile, cache_elem))
-        split = v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, tile, slots * _device.sm_count(device))
+        return v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, granule, slots * sm_count)
+
+    if a.op == OP_V2:
+        # The scratch holds one result per 512-token partition; the tensor-core kernel can fill
+        # several partitions per CTA, so its split follows the wave model in whole partitions.
+        part = PARTITION_SIZE
+        split = wave_split(PARTITION_SIZE) if mma else PARTITION_SIZE
+        splits = -(-a.partitions * PARTITION_SIZE // split)
+        direct = False
+    else:
+        split = wave_split(tile)
+        part = split
         splits = max(1, -(-a.max_seq_len // split))
         direct = splits == 1
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
@@ -521,7 +529,7 @@ def _plan(arrays, scalars, validate):
         target = (a.out.ptr, 0, 0, a.out.strides[0], a.out.strides[1], 0)
     elif a.op == OP_V2:
         target = (a.tmp_out.ptr, a.exp_sums.ptr, a.max_logits.ptr,
-                  a.num_heads * splits * a.head_size, splits * a.head_size, a.head_size)
+                  a.num_heads * a.partitions * a.head_size, a.partitions * a.head_size, a.head_size)
     else:
         workspace = _interop.empty_like_framework(a.query, (a.num_seqs * a.num_heads * splits * (a.head_size + 2),), "float32")
         ws = workspace.ptr
@@ -529,16 +537,21 @@ def _plan(arrays, scalars, validate):
         target = (ws + 8 * stats, ws, ws + 4 * stats,
                   a.num_heads * splits * a.head_size, splits * a.head_size, a.head_size)
     grid = (a.num_seqs, ctas_per_split, splits)
-    launches.append(_interop.LaunchPlan(DECODE_PARAMS, kernel, a.query, grid, (THREADS,),
-                                        _decode_args(a, target, splits, split, tile), smem))
+    pitch = a.partitions if a.op == OP_V2 else splits  # partial results per (seq, head)
+    args = _decode_args(a, target, pitch, split, tile)
+    if mma:
+        launches.append(_interop.LaunchPlan(MMA_DECODE_PARAMS, kernel, a.query, grid, (THREADS,),
+                                            args + (part,), smem))
+    else:
+        launches.append(_interop.LaunchPlan(DECODE_PARAMS, kernel, a.query, grid, (THREADS,), args, smem))
     if not direct:
         rv = ReduceVariant(a.query.dtype, out_dtype)
         reduce_kernel = _runtime.get_kernel(REDUCE_FAMILY, rv, device)
         exp_ptr, max_ptr, tmp_ptr = target[1], target[2], target[0]
         launches.append(_interop.LaunchPlan(
             REDUCE_PARAMS, reduce_kernel, a.query, (a.num_seqs, a.num_heads), (THREADS,),
-            (a.out.ptr, exp_ptr, max_ptr, tmp_ptr, a.seq_lens.ptr, a.num_heads, a.head_size, split,
-             splits, a.out.strides[0], a.out.strides[1]), 4 * (splits + 32)))
+            (a.out.ptr, exp_ptr, max_ptr, tmp_ptr, a.seq_lens.ptr, a.num_heads, a.head_size, part,
+             pitch, a.out.strides[0], a.out.strides[1]), 4 * (pitch + 32)))
     return _interop.SequencePlan(launches, keep_alive=workspace)
 
 
@@ -557,6 +570,8 @@ DECODE_PARAMS = _interop.KernelParams((
     "i64", "i64", "i64",                      # out_stride_seq, out_stride_head, out_stride_part
     "i32", "i32", "i32", "i32", "i32",        # tp_rank, local_blocks, vert_stride, bs_block, step
 ))
+# paged_decode_mma_kernel: the same list plus part_tokens.
+MMA_DECODE_PARAMS = _interop.KernelParams(DECODE_PARAMS.types + ("i32",))
 REDUCE_PARAMS = _interop.KernelParams((
     "ptr", "ptr", "ptr", "ptr", "ptr",        # out, exp_sums, max_logits, tmp_out, seq_lens
     "i32", "i32", "i32", "i32",               # num_heads, head_size, split_tokens, num_partitions
@@ -564,7 +579,7 @@ REDUCE_PARAMS = _interop.KernelParams((
 ))
 
 
-def _decode_args(a: _Args, target, splits, split, tile) -> tuple:
+def _decode_args(a: _Args, target, pitch, split, tile) -> tuple:
     out_ptr, exp_ptr, max_ptr, st_seq, st_head, st_part = target
     tp_rank, bs_local, bs_vert, bs_block, bs_step = a.sparse
     capacity = min(a.block_tables.shape[1] * a.block_size, 2**31 - 1)
@@ -575,7 +590,7 @@ def _decode_args(a: _Args, target, splits, split, tile) -> tuple:
         0 if a.k_scale is None else a.k_scale.ptr, 0 if a.v_scale is None else a.v_scale.ptr,
         a.scale, a.num_heads, a.num_kv_heads, a.num_heads // a.num_kv_heads, a.head_size,
         a.block_size.bit_length() - 1,
-        tile, split, splits,
+        tile, split, pitch,
         a.query.strides[0], a.query.strides[1],
         a.key_cache.strides[0], a.key_cache.strides[1],
         a.value_cache.strides[0], a.value_cache.strides[1],
