@@ -39,7 +39,7 @@ def torch():
 @pytest.fixture(scope="module", autouse=True)
 def prebuilt():
     from cupy_ops import _device, _runtime
-    _runtime.precompile([pa.FAMILY, pa.MMA_FAMILY, pa.REDUCE_FAMILY], _device.arch(0), everything=True, jobs=16)
+    _runtime.precompile([pa.FAMILY, pa.MMA_FAMILY, pa.MMA_PARTS_FAMILY, pa.REDUCE_FAMILY], _device.arch(0), everything=True, jobs=16)
 
 
 class Case:

@@ -7,4 +7,5 @@ precompile`` and tests/test_compile_all.py.
 from . import merge_attn_states, paged_attention
 
 FAMILIES = {f.op: f for f in (merge_attn_states.FAMILY, paged_attention.FAMILY,
-                              paged_attention.MMA_FAMILY, paged_attention.REDUCE_FAMILY)}
+                              paged_attention.MMA_FAMILY, paged_attention.MMA_PARTS_FAMILY,
+                              paged_attention.REDUCE_FAMILY)}

@@ -98,10 +98,16 @@ MMA_TILE = 64
 MMA_DTYPES = ("float16", "bfloat16")
 MMA_VARIANTS = tuple(MmaVariant(d, kv, o, dm, mma_stages(dm, kv)) for d, kv, o, dm in itertools.product(
     MMA_DTYPES, ("auto", "e4m3", "e5m2"), MMA_DTYPES + ("float32",), (64, 128, 256)) if o in (d, "float32"))
+MMA_COMMON = tuple(v for v in MMA_VARIANTS if v.kv in ("auto", "e4m3") and v.dmax in (64, 128))
+# v1: warps split each tile's tokens and merge once; v2: warps split the head dimension and a CTA
+# emits one result per 512-token partition (see paged_attention_mma.cu).
 MMA_FAMILY = _runtime.KernelFamily(
-    op="paged_attention_mma", source="paged_attention.cu", template="cupy_ops::paged_decode_mma_kernel",
-    variants=MMA_VARIANTS,
-    common=tuple(v for v in MMA_VARIANTS if v.kv in ("auto", "e4m3") and v.dmax in (64, 128)))
+    op="paged_attention_mma", source="paged_attention_mma.cu",
+    template="cupy_ops::paged_decode_mma_kernel", variants=MMA_VARIANTS, common=MMA_COMMON)
+MMA_PARTS_FAMILY = _runtime.KernelFamily(
+    op="paged_attention_mma_parts", source="paged_attention_mma.cu",
+    template="cupy_ops::paged_decode_mma_parts_kernel", variants=MMA_VARIANTS,
+    common=tuple(v for v in MMA_COMMON if v.out != "float32"))
 REDUCE_VARIANTS = tuple(ReduceVariant(d, t) for d in DTYPES for t in {d, "float32"})
 REDUCE_FAMILY = _runtime.KernelFamily(
     op="paged_attention_reduce", source="paged_attention.cu", template="cupy_ops::paged_reduce_kernel",
@@ -449,10 +455,13 @@ def tile_tokens(head_size: int, cache_elem: int, block_size: int) -> int:
     return max(t, 16 // cache_elem, 16)
 
 
-def smem_bytes(variant, head_size: int, tile: int, cache_elem: int) -> int:
+def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool = False) -> int:
     if isinstance(variant, MmaVariant):
-        scores = 16 * (MMA_TILE + 4) * 4  # S of one tile, rows padded (S_PITCH in the kernel)
-        return scores + variant.stages * 2 * MMA_TILE * head_size * cache_elem
+        stages = variant.stages * 2 * MMA_TILE * head_size * cache_elem
+        if parts:
+            return 16 * (MMA_TILE + 4) * 4 + stages  # + S of one tile, rows padded (S_PITCH)
+        merge = (2 * 4 * 16 + 4 * 16 * head_size) * 4  # the warps' (m, l, O), reusing the stages
+        return max(stages, merge)
     gt = variant.group_tile
     floats = gt * head_size + gt * tile + 2 * gt + 2
     return floats * 4 + 16 + 2 * variant.stages * tile * head_size * cache_elem
@@ -500,18 +509,18 @@ def _plan(arrays, scalars, validate):
     ctas_per_split = a.num_kv_heads * chunks_per_group
     sm_count = _device.sm_count(device)
 
-    def wave_split(granule: int) -> int:
-        direct_variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse)
-        direct_kernel = _runtime.get_kernel(MMA_FAMILY if mma else FAMILY, direct_variant, device)
-        slots = _device.resident_blocks(direct_kernel, THREADS,
-                                        smem_bytes(direct_variant, a.head_size, tile, cache_elem))
+    def wave_split(granule: int, parts: bool = False) -> int:
+        v = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse)
+        fam = (MMA_PARTS_FAMILY if parts else MMA_FAMILY) if mma else FAMILY
+        slots = _device.resident_blocks(_runtime.get_kernel(fam, v, device), THREADS,
+                                        smem_bytes(v, a.head_size, tile, cache_elem, parts))
         return v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, granule, slots * sm_count)
 
     if a.op == OP_V2:
         # The scratch holds one result per 512-token partition; the tensor-core kernel can fill
         # several partitions per CTA, so its split follows the wave model in whole partitions.
         part = PARTITION_SIZE
-        split = wave_split(PARTITION_SIZE) if mma else PARTITION_SIZE
+        split = wave_split(PARTITION_SIZE, parts=True) if mma else PARTITION_SIZE
         splits = -(-a.partitions * PARTITION_SIZE // split)
         direct = False
     else:
@@ -521,8 +530,10 @@ def _plan(arrays, scalars, validate):
         direct = splits == 1
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
     variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse)
-    kernel = _runtime.get_kernel(MMA_FAMILY if mma else FAMILY, variant, device)
-    smem = smem_bytes(variant, a.head_size, tile, cache_elem)
+    parts = mma and a.op == OP_V2
+    family = (MMA_PARTS_FAMILY if parts else MMA_FAMILY) if mma else FAMILY
+    kernel = _runtime.get_kernel(family, variant, device)
+    smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts)
     launches = []
     workspace = None
     if direct:

@@ -1,0 +1,64 @@
+// Tensor-core building blocks of the paged decode kernels (16-bit queries; fp8 caches use fp16
+// mma, exact for e4m3 and e5m2 values). The CTA's 16 query-head rows are the M dimension.
+#pragma once
+
+#include "mma.cuh"
+#include "paged_tiles.cuh"
+
+namespace cupy_ops {
+
+// Q rows head0 .. head0 + 15 (zeros past the group) as A fragments, one set per 16-dim k-step.
+template <typename T, typename MT, int KSTEPS>
+__device__ __forceinline__ void load_q_fragments(unsigned (&qa)[KSTEPS][4], const T* q_row0,
+                                                 long long q_stride_head, int heads_here,
+                                                 int head_size, int gq, int tq) {
+  auto q_at = [&](int row, int col) {
+    return row < heads_here ? to_float(q_row0[row * q_stride_head + col]) : 0.0f;
+  };
+#pragma unroll
+  for (int kk = 0; kk < KSTEPS; ++kk) {
+    const int c0 = kk * 16 + tq * 2;
+    if (kk * 16 < head_size) {
+      qa[kk][0] = pack2<MT>(q_at(gq, c0), q_at(gq, c0 + 1));
+      qa[kk][1] = pack2<MT>(q_at(gq + 8, c0), q_at(gq + 8, c0 + 1));
+      qa[kk][2] = pack2<MT>(q_at(gq, c0 + 8), q_at(gq, c0 + 9));
+      qa[kk][3] = pack2<MT>(q_at(gq + 8, c0 + 8), q_at(gq + 8, c0 + 9));
+    }
+  }
+}
+
+// S (unscaled) of the 16 tokens [tw, tw + 16) of a K tile ([D/X][tile][X] in shared memory):
+// two n-tiles of 8 tokens; even and odd k-steps run as two independent mma chains.
+template <typename KV, typename MT, int KSTEPS, int TILE>
+__device__ __forceinline__ void qk_16_tokens(float (&s)[2][4], const unsigned (&qa)[KSTEPS][4],
+                                             const unsigned char* ks, int tw, int head_size,
+                                             int gq, int tq) {
+  constexpr int ELEM = static_cast<int>(sizeof(KV));
+  constexpr int X = 16 / ELEM;
+  constexpr int CHUNKS_PER_KSTEP = 16 / X;  // 2 (16-bit) or 1 (fp8)
+  float s_odd[2][4];
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[nt][i] = s_odd[nt][i] = 0.0f;
+  // K word of (dim 16kk + 2c, token tw + 8nt + g): with X = 8 the +8 dims are the next chunk,
+  // with X = 16 the same chunk.
+  const unsigned char* k0 = ks + (tw + gq) * 16 + tq * 2 * ELEM;
+#pragma unroll
+  for (int kk = 0; kk < KSTEPS; ++kk) {
+    if (kk * 16 >= head_size) break;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const unsigned char* k = k0 + (kk * CHUNKS_PER_KSTEP * TILE + nt * 8) * 16;
+      const unsigned b0 = load_pair<KV, MT>(k);
+      const unsigned b1 = load_pair<KV, MT>(CHUNKS_PER_KSTEP == 2 ? k + TILE * 16 : k + 8 * ELEM);
+      mma16816<MT>((kk & 1) ? s_odd[nt] : s[nt], qa[kk], b0, b1);
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[nt][i] += s_odd[nt][i];
+}
+
+}  // namespace cupy_ops

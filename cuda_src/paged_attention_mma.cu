@@ -1,0 +1,435 @@
+// paged_attention (tensor cores): decode attention over vLLM's paged KV cache for 16-bit queries.
+//
+// Same math, grid, arguments and outputs as paged_decode_kernel in paged_attention.cu (read its
+// header for the formula, the grid mapping and the v2 scratch contract), plus part_tokens. Two
+// ways to share a 64-token tile among the CTA's 4 warps:
+//   paged_decode_mma_kernel        each warp owns 16 tokens of every tile with its own online
+//                                  softmax; the warps' (m, l, O) merge once at the end (v1).
+//   paged_decode_mma_parts_kernel  warps exchange S through shared memory, run the same softmax
+//                                  over all 64 tokens and own a quarter of the head dimension, so
+//                                  a CTA can emit a result every part_tokens tokens (v2's 512-token
+//                                  partitions) without merging warps: CTAs span several partitions.
+// Measured on H100 (docs/perf.md): the first is faster for v1 (fewer exponentials and barriers),
+// the second for v2 (fewer CTAs than one per partition).
+#include "common/dtypes.cuh"
+#include "common/math.cuh"
+#include "common/vec.cuh"
+#include "common/paged_tiles.cuh"
+#include "common/mma.cuh"
+#include "common/paged_mma.cuh"
+
+namespace cupy_ops {
+
+// Tensor-core variant of paged_decode_kernel for 16-bit queries (same grid, arguments and
+// outputs, plus part_tokens, which must equal split_tokens here; no block-sparse). Used by v1. The CTA's 16 query-head rows (the GQA group, zero-padded) are the M
+// dimension of mma.sync m16n8k16: S = Q K^T per 8 tokens, then O += P V with P taken straight
+// from S's registers. Each of the 4 warps owns 16 tokens of every 64-token tile with its own
+// online softmax; the warps' (m, l, O) are merged through shared memory at the end.
+//   DMAX    head_size bound (64, 128, 256): sizes the register arrays; head_size % 16 == 0
+//   STAGES  cp.async pipeline depth (2..4)
+// fp8 caches decode to fp16 in registers and use fp16 mma (e4m3 and e5m2 values are exact in fp16).
+template <typename T, typename KV, typename O, int DMAX, int STAGES>
+__global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
+    O* out, float* exp_sums, float* max_logits,
+    const T* query, const KV* key_cache, const KV* value_cache,
+    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
+    const float* k_scale_ptr, const float* v_scale_ptr,
+    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
+    int tile_tokens, int split_tokens, int num_partitions,
+    long long q_stride_seq, long long q_stride_head,
+    long long k_stride_block, long long k_stride_head,
+    long long v_stride_block, long long v_stride_head,
+    long long block_tables_stride, int max_table_tokens,
+    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
+    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
+    int part_tokens) {
+  static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
+  constexpr bool IS_FP8 = sizeof(KV) == 1;
+  using MT = typename pick_type<IS_FP8, __half, T>::type;
+  constexpr int ELEM = static_cast<int>(sizeof(KV));
+  constexpr int KSTEPS = DMAX / 16;
+  constexpr int NTILES = DMAX / 8;
+  constexpr int TILE = 64;  // tile_tokens must equal this (the host passes it)
+  static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
+
+  const DecodeCta cta(16, group, seq_lens, max_table_tokens, split_tokens);
+  if (exp_sums != nullptr && cta.begin >= cta.seq_len) return;
+  const int seq = cta.seq, kv_head = cta.kv_head, head0 = cta.head0, heads_here = cta.heads_here;
+  const int split = cta.split, seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gq = lane >> 2, tq = lane & 3;  // mma fragment coordinates
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tile_bytes = TILE * head_size * ELEM;
+  unsigned char* k_s = smem;
+  unsigned char* v_s = smem + STAGES * tile_bytes;
+  const KvTiles<KV> tiles{k_s, v_s,
+                          reinterpret_cast<const unsigned char*>(key_cache + kv_head * k_stride_head),
+                          reinterpret_cast<const unsigned char*>(value_cache + kv_head * v_stride_head),
+                          block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
+                          log2_bs, head_size, TILE, end};
+  auto all_blocks = [](int) { return true; };
+
+  const float k_scale = IS_FP8 ? __ldg(k_scale_ptr) : 1.0f;
+  const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
+  const float s_scale = scale * k_scale;
+
+  unsigned qa[KSTEPS][4];
+  load_q_fragments<T, MT, KSTEPS>(qa, query + seq * q_stride_seq + head0 * q_stride_head, q_stride_head,
+                                  heads_here, head_size, gq, tq);
+  float slope[2];
+  slope[0] = (alibi_slopes != nullptr && gq < heads_here) ? __ldg(alibi_slopes + head0 + gq) : 0.0f;
+  slope[1] = (alibi_slopes != nullptr && gq + 8 < heads_here) ? __ldg(alibi_slopes + head0 + gq + 8) : 0.0f;
+
+  float o[NTILES][4];
+#pragma unroll
+  for (int n = 0; n < NTILES; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_run[2] = {-PA_FLT_MAX, -PA_FLT_MAX}, l_run[2] = {0.0f, 0.0f};
+
+  const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < num_tiles) tiles.load(begin + s * TILE, s, all_blocks);
+    cp_async_commit();
+  }
+  const int rb = TILE * ELEM;  // V row bytes
+  // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
+  // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
+  for (int it = 0; it < num_tiles; ++it) {
+    const int stage = it % STAGES;
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    cp_async_commit();
+    const int tile_begin = begin + it * TILE;
+    const int valid = min(TILE, end - tile_begin);
+    if (valid < TILE) tiles.clear_tail(stage, valid);
+    const unsigned char* ks = k_s + stage * tile_bytes;
+    const unsigned char* vs = v_s + stage * tile_bytes;
+    const int tw = warp * 16;  // this warp's first token in the tile
+    if (tw < valid) {
+      float s[2][4];
+      qk_16_tokens<KV, MT, KSTEPS, TILE>(s, qa, ks, tw, head_size, gq, tq);
+      // Scale, ALiBi, mask; then the online softmax per head row (rows gq and gq + 8).
+      float mx[2] = {-PA_FLT_MAX, -PA_FLT_MAX};
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int t = tw + nt * 8 + tq * 2 + (i & 1);
+          const int row = i >> 1;
+          float v = s[nt][i] * s_scale + slope[row] * static_cast<float>(tile_begin + t - seq_len + 1);
+          if (t >= valid) v = neg_inf();
+          s[nt][i] = v;
+          mx[row] = fmaxf(mx[row], v);
+        }
+#pragma unroll
+      for (int row = 0; row < 2; ++row) {
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 1));
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 2));
+        const float m_new = fmaxf(m_run[row], mx[row]);
+        if (m_new != m_run[row]) {  // the running max rarely moves after the first tiles
+          const float alpha = __expf(m_run[row] - m_new);
+          m_run[row] = m_new;
+          l_run[row] *= alpha;
+#pragma unroll
+          for (int n = 0; n < NTILES; ++n) {
+            o[n][row * 2] *= alpha;
+            o[n][row * 2 + 1] *= alpha;
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = __expf(s[nt][i] - m_run[i >> 1]);
+          s[nt][i] = p;
+          l_run[i >> 1] += p;
+        }
+      const unsigned pa[4] = {pack2<MT>(s[0][0], s[0][1]), pack2<MT>(s[0][2], s[0][3]),
+                              pack2<MT>(s[1][0], s[1][1]), pack2<MT>(s[1][2], s[1][3])};
+      // Rows d = 8n + gq share d's low 3 bits with gq, so the swizzled offsets of this lane's
+      // two token pairs are the same in every n-tile: computed once, then a row stride per n.
+      const int tb = (tw + tq * 2) * ELEM;  // byte of token tw + 2c in a V row (and + 8 tokens)
+      const int tb8 = tb + 8 * ELEM;
+      const unsigned char* v0 = vs + gq * rb + v_swizzle(gq, tb & ~15, rb) + (tb & 15);
+      const unsigned char* v1 = vs + gq * rb + v_swizzle(gq, tb8 & ~15, rb) + (tb8 & 15);
+#pragma unroll
+      for (int n = 0; n < NTILES; ++n) {
+        if (n * 8 >= head_size) break;
+        const unsigned b0 = load_pair<KV, MT>(v0 + n * 8 * rb);
+        const unsigned b1 = load_pair<KV, MT>(v1 + n * 8 * rb);
+        mma16816<MT>(o[n], pa, b0, b1);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Merge the 4 warps: each publishes (m, l, O) for its 16 rows; shared memory is free now.
+#pragma unroll
+  for (int row = 0; row < 2; ++row) {
+    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 1);
+    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 2);
+  }
+  float* m_s = reinterpret_cast<float*>(smem);       // [4][16]
+  float* l_s = m_s + 4 * 16;                           // [4][16]
+  float* o_s = l_s + 4 * 16;                           // [4][16][head_size]
+  if (tq == 0) {
+    m_s[warp * 16 + gq] = m_run[0];
+    m_s[warp * 16 + gq + 8] = m_run[1];
+    l_s[warp * 16 + gq] = l_run[0];
+    l_s[warp * 16 + gq + 8] = l_run[1];
+  }
+#pragma unroll
+  for (int n = 0; n < NTILES; ++n) {
+    if (n * 8 >= head_size) break;
+    const int d = n * 8 + tq * 2;
+    float* base = o_s + (warp * 16) * head_size;
+    base[gq * head_size + d] = o[n][0];
+    base[gq * head_size + d + 1] = o[n][1];
+    base[(gq + 8) * head_size + d] = o[n][2];
+    base[(gq + 8) * head_size + d + 1] = o[n][3];
+  }
+  __syncthreads();
+  for (int i = tid; i < heads_here * head_size; i += PA_THREADS) {
+    const int r = i / head_size, d = i - r * head_size;
+    float mx = -PA_FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
+    float l = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float wt = expf(m_s[w * 16 + r] - mx);
+      l += l_s[w * 16 + r] * wt;
+      acc += o_s[(w * 16 + r) * head_size + d] * wt;
+    }
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] =
+        from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    if (exp_sums != nullptr && d == 0) {
+      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
+      exp_sums[idx] = l;
+      max_logits[idx] = mx;
+    }
+  }
+}
+
+// Tensor-core kernel that fills several partitions per CTA (v2), same arguments as
+// paged_decode_mma_kernel; no block-sparse. The CTA's 16 query-head rows (the GQA group, zero-padded) are the
+// M dimension of mma.sync m16n8k16. Per 64-token tile: warp w computes S = Q K^T for tokens
+// [16w, 16w + 16) and publishes it in shared memory; every warp then runs the same online softmax
+// over all 64 tokens and computes O += P V for its quarter of the head dimension, so no warp ever
+// merges another's O. A CTA covers split_tokens tokens and writes one result per part_tokens
+// tokens (v2: the 512-token partitions of its scratch contract; v1: part = split), resetting its
+// softmax state in between: one CTA can fill several partitions without extra shared memory.
+//   DMAX    head_size bound (64, 128, 256): sizes the register arrays; head_size % 16 == 0
+//   STAGES  cp.async pipeline depth (2..4)
+// fp8 caches decode to fp16 in registers and use fp16 mma (e4m3 and e5m2 values are exact in fp16).
+template <typename T, typename KV, typename O, int DMAX, int STAGES>
+__global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
+    O* out, float* exp_sums, float* max_logits,
+    const T* query, const KV* key_cache, const KV* value_cache,
+    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
+    const float* k_scale_ptr, const float* v_scale_ptr,
+    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
+    int tile_tokens, int split_tokens, int num_partitions,
+    long long q_stride_seq, long long q_stride_head,
+    long long k_stride_block, long long k_stride_head,
+    long long v_stride_block, long long v_stride_head,
+    long long block_tables_stride, int max_table_tokens,
+    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
+    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
+    int part_tokens) {
+  static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
+  static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
+  constexpr bool IS_FP8 = sizeof(KV) == 1;
+  using MT = typename pick_type<IS_FP8, __half, T>::type;
+  constexpr int ELEM = static_cast<int>(sizeof(KV));
+  constexpr int KSTEPS = DMAX / 16;
+  constexpr int TILE = 64;             // tile_tokens must equal this (the host passes it)
+  constexpr int WARPS = PA_THREADS / 32;
+  constexpr int NT_WARP = DMAX / 8 / WARPS;  // output n-tiles (8 columns) per warp
+  constexpr int S_PITCH = TILE + 4;    // floats per S row in shared memory (bank spread)
+
+  const DecodeCta cta(16, group, seq_lens, max_table_tokens, split_tokens);
+  if (exp_sums != nullptr && cta.begin >= cta.seq_len) return;
+  const int seq = cta.seq, kv_head = cta.kv_head, head0 = cta.head0, heads_here = cta.heads_here;
+  const int seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gq = lane >> 2, tq = lane & 3;  // mma fragment coordinates
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tile_bytes = TILE * head_size * ELEM;
+  float* s_s = reinterpret_cast<float*>(smem);  // [16][S_PITCH] scores of the current tile
+  unsigned char* k_s = smem + 16 * S_PITCH * 4;
+  unsigned char* v_s = k_s + STAGES * tile_bytes;
+  const KvTiles<KV> tiles{k_s, v_s,
+                          reinterpret_cast<const unsigned char*>(key_cache + kv_head * k_stride_head),
+                          reinterpret_cast<const unsigned char*>(value_cache + kv_head * v_stride_head),
+                          block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
+                          log2_bs, head_size, TILE, end};
+  auto all_blocks = [](int) { return true; };
+
+  const float k_scale = IS_FP8 ? __ldg(k_scale_ptr) : 1.0f;
+  const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
+  const float s_scale = scale * k_scale;
+
+  unsigned qa[KSTEPS][4];
+  load_q_fragments<T, MT, KSTEPS>(qa, query + seq * q_stride_seq + head0 * q_stride_head, q_stride_head,
+                                  heads_here, head_size, gq, tq);
+  float slope[2];
+  slope[0] = (alibi_slopes != nullptr && gq < heads_here) ? __ldg(alibi_slopes + head0 + gq) : 0.0f;
+  slope[1] = (alibi_slopes != nullptr && gq + 8 < heads_here) ? __ldg(alibi_slopes + head0 + gq + 8) : 0.0f;
+
+  float o[NT_WARP][4];
+  float m_run[2], l_run[2];
+  auto reset = [&]() {
+#pragma unroll
+    for (int n = 0; n < NT_WARP; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    m_run[0] = m_run[1] = -PA_FLT_MAX;
+    l_run[0] = l_run[1] = 0.0f;
+  };
+  // Write the current part (softmax over its tokens) to out[..., part, :] and reset.
+  auto flush = [&](int part) {
+    float l[2];
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+      l[row] = l_run[row] + __shfl_xor_sync(0xffffffffu, l_run[row], 1);
+      l[row] += __shfl_xor_sync(0xffffffffu, l[row], 2);
+    }
+#pragma unroll
+    for (int n = 0; n < NT_WARP; ++n) {
+      const int d = (warp * NT_WARP + n) * 8 + tq * 2;
+      if (d >= head_size) break;
+#pragma unroll
+      for (int row = 0; row < 2; ++row) {
+        const int r = gq + row * 8;
+        if (r >= heads_here) continue;
+        const float inv = v_scale / (l[row] + 1e-6f);
+        O* dst = out + seq * out_stride_seq + (head0 + r) * out_stride_head + part * out_stride_part + d;
+        dst[0] = from_float<O>(o[n][row * 2] * inv);
+        dst[1] = from_float<O>(o[n][row * 2 + 1] * inv);
+      }
+    }
+    if (exp_sums != nullptr && warp == 0 && tq == 0) {
+#pragma unroll
+      for (int row = 0; row < 2; ++row) {
+        const int r = gq + row * 8;
+        if (r >= heads_here) continue;
+        const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + part;
+        exp_sums[idx] = l[row];
+        max_logits[idx] = m_run[row];
+      }
+    }
+    reset();
+  };
+  reset();
+
+  const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < num_tiles) tiles.load(begin + s * TILE, s, all_blocks);
+    cp_async_commit();
+  }
+  constexpr int RB = TILE * ELEM;  // V row bytes
+  const int tiles_per_part = part_tokens / TILE;
+  // Per tile: barrier (tile landed, previous tile fully consumed, its buffer free for the
+  // prefetch), S of the warp's 16 tokens -> shared memory, barrier, softmax + P.V.
+  for (int it = 0; it < num_tiles; ++it) {
+    const int stage = it % STAGES;
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    cp_async_commit();
+    const int tile_begin = begin + it * TILE;
+    const int valid = min(TILE, end - tile_begin);
+    if (valid < TILE) tiles.clear_tail(stage, valid);
+    const unsigned char* ks = k_s + stage * tile_bytes;
+    const unsigned char* vs = v_s + stage * tile_bytes;
+
+    {  // S for tokens [tw, tw + 16): even and odd k-steps in two independent mma chains
+      const int tw = warp * 16;
+      float sa[2][4];
+      qk_16_tokens<KV, MT, KSTEPS, TILE>(sa, qa, ks, tw, head_size, gq, tq);
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; i += 2) {
+          const int t = tw + nt * 8 + tq * 2;
+          const int row = gq + (i >> 1) * 8;
+          const float pos = static_cast<float>(tile_begin + t - seq_len + 1);
+          float v0 = sa[nt][i] * s_scale + slope[i >> 1] * pos;
+          float v1 = sa[nt][i + 1] * s_scale + slope[i >> 1] * (pos + 1.0f);
+          if (t >= valid) v0 = neg_inf();
+          if (t + 1 >= valid) v1 = neg_inf();
+          *reinterpret_cast<float2*>(s_s + row * S_PITCH + t) = make_float2(v0, v1);
+        }
+    }
+    __syncthreads();
+
+    // Online softmax over the tile's 64 tokens (every warp, identically), rows gq and gq + 8.
+    // This lane holds tokens 16ks + 2c + {0, 1, 8, 9} for ks = 0..3: exactly its A fragments.
+    float p[2][16];
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+      const float* srow = s_s + (gq + row * 8) * S_PITCH + tq * 2;
+      float mx = -PA_FLT_MAX;
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+        const float2 a = *reinterpret_cast<const float2*>(srow + ks * 16);
+        const float2 b = *reinterpret_cast<const float2*>(srow + ks * 16 + 8);
+        p[row][ks * 4 + 0] = a.x;
+        p[row][ks * 4 + 1] = a.y;
+        p[row][ks * 4 + 2] = b.x;
+        p[row][ks * 4 + 3] = b.y;
+        mx = fmaxf(mx, fmaxf(fmaxf(a.x, a.y), fmaxf(b.x, b.y)));
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[row], mx);
+      if (m_new != m_run[row]) {  // the running max rarely moves after the first tiles
+        const float alpha = __expf(m_run[row] - m_new);
+        m_run[row] = m_new;
+        l_run[row] *= alpha;
+#pragma unroll
+        for (int n = 0; n < NT_WARP; ++n) {
+          o[n][row * 2] *= alpha;
+          o[n][row * 2 + 1] *= alpha;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        p[row][i] = __expf(p[row][i] - m_run[row]);
+        l_run[row] += p[row][i];
+      }
+    }
+    // O[:, warp's columns] += P V: 4 k-steps of 16 tokens.
+    const unsigned char* vrow0 = vs + gq * RB;  // row d = 8n + gq shares gq's swizzle
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      if (ks * 16 >= valid) break;
+      const unsigned pa[4] = {pack2<MT>(p[0][ks * 4 + 0], p[0][ks * 4 + 1]),
+                              pack2<MT>(p[1][ks * 4 + 0], p[1][ks * 4 + 1]),
+                              pack2<MT>(p[0][ks * 4 + 2], p[0][ks * 4 + 3]),
+                              pack2<MT>(p[1][ks * 4 + 2], p[1][ks * 4 + 3])};
+      const int tb = (ks * 16 + tq * 2) * ELEM;
+      const int tb8 = tb + 8 * ELEM;
+      const int off0 = v_swizzle(gq, tb & ~15, RB) + (tb & 15);
+      const int off1 = v_swizzle(gq, tb8 & ~15, RB) + (tb8 & 15);
+#pragma unroll
+      for (int n = 0; n < NT_WARP; ++n) {
+        const int d0 = (warp * NT_WARP + n) * 8;
+        if (d0 >= head_size) break;
+        const unsigned char* row = vrow0 + d0 * RB;
+        mma16816<MT>(o[n], pa, load_pair<KV, MT>(row + off0), load_pair<KV, MT>(row + off1));
+      }
+    }
+    const int done = it + 1;
+    if (done == num_tiles || done % tiles_per_part == 0) flush((tile_begin - (tile_begin % part_tokens)) / part_tokens);
+  }
+  cp_async_wait<0>();
+  if (num_tiles == 0 && exp_sums == nullptr) flush(begin / part_tokens);  // empty sequence: zeros
+}
+
+}  // namespace cupy_ops
