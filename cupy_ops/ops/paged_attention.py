@@ -516,11 +516,12 @@ def _plan(arrays, scalars, validate):
                                         smem_bytes(v, a.head_size, tile, cache_elem, parts))
         return v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, granule, slots * sm_count)
 
+    # v2 with several partitions on tensor cores: CTAs fill several partitions each, split by
+    # the wave model. One partition: the v1 kernel, so that v1 and v2 agree bit for bit (§9.7).
+    parts = mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE
     if a.op == OP_V2:
-        # The scratch holds one result per 512-token partition; the tensor-core kernel can fill
-        # several partitions per CTA, so its split follows the wave model in whole partitions.
         part = PARTITION_SIZE
-        split = wave_split(PARTITION_SIZE, parts=True) if mma else PARTITION_SIZE
+        split = wave_split(PARTITION_SIZE, parts=True) if parts else PARTITION_SIZE
         splits = -(-a.partitions * PARTITION_SIZE // split)
         direct = False
     else:
@@ -530,7 +531,6 @@ def _plan(arrays, scalars, validate):
         direct = splits == 1
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
     variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse)
-    parts = mma and a.op == OP_V2
     family = (MMA_PARTS_FAMILY if parts else MMA_FAMILY) if mma else FAMILY
     kernel = _runtime.get_kernel(family, variant, device)
     smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts)
