@@ -58,7 +58,6 @@ class Case:
         used = sum(blocks_per_seq)
         num_blocks = used + 3  # 3 extra blocks full of NaN, referenced only by unused columns
         fp8 = kv != "auto"
-        cache_dt = torch.uint8 if fp8 else dt
         x = 16 // (1 if fp8 else torch.empty(0, dtype=dt).element_size())
         kf = torch.randn(num_blocks, Hkv, D // x, BS, x, generator=g, device="cuda")
         vf = torch.randn(num_blocks, Hkv, D, BS, generator=g, device="cuda")

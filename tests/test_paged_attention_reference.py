@@ -893,7 +893,7 @@ def test_variant_choice_and_geometry():
                             fam = pa.MMA_FAMILY if isinstance(v, pa.MmaVariant) else pa.FAMILY
                             assert fam.contains(v), v
     for D, elem in ((8, 2), (128, 2), (256, 4), (128, 1), (256, 1)):
-        t = pa.tile_tokens(D, elem, 16)
+        t = pa.tile_tokens(D, elem)
         assert 512 % t == 0 and t * elem >= 16
         assert pa.smem_bytes(pa.choose_variant("float32", "auto", D, 4, "float32", False), D, t, elem) < 200 * 1024
 

@@ -3,7 +3,6 @@
 Compiles configurations outside the variant table (threads, unroll, cache hints) straight through
 nvrtc_compile and times them with the bench harness. Not part of the package's API.
 """
-import sys
 import time
 
 import torch

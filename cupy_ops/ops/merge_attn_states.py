@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-import numpy as np
 
 from .. import _checks as C
 from .. import _device, _interop, _runtime

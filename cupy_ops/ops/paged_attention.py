@@ -108,7 +108,7 @@ MMA_PARTS_FAMILY = _runtime.KernelFamily(
     op="paged_attention_mma_parts", source="paged_attention_mma.cu",
     template="cupy_ops::paged_decode_mma_parts_kernel", variants=MMA_VARIANTS,
     common=tuple(v for v in MMA_COMMON if v.out != "float32"))
-REDUCE_VARIANTS = tuple(ReduceVariant(d, t) for d in DTYPES for t in {d, "float32"})
+REDUCE_VARIANTS = tuple(ReduceVariant(d, t) for d in DTYPES for t in dict.fromkeys((d, "float32")))
 REDUCE_FAMILY = _runtime.KernelFamily(
     op="paged_attention_reduce", source="paged_attention.cu", template="cupy_ops::paged_reduce_kernel",
     variants=REDUCE_VARIANTS, common=REDUCE_VARIANTS)
@@ -445,7 +445,7 @@ def heads_per_cta(variant, group: int) -> int:
     return 16 if isinstance(variant, MmaVariant) else group_tile(group)
 
 
-def tile_tokens(head_size: int, cache_elem: int, block_size: int) -> int:
+def tile_tokens(head_size: int, cache_elem: int) -> int:
     """Tokens per pipeline stage: about STAGE_TARGET_BYTES of K + V, a power of two in
     [max(16 / cache_elem, 16), 256]; it divides the 512-token partition."""
     per_token = 2 * head_size * cache_elem
@@ -504,7 +504,7 @@ def _plan(arrays, scalars, validate):
     sparse = a.sparse[2] > 1
     probe = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse)
     mma = isinstance(probe, MmaVariant)
-    tile = MMA_TILE if mma else tile_tokens(a.head_size, cache_elem, a.block_size)
+    tile = MMA_TILE if mma else tile_tokens(a.head_size, cache_elem)
     chunks_per_group = -(-group // heads_per_cta(probe, group))
     ctas_per_split = a.num_kv_heads * chunks_per_group
     sm_count = _device.sm_count(device)
