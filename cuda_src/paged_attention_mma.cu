@@ -70,16 +70,11 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
                           log2_bs, head_size, TILE, end};
   auto all_blocks = [](int) { return true; };
 
-  const float k_scale = IS_FP8 ? __ldg(k_scale_ptr) : 1.0f;
-  const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
-  const float s_scale = scale * k_scale;
-
-  unsigned qa[KSTEPS][4];
-  load_q_fragments<T, MT, KSTEPS>(qa, query + seq * q_stride_seq + head0 * q_stride_head, q_stride_head,
-                                  heads_here, head_size, gq, tq);
-  float slope[2];
-  slope[0] = (alibi_slopes != nullptr && gq < heads_here) ? __ldg(alibi_slopes + head0 + gq) : 0.0f;
-  slope[1] = (alibi_slopes != nullptr && gq + 8 < heads_here) ? __ldg(alibi_slopes + head0 + gq + 8) : 0.0f;
+  const MmaRows<T, KV, MT, KSTEPS> rows(cta, query, q_stride_seq, q_stride_head, alibi_slopes, k_scale_ptr,
+                                        v_scale_ptr, scale, head_size, gq, tq);
+  const auto& qa = rows.qa;
+  const float* slope = rows.slope;
+  const float s_scale = rows.s_scale, v_scale = rows.v_scale;
 
   float o[NTILES][4];
 #pragma unroll
@@ -271,16 +266,11 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
                           log2_bs, head_size, TILE, end};
   auto all_blocks = [](int) { return true; };
 
-  const float k_scale = IS_FP8 ? __ldg(k_scale_ptr) : 1.0f;
-  const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
-  const float s_scale = scale * k_scale;
-
-  unsigned qa[KSTEPS][4];
-  load_q_fragments<T, MT, KSTEPS>(qa, query + seq * q_stride_seq + head0 * q_stride_head, q_stride_head,
-                                  heads_here, head_size, gq, tq);
-  float slope[2];
-  slope[0] = (alibi_slopes != nullptr && gq < heads_here) ? __ldg(alibi_slopes + head0 + gq) : 0.0f;
-  slope[1] = (alibi_slopes != nullptr && gq + 8 < heads_here) ? __ldg(alibi_slopes + head0 + gq + 8) : 0.0f;
+  const MmaRows<T, KV, MT, KSTEPS> rows(cta, query, q_stride_seq, q_stride_head, alibi_slopes, k_scale_ptr,
+                                        v_scale_ptr, scale, head_size, gq, tq);
+  const auto& qa = rows.qa;
+  const float* slope = rows.slope;
+  const float s_scale = rows.s_scale, v_scale = rows.v_scale;
 
   float o[NT_WARP][4];
   float m_run[2], l_run[2];

@@ -61,4 +61,29 @@ __device__ __forceinline__ void qk_16_tokens(float (&s)[2][4], const unsigned (&
     for (int i = 0; i < 4; ++i) s[nt][i] += s_odd[nt][i];
 }
 
+// What a tensor-core decode CTA holds for its 16 query rows from start to end: Q fragments,
+// the rows' ALiBi slopes (rows g and g + 8 of this lane), the logit scale (k_scale folded in) and
+// v_scale (applied to the output).
+template <typename T, typename KV, typename MT, int KSTEPS>
+struct MmaRows {
+  unsigned qa[KSTEPS][4];
+  float slope[2];
+  float s_scale, v_scale;
+
+  __device__ MmaRows(const DecodeCta& cta, const T* query, long long q_stride_seq, long long q_stride_head,
+                     const float* alibi_slopes, const float* k_scale_ptr, const float* v_scale_ptr,
+                     float scale, int head_size, int gq, int tq) {
+    constexpr bool IS_FP8 = sizeof(KV) == 1;
+    s_scale = scale * (IS_FP8 ? __ldg(k_scale_ptr) : 1.0f);
+    v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
+    load_q_fragments<T, MT, KSTEPS>(qa, query + cta.seq * q_stride_seq + cta.head0 * q_stride_head,
+                                    q_stride_head, cta.heads_here, head_size, gq, tq);
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+      const int r = gq + row * 8;
+      slope[row] = (alibi_slopes != nullptr && r < cta.heads_here) ? __ldg(alibi_slopes + cta.head0 + r) : 0.0f;
+    }
+  }
+};
+
 }  // namespace cupy_ops
