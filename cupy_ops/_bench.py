@@ -303,9 +303,26 @@ def bench_paged(copy_gbs: float, configs=None) -> list[dict]:
     return rows
 
 
-def print_paged(rows, copy_gbs, out=sys.stdout):
+def paged_host_overhead_us() -> tuple[float, float]:
+    """Host time per call (v1, v2) on a tiny problem, where the GPU is never the bottleneck."""
+    torch = _torch()
+    from . import paged_attention_v1, paged_attention_v2
+    q, kc, vc, table, lens = _paged_set(torch, 1, 64, 32, 8, 128, 16, "bfloat16", "auto", 0)
+    out = torch.empty_like(q)
+    es, ml = torch.empty(1, 32, 1, device="cuda"), torch.empty(1, 32, 1, device="cuda")
+    tmp = torch.empty(1, 32, 1, 128, dtype=q.dtype, device="cuda")
+    one = torch.ones((), device="cuda")
+    v1 = host_time_us(lambda i: paged_attention_v1(out, q, kc, vc, 8, 0.1, table, lens, 16, 64, None, "auto", one, one))
+    v2 = host_time_us(lambda i: paged_attention_v2(out, es, ml, tmp, q, kc, vc, 8, 0.1, table, lens, 16, 64,
+                                                   None, "auto", one, one))
+    return v1, v2
+
+
+def print_paged(rows, copy_gbs, out=sys.stdout, host=None):
     torch = _torch()
     print(f"device: {torch.cuda.get_device_name()}  copy ceiling {copy_gbs:.0f} GB/s (read+write)", file=out)
+    if host:
+        print(f"host time per call (tiny problem): v1 {host[0]:.1f} us, v2 {host[1]:.1f} us", file=out)
     print("v1/v2 us: GPU time per call (median); GB/s and %copy for v1 (KV + q + out bytes);"
           " x sdpa: v1 time / dense SDPA time (enable_gqa, contiguous KV)", file=out)
     print(f"{'config':20s} {'v1 us':>8s} {'v2 us':>8s} {'v1 graph':>8s} {'GB/s':>6s} {'%copy':>6s} "
@@ -331,9 +348,10 @@ def run_bench(op: str, quick: bool = False, json_path: str | None = None) -> int
         return 0
     if op == "paged_attention":
         rows = bench_paged(copy_gbs, PAGED_CONFIGS[:2] if quick else None)
-        print_paged(rows, copy_gbs)
+        host = paged_host_overhead_us()
+        print_paged(rows, copy_gbs, host=host)
         if json_path:
             with open(json_path, "w") as f:
-                json.dump({"copy_gbs": copy_gbs, "rows": rows}, f, indent=1)
+                json.dump({"copy_gbs": copy_gbs, "host_us": host, "rows": rows}, f, indent=1)
         return 0
     raise SystemExit(f"no benchmark for {op}")
