@@ -492,8 +492,8 @@ def v1_splits(num_seqs: int, ctas_per_split: int, max_seq_len: int, tile: int, s
 
 def _plan(arrays, scalars, validate):
     a = _validate(arrays, scalars)
-    if validate:
-        _validate_values(a)
+    if validate or a.query.device is None:
+        _validate_values(a)  # host arrays: free to check, and the reference needs valid values
     if a.query.device is None:
         return _ReferencePlan(a)
     if a.num_seqs == 0 or a.num_heads == 0:
