@@ -239,20 +239,15 @@ class PackedArgs:
         self.address = self.pointers.ctypes.data
 
 
-def launch_packed(kernel, device: int, stream_ptr: int, grid: tuple, block: tuple,
-                  args: PackedArgs, shared_mem: int = 0) -> None:
-    """Launch ``kernel`` (a loaded cupy Function) in ``device``'s context on the stream."""
+def _launch(func_ptr: int, device: int, stream_ptr: int, dims: tuple, shared_mem: int,
+            params_address: int) -> None:
     driver, runtime = _cuda_api()
-    gx, gy, gz = (tuple(grid) + (1, 1))[:3]
-    bx, by, bz = (tuple(block) + (1, 1))[:3]
     if runtime.getDevice() != device:
         # Kernels belong to the context they were loaded in.
         with _device_context(device):
-            driver.launchKernel(kernel.ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr,
-                                args.address, 0)
+            driver.launchKernel(func_ptr, *dims, shared_mem, stream_ptr, params_address, 0)
         return
-    driver.launchKernel(kernel.ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr,
-                        args.address, 0)
+    driver.launchKernel(func_ptr, *dims, shared_mem, stream_ptr, params_address, 0)
 
 
 _CUDA_API = None
@@ -305,32 +300,38 @@ class LaunchPlan:
     """One kernel launch with every argument fixed except the stream, read at each run."""
 
     # Holds plain numbers only, never the caller's arrays: a cached plan must not keep memory alive.
-    __slots__ = ("kernel", "framework", "device", "grid", "block", "args", "shared_mem")
+    __slots__ = ("kernel", "func_ptr", "framework", "device", "dims", "args", "shared_mem")
 
     def __init__(self, params: KernelParams, kernel, stream_of: ArrayInfo, grid, block, values,
                  shared_mem=0):
-        self.kernel = kernel
+        self.kernel, self.func_ptr = kernel, kernel.ptr
         self.framework, self.device = stream_of.framework, stream_of.device
-        self.grid, self.block, self.shared_mem = tuple(grid), tuple(block), shared_mem
+        self.dims = (tuple(grid) + (1, 1))[:3] + (tuple(block) + (1, 1))[:3]
+        self.shared_mem = shared_mem
         self.args = params.pack(values)
 
     def run(self) -> None:
-        launch_packed(self.kernel, self.device, current_stream(self.framework, self.device),
-                      self.grid, self.block, self.args, self.shared_mem)
+        self.run_on(current_stream(self.framework, self.device))
+
+    def run_on(self, stream_ptr: int) -> None:
+        _launch(self.func_ptr, self.device, stream_ptr, self.dims, self.shared_mem, self.args.address)
 
 
 class SequencePlan:
     """Several launches in order on one stream (e.g. a split kernel and its reduce)."""
 
-    __slots__ = ("launches", "keep_alive")
+    __slots__ = ("launches", "keep_alive", "framework", "device")
 
     def __init__(self, launches, keep_alive=None):
         self.launches = tuple(launches)
         self.keep_alive = keep_alive  # a workspace the launches write (owned by the plan)
+        first = self.launches[0]
+        self.framework, self.device = first.framework, first.device
 
     def run(self) -> None:
+        stream = current_stream(self.framework, self.device)  # read once: all on one stream
         for launch in self.launches:
-            launch.run()
+            launch.run_on(stream)
 
 
 class NoOpPlan:
@@ -350,14 +351,22 @@ class PlanCache:
         self._plans: dict = {}
 
     def get(self, key):
-        return None if key is None else self._plans.get(key)
+        if key is None:
+            return None
+        try:
+            return self._plans.get(key)
+        except TypeError:  # an unhashable scalar argument: validation will name it
+            return None
 
     def put(self, key, plan) -> None:
         if key is None:
             return
         if len(self._plans) >= self.maxsize:
             self._plans.clear()
-        self._plans[key] = plan
+        try:
+            self._plans[key] = plan
+        except TypeError:
+            pass
 
     def clear(self) -> None:
         self._plans.clear()

@@ -90,3 +90,13 @@ def test_fingerprint_is_none_for_host_arrays():
     assert _interop.fingerprint((np.zeros(3),)) is None
     torch = pytest.importorskip("torch")
     assert _interop.fingerprint((torch.zeros(3),)) is None
+
+
+def test_plan_cache_tolerates_unhashable_keys():
+    cache = _interop.PlanCache()
+    key = ((1, [2]), ())
+    assert cache.get(key) is None
+    cache.put(key, object())
+    assert cache.get(((1, 2), ())) is None
+    cache.put(((1, 2), ()), "plan")
+    assert cache.get(((1, 2), ())) == "plan"

@@ -208,7 +208,11 @@ def _call(op, out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache,
               seq_lens, alibi_slopes, k_scale, v_scale)
     scalars = (op, num_kv_heads, scale, block_size, max_seq_len, kv_cache_dtype, tp_rank, bs_local,
                bs_vert, bs_block, bs_step)
-    key = None if validate else _interop.fingerprint(arrays, scalars)
+    # k_scale / v_scale are neither checked nor read for an unquantized cache: keep them out of
+    # the fingerprint there (two fewer tensors to inspect per call).
+    unquantized = isinstance(kv_cache_dtype, str) and KV_KINDS.get(kv_cache_dtype) == "auto"
+    keyed = arrays[:10] if unquantized else arrays
+    key = None if validate else _interop.fingerprint(keyed, scalars)
     plan = _PLANS.get(key)
     if plan is None:
         plan = _plan(arrays, scalars, validate)
