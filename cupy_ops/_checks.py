@@ -11,6 +11,7 @@ attributes (``dtype`` as a dtype name string, ``shape``, ``strides`` in elements
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterable, Mapping, Sequence
 
 
@@ -87,6 +88,15 @@ def check_same_device(op: str, names_and_arrays: Mapping[str, object]) -> int | 
 def check_int_range(op: str, name: str, value: int, lo: int, hi: int) -> None:
     if not (lo <= value <= hi):
         fail(op, f"{name} must be in {lo}..{hi}; got {value}")
+
+
+def check_int(op: str, name: str, value, lo: int, hi: int) -> int:
+    """A Python or NumPy integer (not a bool) in lo..hi, returned as int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        fail(op, f"{name} must be an int; got {type(value).__name__}", kind=CupyOpsTypeError)
+    value = int(value)
+    check_int_range(op, name, value, lo, hi)
+    return value
 
 
 def extent_bytes(arr) -> tuple[int, int]:

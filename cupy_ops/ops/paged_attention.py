@@ -250,13 +250,6 @@ class _Args:
     partitions: int   # v2 scratch pitch (0 for v1)
 
 
-def _int(op, name, value, lo, hi=2**31 - 1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        C.fail(op, f"{name} must be an int; got {type(value).__name__}", kind=C.CupyOpsTypeError)
-    C.check_int_range(op, name, int(value), lo, hi)
-    return int(value)
-
-
 def _validate(arrays, scalars) -> _Args:
     (out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, block_tables, seq_lens,
      alibi_slopes, k_scale, v_scale) = arrays
@@ -270,7 +263,7 @@ def _validate(arrays, scalars) -> _Args:
     kv = KV_KINDS[kv_cache_dtype]
     q = d("query", query)
     C.check_dtype(op, "query", q, DTYPES)
-    block_size = _int(op, "block_size", block_size, 1, 256)
+    block_size = C.check_int(op, "block_size", block_size, 1, 256)
     if block_size & (block_size - 1):
         C.fail(op, f"block_size must be a power of two in 1..256; got {block_size}")
     bt, sl = d("block_tables", block_tables), d("seq_lens", seq_lens)
@@ -283,10 +276,10 @@ def _validate(arrays, scalars) -> _Args:
     if head_size % 8 or head_size % x or not 8 <= head_size <= MAX_HEAD_SIZE:
         C.fail(op, f"query.shape[2] (head_size) must be a multiple of {max(8, x)} in "
                    f"{max(8, x)}..{MAX_HEAD_SIZE} for this cache; got {head_size}")
-    num_kv_heads = _int(op, "num_kv_heads", num_kv_heads, 1)
+    num_kv_heads = C.check_int(op, "num_kv_heads", num_kv_heads, 1, 2**31 - 1)
     if num_heads % num_kv_heads:
         C.fail(op, f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
-    max_seq_len = _int(op, "max_seq_len", max_seq_len, 0)
+    max_seq_len = C.check_int(op, "max_seq_len", max_seq_len, 0, 2**31 - 1)
     try:
         scale = float(np.float32(scale))
     except (TypeError, ValueError):
@@ -343,11 +336,11 @@ def _validate(arrays, scalars) -> _Args:
             if sc.size < 1:
                 C.fail(op, f"{name} must hold at least one element; got shape {sc.shape}")
 
-    tp_rank = _int(op, "tp_rank", tp_rank, 0)
-    bs_local = _int(op, "blocksparse_local_blocks", bs_local, 0)
-    bs_vert = _int(op, "blocksparse_vert_stride", bs_vert, -2**31)
-    bs_block = _int(op, "blocksparse_block_size", bs_block, -2**31)
-    bs_step = _int(op, "blocksparse_head_sliding_step", bs_step, -2**31)
+    tp_rank = C.check_int(op, "tp_rank", tp_rank, 0, 2**31 - 1)
+    bs_local = C.check_int(op, "blocksparse_local_blocks", bs_local, 0, 2**31 - 1)
+    bs_vert = C.check_int(op, "blocksparse_vert_stride", bs_vert, -2**31, 2**31 - 1)
+    bs_block = C.check_int(op, "blocksparse_block_size", bs_block, -2**31, 2**31 - 1)
+    bs_step = C.check_int(op, "blocksparse_head_sliding_step", bs_step, -2**31, 2**31 - 1)
     if bs_vert > 1 and (bs_block <= 0 or bs_block % block_size):
         C.fail(op, f"blocksparse_block_size must be a positive multiple of block_size ({block_size}) "
                    f"when blocksparse_vert_stride > 1; got {bs_block}")

@@ -36,11 +36,10 @@ its arguments (dtypes, ranges, and that every candidate address lies inside ``lo
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
-from .._checks import CupyOpsTypeError, CupyOpsValueError
+from .._checks import CupyOpsTypeError, check_int, fail
 
 MAX_TOP_K = 4096        # project limit; vLLM has no explicit bound (spec §2 "Supported topK")
 _INT32_MAX = 2**31 - 1  # vLLM passes stride0/stride1 as 32-bit ints (spec §1)
@@ -96,9 +95,9 @@ def top_k_per_row_prefill(logits, row_starts, row_ends, num_rows, stride0, strid
     for name, arr in (("row_starts", row_starts), ("row_ends", row_ends)):
         _check_index_array(op, name, arr)
         if arr.ndim != 1:
-            _fail(op, f"{name} must have 1 dimension [num_rows]; got shape {arr.shape}")
+            fail(op, f"{name} must have 1 dimension [num_rows]; got shape {arr.shape}")
         if arr.shape[0] < num_rows:
-            _fail(op, f"num_rows ({num_rows}) exceeds {name}.shape[0] ({arr.shape[0]})")
+            fail(op, f"num_rows ({num_rows}) exceeds {name}.shape[0] ({arr.shape[0]})")
     starts = row_starts[:num_rows].astype(np.int64)
     ends = row_ends[:num_rows].astype(np.int64)
     _check_nonnegative(op, "row_starts", starts)
@@ -106,7 +105,7 @@ def top_k_per_row_prefill(logits, row_starts, row_ends, num_rows, stride0, strid
     bad = np.flatnonzero(ends < starts)
     if bad.size:
         r = int(bad[0])
-        _fail(op, f"row_ends[{r}] ({ends[r]}) must be >= row_starts[{r}] ({starts[r]})")
+        fail(op, f"row_ends[{r}] ({ends[r]}) must be >= row_starts[{r}] ({starts[r]})")
     return _select(op, logits, starts, ends, num_rows, stride0, stride1, top_k, nan_rank)
 
 
@@ -151,7 +150,7 @@ def top_k_per_row_decode(logits, next_n, seq_lens, num_rows, stride0, stride1, t
     """
     op = "top_k_per_row_decode"
     num_rows, stride0, stride1, top_k = _check_scalars(op, num_rows, stride0, stride1, top_k)
-    next_n = _check_int(op, "next_n", next_n, 1, _INT32_MAX)
+    next_n = check_int(op, "next_n", next_n, 1, _INT32_MAX)
     _check_nan_rank(op, nan_rank)
     _check_logits(op, logits)
     _check_index_array(op, "seq_lens", seq_lens)
@@ -176,7 +175,7 @@ def decode_row_ends(next_n, seq_lens, num_rows, *, op="top_k_per_row_decode"):
     if seq_lens.ndim == 1:
         needed = -(-num_rows // next_n)
         if seq_lens.shape[0] < needed:
-            _fail(op, f"seq_lens.shape[0] (batch={seq_lens.shape[0]}) must be >= "
+            fail(op, f"seq_lens.shape[0] (batch={seq_lens.shape[0]}) must be >= "
                       f"ceil(num_rows / next_n) = {needed} (num_rows={num_rows}, next_n={next_n})")
         rows = np.arange(num_rows, dtype=np.int64)
         used = seq_lens.astype(np.int64)[rows // next_n]
@@ -184,15 +183,15 @@ def decode_row_ends(next_n, seq_lens, num_rows, *, op="top_k_per_row_decode"):
         ends = used - next_n + rows % next_n + 1
     elif seq_lens.ndim == 2:
         if seq_lens.shape[1] != next_n:
-            _fail(op, f"2-D seq_lens must have shape [batch, next_n={next_n}]; "
+            fail(op, f"2-D seq_lens must have shape [batch, next_n={next_n}]; "
                       f"got {seq_lens.shape}")
         if seq_lens.size < num_rows:
-            _fail(op, f"num_rows ({num_rows}) exceeds seq_lens.size ({seq_lens.size}) "
+            fail(op, f"num_rows ({num_rows}) exceeds seq_lens.size ({seq_lens.size}) "
                       f"for 2-D seq_lens {seq_lens.shape}")
         ends = seq_lens.reshape(-1)[:num_rows].astype(np.int64)
         _check_nonnegative(op, "seq_lens", ends)
     else:
-        _fail(op, f"seq_lens must have 1 dimension [batch] or 2 [batch, next_n]; "
+        fail(op, f"seq_lens must have 1 dimension [batch] or 2 [batch, next_n]; "
                   f"got shape {seq_lens.shape}")
     return np.maximum(ends, 0)
 
@@ -412,11 +411,11 @@ def _check_addresses(op, logits, starts, ends, stride0, stride1):
     if natural:
         # The strides are logits' own: the candidates must lie inside its shape.
         if starts.shape[0] > logits.shape[0]:
-            _fail(op, f"num_rows ({starts.shape[0]}) exceeds logits.shape[0] ({logits.shape[0]})")
+            fail(op, f"num_rows ({starts.shape[0]}) exceeds logits.shape[0] ({logits.shape[0]})")
         past = rows[ends[rows] > logits.shape[1]]
         if past.size:
             r = int(past[0])
-            _fail(op, f"row {r}'s candidate range [{starts[r]}, {ends[r]}) passes "
+            fail(op, f"row {r}'s candidate range [{starts[r]}, {ends[r]}) passes "
                       f"logits.shape[1] ({logits.shape[1]})")
     if rows.size == 0:
         return
@@ -428,7 +427,7 @@ def _check_addresses(op, logits, starts, ends, stride0, stride1):
     bad = rows[(first < lo) | (last >= hi)]
     if bad.size:
         r = int(bad[0])
-        _fail(op, f"row {r}'s candidates [{starts[r]}, {ends[r]}) address elements "
+        fail(op, f"row {r}'s candidates [{starts[r]}, {ends[r]}) address elements "
                   f"{r}*stride0+{starts[r]}*stride1 .. {r}*stride0+{ends[r] - 1}*stride1 "
                   f"(stride0={stride0}, stride1={stride1}), outside logits' memory, which spans "
                   f"element offsets [{lo}, {hi})")
@@ -444,54 +443,41 @@ def _extent_elems(arr):
 
 
 def _check_scalars(op, num_rows, stride0, stride1, top_k):
-    return (_check_int(op, "num_rows", num_rows, 0, _INT32_MAX),
-            _check_int(op, "stride0", stride0, 0, _INT32_MAX),
-            _check_int(op, "stride1", stride1, 0, _INT32_MAX),
-            _check_int(op, "top_k", top_k, 1, MAX_TOP_K))
-
-
-def _check_int(op, name, value, lo, hi):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        _fail(op, f"{name} must be an int; got {type(value).__name__}", kind=CupyOpsTypeError)
-    value = int(value)
-    if not lo <= value <= hi:
-        _fail(op, f"{name} must be in {lo}..{hi}; got {value}")
-    return value
+    return (check_int(op, "num_rows", num_rows, 0, _INT32_MAX),
+            check_int(op, "stride0", stride0, 0, _INT32_MAX),
+            check_int(op, "stride1", stride1, 0, _INT32_MAX),
+            check_int(op, "top_k", top_k, 1, MAX_TOP_K))
 
 
 def _check_nan_rank(op, nan_rank):
     if nan_rank not in _NAN_RANKS:
-        _fail(op, f"nan_rank must be one of {', '.join(_NAN_RANKS)}; got {nan_rank!r}")
+        fail(op, f"nan_rank must be one of {', '.join(_NAN_RANKS)}; got {nan_rank!r}")
 
 
 def _check_logits(op, logits):
     if not isinstance(logits, np.ndarray):
-        _fail(op, f"logits must be a NumPy array; got {type(logits).__name__}",
+        fail(op, f"logits must be a NumPy array; got {type(logits).__name__}",
               kind=CupyOpsTypeError)
     if logits.dtype.name not in _LOGITS_DTYPES:
-        _fail(op, f"logits.dtype must be one of {', '.join(_LOGITS_DTYPES)}; "
+        fail(op, f"logits.dtype must be one of {', '.join(_LOGITS_DTYPES)}; "
                   f"got {logits.dtype.name}", kind=CupyOpsTypeError)
     if logits.ndim != 2:
-        _fail(op, f"logits must have 2 dimensions [num_rows, num_cols]; got shape {logits.shape}")
+        fail(op, f"logits must have 2 dimensions [num_rows, num_cols]; got shape {logits.shape}")
 
 
 def _check_index_array(op, name, arr):
     if not isinstance(arr, np.ndarray):
-        _fail(op, f"{name} must be a NumPy int32 array; got {type(arr).__name__}",
+        fail(op, f"{name} must be a NumPy int32 array; got {type(arr).__name__}",
               kind=CupyOpsTypeError)
     if arr.dtype != np.int32:
-        _fail(op, f"{name}.dtype must be int32; got {arr.dtype.name}", kind=CupyOpsTypeError)
+        fail(op, f"{name}.dtype must be int32; got {arr.dtype.name}", kind=CupyOpsTypeError)
 
 
 def _check_nonnegative(op, name, values):
     bad = np.flatnonzero(values < 0)
     if bad.size:
         i = int(bad[0])
-        _fail(op, f"{name}[{i}] must be >= 0; got {values[i]}")
-
-
-def _fail(op, message, kind=CupyOpsValueError):
-    raise kind(f"{op}: {message}")
+        fail(op, f"{name}[{i}] must be >= 0; got {values[i]}")
 
 
 def _fmt(x):

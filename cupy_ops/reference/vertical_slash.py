@@ -48,11 +48,10 @@ defined entries, which is what tests of a GPU mergehead op must restrict their c
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
-from .._checks import CupyOpsTypeError, CupyOpsValueError
+from .._checks import CupyOpsTypeError, check_int, fail
 
 _INT32_MAX = 2**31 - 1
 _INT32_MIN = -(2**31)
@@ -159,7 +158,7 @@ def convert_vertical_slash_indexes_mergehead(q_seqlens, kv_seqlens, vertical_ind
         As the plain op; also counts of the wrong dtype/shape or outside ``[1, NNZ]``.
     """
     op = "convert_vertical_slash_indexes_mergehead"
-    fill = _check_int(op, "fill", fill, _INT32_MIN, _INT32_MAX)
+    fill = check_int(op, "fill", fill, _INT32_MIN, _INT32_MAX)
     args = _validate(op, q_seqlens, kv_seqlens, vertical_indexes, slash_indexes,
                      vertical_indices_count, slash_indices_count, context_size, block_size_M,
                      block_size_N, causal, mergehead=True)
@@ -241,10 +240,10 @@ def layout_to_dense_mask(block_count, block_offset, column_count, column_index, 
         ``[0, kv_len)`` (a correct layout never has one).
     """
     op = "layout_to_dense_mask"
-    q_len = _check_int(op, "q_len", q_len, 0, _INT32_MAX)
-    kv_len = _check_int(op, "kv_len", kv_len, 0, _INT32_MAX)
-    bm = _check_int(op, "block_size_M", block_size_M, 1, _INT32_MAX)
-    bn = _check_int(op, "block_size_N", block_size_N, 1, _INT32_MAX)
+    q_len = check_int(op, "q_len", q_len, 0, _INT32_MAX)
+    kv_len = check_int(op, "kv_len", kv_len, 0, _INT32_MAX)
+    bm = check_int(op, "block_size_M", block_size_M, 1, _INT32_MAX)
+    bn = check_int(op, "block_size_N", block_size_N, 1, _INT32_MAX)
     causal = _check_bool(op, "causal", causal)
     bc = np.asarray(block_count)
     bo = np.asarray(block_offset)
@@ -253,32 +252,32 @@ def layout_to_dense_mask(block_count, block_offset, column_count, column_index, 
     for name, arr, rank in (("block_count", bc, 1), ("block_offset", bo, 2),
                             ("column_count", cc, 1), ("column_index", ci, 2)):
         if arr.ndim != rank:
-            _fail(op, f"{name} must have {rank} dimension(s) (one head's layout); "
+            fail(op, f"{name} must have {rank} dimension(s) (one head's layout); "
                       f"got shape {arr.shape}")
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            _fail(op, f"{name} must hold integers; got dtype {arr.dtype}", kind=CupyOpsTypeError)
+            fail(op, f"{name} must hold integers; got dtype {arr.dtype}", kind=CupyOpsTypeError)
     n_rows = bc.shape[0]
     for name, arr in (("block_offset", bo), ("column_count", cc), ("column_index", ci)):
         if arr.shape[0] != n_rows:
-            _fail(op, f"{name}.shape[0] must equal block_count.shape[0] ({n_rows}); "
+            fail(op, f"{name}.shape[0] must equal block_count.shape[0] ({n_rows}); "
                       f"got {arr.shape}")
     used = num_rows(q_len, bm)
     if used > n_rows:
-        _fail(op, f"q_len={q_len} needs {used} rows of {bm} queries; the layout has {n_rows}")
+        fail(op, f"q_len={q_len} needs {used} rows of {bm} queries; the layout has {n_rows}")
     mask = np.zeros((q_len, kv_len), dtype=bool)
     for r in range(used):
         nb, nc = int(bc[r]), int(cc[r])
         if not 0 <= nb <= bo.shape[1]:
-            _fail(op, f"block_count[{r}]={nb} outside [0, {bo.shape[1]}]")
+            fail(op, f"block_count[{r}]={nb} outside [0, {bo.shape[1]}]")
         if not 0 <= nc <= ci.shape[1]:
-            _fail(op, f"column_count[{r}]={nc} outside [0, {ci.shape[1]}]")
+            fail(op, f"column_count[{r}]={nc} outside [0, {ci.shape[1]}]")
         offsets = bo[r, :nb].astype(np.int64)
         columns = ci[r, :nc].astype(np.int64)
         for name, vals in (("block_offset", offsets), ("column_index", columns)):
             bad = np.flatnonzero((vals < 0) | (vals >= kv_len))
             if bad.size:
                 k = int(bad[0])
-                _fail(op, f"{name}[{r}, {k}]={vals[k]} outside [0, kv_len={kv_len})")
+                fail(op, f"{name}[{r}, {k}]={vals[k]} outside [0, kv_len={kv_len})")
         keep = np.zeros(kv_len, dtype=bool)
         for o in offsets:
             keep[o:min(o + bn, kv_len)] = True
@@ -439,15 +438,15 @@ def _validate(op, q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, vertic
               slash_indices_count, context_size, block_size_M, block_size_N, causal, *,
               mergehead):
     """Check everything (spec §6, §10.5); returns the arguments of ``_convert`` (int64 arrays)."""
-    context_size = _check_int(op, "context_size", context_size, 0, _INT32_MAX)
-    bm = _check_int(op, "block_size_M", block_size_M, 1, _INT32_MAX)
-    bn = _check_int(op, "block_size_N", block_size_N, 1, _INT32_MAX)
+    context_size = check_int(op, "context_size", context_size, 0, _INT32_MAX)
+    bm = check_int(op, "block_size_M", block_size_M, 1, _INT32_MAX)
+    bn = check_int(op, "block_size_N", block_size_N, 1, _INT32_MAX)
     causal = _check_bool(op, "causal", causal)
     for name, value in (("block_size_M", bm), ("block_size_N", bn)):
         if value & (value - 1):
-            _fail(op, f"{name} must be a power of two; got {value}")
+            fail(op, f"{name} must be a power of two; got {value}")
     if bm != bn:
-        _fail(op, f"block_size_M ({bm}) must equal block_size_N ({bn}): the algorithm merges "
+        fail(op, f"block_size_M ({bm}) must equal block_size_N ({bn}): the algorithm merges "
                   f"ranges in steps of block_size_M and could overflow block_offset otherwise")
 
     arrays = [("q_seqlens", q_seqlens), ("kv_seqlens", kv_seqlens),
@@ -458,27 +457,27 @@ def _validate(op, q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, vertic
     for name, arr in arrays:
         _check_int32_array(op, name, arr)
     if slash_indexes.ndim != 3:
-        _fail(op, f"slash_indexes must have 3 dimensions [B, H, NNZ_S]; "
+        fail(op, f"slash_indexes must have 3 dimensions [B, H, NNZ_S]; "
                   f"got shape {slash_indexes.shape}")
     B, H, nnz_s = slash_indexes.shape
     if vertical_indexes.ndim != 3 or vertical_indexes.shape[:2] != (B, H):
-        _fail(op, f"vertical_indexes must have shape [B={B}, H={H}, NNZ_V] like slash_indexes; "
+        fail(op, f"vertical_indexes must have shape [B={B}, H={H}, NNZ_V] like slash_indexes; "
                   f"got {vertical_indexes.shape}")
     nnz_v = vertical_indexes.shape[2]
     for name, arr in (("q_seqlens", q_seqlens), ("kv_seqlens", kv_seqlens)):
         if arr.shape != (B,):
-            _fail(op, f"{name} must have shape [B] = ({B},); got {arr.shape}")
+            fail(op, f"{name} must have shape [B] = ({B},); got {arr.shape}")
     if nnz_v == 0:
-        _fail(op, "vertical_indexes.shape[2] (NNZ_V) must be >= 1; got 0")
+        fail(op, "vertical_indexes.shape[2] (NNZ_V) must be >= 1; got 0")
     if nnz_s == 0:
-        _fail(op, "slash_indexes.shape[2] (NNZ_S) must be >= 1; got 0")
+        fail(op, "slash_indexes.shape[2] (NNZ_S) must be >= 1; got 0")
 
     q = q_seqlens.astype(np.int64)
     kv = kv_seqlens.astype(np.int64)
     _check_each(op, "q_seqlens", q, q < 0, "must be >= 0")
     max_q = int(q.max(initial=0))
     if context_size < max_q:
-        _fail(op, f"context_size ({context_size}) must be >= max(q_seqlens) ({max_q}); vLLM "
+        fail(op, f"context_size ({context_size}) must be >= max(q_seqlens) ({max_q}); vLLM "
                   f"would write past the N_ROWS rows of the outputs")
     _check_each(op, "kv_seqlens", kv, kv < 0, "must be >= 0")
     active = q > 0                        # batch items whose index rows are read
@@ -491,7 +490,7 @@ def _validate(op, q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, vertic
         for name, arr, cap in (("vertical_indices_count", vertical_indices_count, nnz_v),
                                ("slash_indices_count", slash_indices_count, nnz_s)):
             if arr.shape != (H,):
-                _fail(op, f"{name} must have shape [H] = ({H},); got {arr.shape}")
+                fail(op, f"{name} must have shape [H] = ({H},); got {arr.shape}")
             vals = arr.astype(np.int64)
             _check_each(op, name, vals, (vals < 1) | (vals > cap), f"must be in [1, {cap}]")
         v_count = vertical_indices_count.astype(np.int64)
@@ -531,32 +530,19 @@ def _check_each(op, name, values, bad, reason):
     if hits.size:
         where = tuple(int(i) for i in hits[0])
         index = ", ".join(map(str, where))
-        _fail(op, f"{name}[{index}]={int(values[where])} {reason} "
+        fail(op, f"{name}[{index}]={int(values[where])} {reason} "
                   f"({hits.shape[0]} such entr{'y' if hits.shape[0] == 1 else 'ies'})")
 
 
 def _check_int32_array(op, name, arr):
     if not isinstance(arr, np.ndarray):
-        _fail(op, f"{name} must be a NumPy int32 array; got {type(arr).__name__}",
+        fail(op, f"{name} must be a NumPy int32 array; got {type(arr).__name__}",
               kind=CupyOpsTypeError)
     if arr.dtype != np.int32:
-        _fail(op, f"{name}.dtype must be int32; got {arr.dtype.name}", kind=CupyOpsTypeError)
-
-
-def _check_int(op, name, value, lo, hi):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        _fail(op, f"{name} must be an int; got {type(value).__name__}", kind=CupyOpsTypeError)
-    value = int(value)
-    if not lo <= value <= hi:
-        _fail(op, f"{name} must be in {lo}..{hi}; got {value}")
-    return value
+        fail(op, f"{name}.dtype must be int32; got {arr.dtype.name}", kind=CupyOpsTypeError)
 
 
 def _check_bool(op, name, value):
     if not isinstance(value, (bool, np.bool_)):
-        _fail(op, f"{name} must be a bool; got {type(value).__name__}", kind=CupyOpsTypeError)
+        fail(op, f"{name} must be a bool; got {type(value).__name__}", kind=CupyOpsTypeError)
     return bool(value)
-
-
-def _fail(op, message, kind=CupyOpsValueError):
-    raise kind(f"{op}: {message}")
