@@ -507,10 +507,9 @@ def _plan(arrays, scalars, validate):
     sm_count = _device.sm_count(device)
 
     def wave_split(granule: int, parts: bool = False) -> int:
-        v = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse)
         fam = (MMA_PARTS_FAMILY if parts else MMA_FAMILY) if mma else FAMILY
-        slots = _device.resident_blocks(_runtime.get_kernel(fam, v, device), THREADS,
-                                        smem_bytes(v, a.head_size, tile, cache_elem, parts))
+        slots = _device.resident_blocks(_runtime.get_kernel(fam, probe, device), THREADS,
+                                        smem_bytes(probe, a.head_size, tile, cache_elem, parts))
         return v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, granule, slots * sm_count)
 
     # v2 with several partitions on tensor cores: CTAs fill several partitions each, split by
