@@ -7,6 +7,7 @@ Public ops keep vLLM's names and argument order. torch tensors and CuPy arrays r
 from ._checks import CupyOpsTypeError, CupyOpsValueError, NoGPUError
 from .ops.merge_attn_states import merge_attn_states
 from .ops.paged_attention import paged_attention_v1, paged_attention_v2
+from .ops.top_k_per_row import top_k_per_row_decode, top_k_per_row_prefill
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,8 @@ __all__ = [
     "merge_attn_states",
     "paged_attention_v1",
     "paged_attention_v2",
+    "top_k_per_row_prefill",
+    "top_k_per_row_decode",
     "CupyOpsTypeError",
     "CupyOpsValueError",
     "NoGPUError",

@@ -182,7 +182,7 @@ def bench_merge(sizes, copy_gbs: float) -> list[dict]:
         row["speedup_vs_torch"] = row["torch_us"] / us
         row["copy_same_bytes_us"] = same_bytes_copy_us(bytes_moved)
         rows.append(row)
-        del sets
+        sets = None
         torch.cuda.empty_cache()
     return rows
 
@@ -281,7 +281,7 @@ def bench_paged(copy_gbs: float, configs=None) -> list[dict]:
         row = {"op": "paged_attention", "config": name, "bytes": bytes_moved,
                "v1_us": gpu_time_us(v1, reps=100), "v2_us": gpu_time_us(v2, reps=100)}
         row["v1_graph_us"] = graph_time_us(v1, max(n, 4))
-        del sets, scratch, outs
+        sets = scratch = outs = None
         torch.cuda.empty_cache()
         if kv == "auto":
             dt = getattr(torch, dtype)
@@ -350,6 +350,15 @@ def run_bench(op: str, quick: bool = False, json_path: str | None = None) -> int
         rows = bench_paged(copy_gbs, PAGED_CONFIGS[:2] if quick else None)
         host = paged_host_overhead_us()
         print_paged(rows, copy_gbs, host=host)
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump({"copy_gbs": copy_gbs, "host_us": host, "rows": rows}, f, indent=1)
+        return 0
+    if op == "top_k_per_row":
+        from ._bench_top_k import QUICK, bench_top_k, host_overhead_us, print_top_k
+        rows = bench_top_k(copy_gbs, QUICK if quick else None)
+        host = host_overhead_us()
+        print_top_k(rows, copy_gbs, host)
         if json_path:
             with open(json_path, "w") as f:
                 json.dump({"copy_gbs": copy_gbs, "host_us": host, "rows": rows}, f, indent=1)

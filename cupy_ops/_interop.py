@@ -150,6 +150,16 @@ def to_numpy(info: ArrayInfo) -> np.ndarray:
     return t.numpy()
 
 
+def to_host(info: ArrayInfo) -> np.ndarray:
+    """A NumPy copy of any array (a device-to-host copy for GPU arrays): for value checks."""
+    if info.device is None:
+        return to_numpy(info)
+    if info.framework == "torch":
+        return info.obj.detach().cpu().numpy()
+    import cupy
+    return cupy.asnumpy(info.obj)
+
+
 def write_host(info: ArrayInfo, value: np.ndarray) -> None:
     """Store ``value`` into a host array, rounding to its dtype (round to nearest even)."""
     if info.framework == "numpy":

@@ -122,8 +122,36 @@ def check_paged_attention(arrays: Arrays, dtype: str, rng) -> tuple[str, float, 
     return f"[{S},{Hq},{D}]", err, ok
 
 
+def check_top_k_per_row(arrays: Arrays, dtype: str, rng) -> tuple[str, float, bool]:
+    """Prefill and decode on rows longer and shorter than K; error = wrong index slots."""
+    from . import top_k_per_row_decode, top_k_per_row_prefill
+    from .reference import top_k_per_row as ref
+    R, N, K = 3, 5000, 512
+    logits = rng.standard_normal((R, N))
+    starts, ends = np.array([0, 7, 100], np.int32), np.array([N, 4000, 400], np.int32)
+    seq_lens = np.array([N, 300, 3000], np.int32)
+    dl = arrays.put(logits, dtype)
+    host = arrays.get(dl).astype(np.float32)  # the scores as rounded to dtype
+    got_p = arrays.put(np.full((R, K), -7), "int32")
+    got_d = arrays.put(np.full((R, K), -7), "int32")
+    top_k_per_row_prefill(dl, arrays.put(starts, "int32"), arrays.put(ends, "int32"), got_p, R, N, 1, K)
+    top_k_per_row_decode(dl, 1, arrays.put(seq_lens, "int32"), got_d, R, N, 1, K)
+    arrays.sync()
+    wrong = 0
+    for got, want, lengths in (
+            (got_p, ref.top_k_per_row_prefill(host, starts, ends, R, N, 1, K), ends - starts),
+            (got_d, ref.top_k_per_row_decode(host, 1, seq_lens, R, N, 1, K), seq_lens)):
+        g = arrays.get(got).astype(np.int64)
+        long_rows = lengths > K
+        want = want.astype(np.int64)
+        g[long_rows], want[long_rows] = np.sort(g[long_rows], 1), np.sort(want[long_rows], 1)
+        wrong += int((g != want).sum())
+    return f"[{R},{N}] K={K}", float(wrong), wrong == 0
+
+
 CHECKS = {"merge_attn_states": check_merge_attn_states,
-          "paged_attention_v1/v2": check_paged_attention}
+          "paged_attention_v1/v2": check_paged_attention,
+          "top_k_per_row_prefill/decode": check_top_k_per_row}
 
 
 def run_selftest(stream=None) -> int:

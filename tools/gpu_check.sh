@@ -5,7 +5,7 @@ set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUPY_OPS_CACHE_DIR=${CUPY_OPS_CACHE_DIR:-/tmp/cupy_ops_cache}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
-python3 -m cupy_ops precompile --all -j 16 2>&1 | tail -1 | tee "$OUT/precompile.txt"
+python3 -m cupy_ops precompile ${PRECOMPILE_OPS:+--op $PRECOMPILE_OPS} --all -j 16 2>&1 | tail -1 | tee "$OUT/precompile.txt"
 rc=0
 python3 -m pytest -q -p no:cacheprovider tests ${1:+-k "$1"} 2>&1 | tee "$OUT/pytest.txt" | tail -25 || rc=1
 if [ "${LARGE:-0}" = 1 ]; then

@@ -388,8 +388,8 @@ def _contiguous_strides(shape):
 def _validate_values(a: _Args) -> None:
     """The optional device-to-host check of block_tables / seq_lens values."""
     op = a.op
-    bt = _to_host(a.block_tables)
-    sl = _to_host(a.seq_lens)
+    bt = _interop.to_host(a.block_tables)
+    sl = _interop.to_host(a.seq_lens)
     if a.num_seqs == 0:
         return
     if sl.min() < 0:
@@ -407,15 +407,6 @@ def _validate_values(a: _Args) -> None:
         if used.size and (used.min() < 0 or used.max() >= num_blocks):
             bad = used[(used < 0) | (used >= num_blocks)][0]
             C.fail(op, f"block_tables[{s}] holds block id {int(bad)}, outside 0..{num_blocks - 1}")
-
-
-def _to_host(info) -> np.ndarray:
-    if info.device is None:
-        return _interop.to_numpy(info)
-    if info.framework == "torch":
-        return info.obj.cpu().numpy()
-    import cupy
-    return cupy.asnumpy(info.obj)
 
 
 # --------------------------------------------------------------------------------------------

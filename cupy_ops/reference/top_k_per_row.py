@@ -403,25 +403,50 @@ def _addressed(logits, num_rows, width, stride0, stride1):
 
 def _check_addresses(op, logits, starts, ends, stride0, stride1):
     """Every candidate ``(r, c)``, ``starts[r] <= c < ends[r]``, must address an element of logits."""
-    rows = np.flatnonzero(ends > starts)
     isz = logits.itemsize
-    own = [s // isz if s % isz == 0 else None for s in logits.strides]
-    natural = ((logits.shape[0] <= 1 or own[0] == stride0)
-               and (logits.shape[1] <= 1 or own[1] == stride1))
+    own = tuple(s // isz if s % isz == 0 else None for s in logits.strides)
+    check_candidate_addresses(op, logits.shape, own, _extent_elems(logits), starts, ends,
+                              stride0, stride1)
+
+
+def check_candidate_addresses(op, shape, own_strides, extent, starts, ends, stride0, stride1):
+    """Every candidate ``(r, c)``, ``starts[r] <= c < ends[r]``, must address an element of logits.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        logits' shape.
+    own_strides : (int or None, int or None)
+        logits' own element strides (None where a byte stride is not a whole element).
+    extent : (int, int)
+        Half-open range of element offsets, relative to logits' first element, that it spans.
+    starts, ends : np.ndarray int64 ``[num_rows]``
+        Candidate ranges (``0 <= starts <= ends``).
+    stride0, stride1 : int
+        The strides the op addresses logits with.
+
+    Raises
+    ------
+    CupyOpsValueError
+        Naming the first row whose candidates fall outside logits.
+    """
+    rows = np.flatnonzero(ends > starts)
+    natural = ((shape[0] <= 1 or own_strides[0] == stride0)
+               and (shape[1] <= 1 or own_strides[1] == stride1))
     if natural:
         # The strides are logits' own: the candidates must lie inside its shape.
-        if starts.shape[0] > logits.shape[0]:
-            fail(op, f"num_rows ({starts.shape[0]}) exceeds logits.shape[0] ({logits.shape[0]})")
-        past = rows[ends[rows] > logits.shape[1]]
+        if starts.shape[0] > shape[0]:
+            fail(op, f"num_rows ({starts.shape[0]}) exceeds logits.shape[0] ({shape[0]})")
+        past = rows[ends[rows] > shape[1]]
         if past.size:
             r = int(past[0])
             fail(op, f"row {r}'s candidate range [{starts[r]}, {ends[r]}) passes "
-                      f"logits.shape[1] ({logits.shape[1]})")
+                      f"logits.shape[1] ({shape[1]})")
     if rows.size == 0:
         return
     # Any strides: the first and last candidate of each row (offsets are monotone because the
-    # strides are >= 0) must lie inside the bytes logits spans.
-    lo, hi = _extent_elems(logits)
+    # strides are >= 0) must lie inside the elements logits spans.
+    lo, hi = extent
     first = rows * stride0 + starts[rows] * stride1
     last = rows * stride0 + (ends[rows] - 1) * stride1
     bad = rows[(first < lo) | (last >= hi)]

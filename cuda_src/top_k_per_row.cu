@@ -1,0 +1,533 @@
+// top_k_per_row_prefill / top_k_per_row_decode: the top_k largest scores of each row's candidate
+// range [s, e), as column indices relative to s (spec top_k_per_row.md §2).
+//
+// One cluster of C CTAs per row (C = 1 for many rows; 2..8 when few long rows would leave SMs
+// idle). Each CTA owns a contiguous slice of the row. The answer is a threshold: every key above
+// T is selected, plus the first `take` keys equal to T in position order. T is found by radix
+// selection on 32-bit order keys:
+//
+//   pass 0   one sweep over the slice: convert to keys, keep them in shared memory (as many as
+//            fit; the rest are re-read from global/L2 later), histogram a 12-bit coarse digit.
+//            With C > 1 the histograms are summed across the cluster through distributed
+//            shared memory. The threshold bin is where the K-th largest key falls.
+//   gather   the keys inside the threshold bin (usually tens to a few thousand) are copied to a
+//            candidate list; with C > 1 every CTA pulls all CTAs' lists.
+//   refine   12-bit radix passes over the candidate list, CTA-local (no cluster barriers), until
+//            the threshold is exact or a bin is taken whole. If the bin held more than CAND_CAP
+//            keys (heavy ties, very narrow distributions) the passes run over the whole slices
+//            with cluster-summed histograms instead: slower, same answer.
+//   output   one counting sweep (per-warp counts, exchanged across the cluster), then one
+//            writing sweep: selected positions in ascending column order.
+//
+// The output is deterministic: the selected set (ties at T broken by lowest column) and its
+// order (ascending column) do not depend on timing; only histogram counts use atomics.
+//
+// Order keys: flip all bits of negative floats, only the sign bit of the others, so a larger
+// key is a larger score, -inf is the lowest number and +0 ranks just above -0. NaN maps to key 0,
+// below -inf (the project's rule, reference/top_k_per_row.py). fp16/bf16 scores are widened to
+// fp32 exactly first.
+//
+// Coarse digit (pass 0): sign, then 5 exponent bits and 6 mantissa bits of |x| for 2^-15 <=
+// |x| < 2^17, clamped outside: 64 bins per octave where scores live, so the threshold bin is
+// narrow for real score distributions (a plain 12-bit key prefix has 8 per octave). It is
+// monotone in the key, so a bin is a key interval.
+//
+// Reading never leaves [s, e) of the row; s and e are clamped to what `logits` holds, so bad
+// row ranges cannot read out of bounds. Writes stay in out[row, 0:top_k].
+#include "common/cluster.cuh"
+#include "common/dtypes.cuh"
+
+namespace cupy_ops {
+namespace topk {
+
+using u32 = unsigned int;
+
+constexpr int BINS = 4096;       // 12-bit digits
+constexpr int CAND_CAP = 4096;   // candidate keys refined inside one CTA
+constexpr int GROUP = 4;         // elements per load: 16 bytes of fp32, 8 bytes of fp16/bf16
+
+constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
+constexpr int MODE_DECODE = 1;     // s = 0, e = seq_lens[r / next_n] - next_n + r % next_n + 1
+constexpr int MODE_DECODE_2D = 2;  // s = 0, e = seq_lens[r / next_n, r % next_n]
+
+__device__ __forceinline__ u32 order_key(float x) {
+  const u32 b = __float_as_uint(x);
+  if (isnan(x)) return 0u;
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Coarse bin of a key; bins 0..2047 hold negative scores, 2048..4095 non-negative ones.
+// Keys >> 17 keep sign, exponent and 6 mantissa bits; the window is exponents 112..143.
+constexpr u32 NEG_BASE = 7168;    // (key >> 17) of the most negative in-window score
+constexpr u32 POS_BASE = 23552;   // (key >> 17) of the smallest in-window positive score
+__device__ __forceinline__ u32 coarse_bin(u32 key) {
+  const int top = static_cast<int>(key >> 17);
+  if (key & 0x80000000u) return 2048u + static_cast<u32>(min(max(top - int(POS_BASE), 0), 2047));
+  return static_cast<u32>(min(max(top - int(NEG_BASE), 0), 2047));
+}
+// Smallest key of coarse bin b (b in 0..4096; 4096 gives 2^32).
+__device__ __forceinline__ unsigned long long coarse_bin_first_key(u32 b) {
+  if (b == 0) return 0ull;
+  if (b < 2048) return static_cast<unsigned long long>(b + NEG_BASE) << 17;
+  if (b == 2048) return 0x80000000ull;
+  if (b < 4096) return static_cast<unsigned long long>(b - 2048 + POS_BASE) << 17;
+  return 1ull << 32;
+}
+
+template <typename T> struct Group;  // GROUP consecutive elements as one aligned load
+template <> struct Group<float> { using Raw = float4; };
+template <> struct Group<__half> { using Raw = uint2; };
+template <> struct Group<__nv_bfloat16> { using Raw = uint2; };
+
+// Keys of the GROUP elements at columns c0.., and a mask of those inside [s, e).
+template <typename T>
+__device__ __forceinline__ u32 load_keys(const T* __restrict__ row, long long stride1,
+                                              long long c0, long long s, long long e, bool vec,
+                                              u32 key[GROUP]) {
+  if (vec && c0 >= s && c0 + GROUP <= e) {
+    const typename Group<T>::Raw raw = *reinterpret_cast<const typename Group<T>::Raw*>(row + c0);
+    const T* x = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < GROUP; ++k) key[k] = order_key(to_float(x[k]));
+    return (1u << GROUP) - 1;
+  }
+  u32 valid = 0;
+#pragma unroll
+  for (int k = 0; k < GROUP; ++k) {
+    const long long c = c0 + k;
+    key[k] = 0u;
+    if (c >= s && c < e) {
+      key[k] = order_key(to_float(row[c * stride1]));
+      valid |= 1u << k;
+    }
+  }
+  return valid;
+}
+
+template <typename V>
+__device__ __forceinline__ V warp_inclusive_sum(V v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const V n = __shfl_up_sync(0xffffffffu, v, d);
+    if (lane >= d) v += n;
+  }
+  return v;
+}
+
+// Exclusive prefix sum over the block (thread order) and the block total. buf: 33 words.
+template <int THREADS>
+__device__ u32 block_exclusive_sum(u32 v, u32& total, u32* buf) {
+  constexpr int NW = THREADS / 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const u32 inc = warp_inclusive_sum(v);
+  if (lane == 31) buf[warp] = inc;
+  __syncthreads();
+  if (warp == 0) {
+    const u32 w = lane < NW ? buf[lane] : 0u;
+    const u32 winc = warp_inclusive_sum(w);
+    if (lane < NW) buf[lane] = winc - w;
+    if (lane == NW - 1) buf[32] = winc;
+  }
+  __syncthreads();
+  const u32 result = buf[warp] + inc - v;
+  total = buf[32];
+  __syncthreads();
+  return result;
+}
+
+struct BinChoice {
+  u32 bin;     // threshold bin: the one holding the need-th largest key
+  u32 above;   // keys in bins above it
+  u32 count;   // keys in it
+};
+
+// The bin of the need-th largest key of histogram H (counted from the top bin). Result in *out
+// for every thread after the call. If the histogram holds fewer than `need` keys (only possible
+// if the data changed under us) the lowest bin is returned, so callers still terminate.
+template <int THREADS>
+__device__ void find_bin(const u32* H, u32 need, u32* buf, BinChoice* out) {
+  constexpr int PER = BINS / THREADS;
+  static_assert(BINS % THREADS == 0, "bins split evenly over threads");
+  if (threadIdx.x == 0) *out = BinChoice{0u, 0u, H[0]};
+  const int top = BINS - static_cast<int>(threadIdx.x) * PER;  // this thread: bins [top-PER, top)
+  u32 h[PER];
+  u32 local = 0;
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
+    h[i] = H[top - 1 - i];
+    local += h[i];
+  }
+  u32 total;
+  u32 above = block_exclusive_sum<THREADS>(local, total, buf);
+  if (above < need && need <= above + local) {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      if (above + h[i] >= need) {
+        *out = BinChoice{static_cast<u32>(top - 1 - i), above, h[i]};
+        break;
+      }
+      above += h[i];
+    }
+  }
+  __syncthreads();
+}
+
+// Sum the C CTAs' histograms `hist` into every CTA's `sum`: CTA q adds up bins q*BINS/C.. of all
+// CTAs and writes them to all CTAs. Entered with every local histogram complete.
+template <int C, int THREADS>
+__device__ void cluster_sum_histograms(const u32* hist, u32* sum, u32 q) {
+  cluster::sync();  // all local histograms done; nobody still reads `sum` from a previous pass
+  constexpr int PER = BINS / C;
+  for (int i = threadIdx.x; i < PER; i += THREADS) {
+    const int bin = static_cast<int>(q) * PER + i;
+    u32 s = 0;
+#pragma unroll
+    for (int r = 0; r < C; ++r) s += cluster::load(cluster::map(hist + bin, r));
+#pragma unroll
+    for (int r = 0; r < C; ++r) cluster::store(cluster::map(sum + bin, r), s);
+  }
+  cluster::sync();
+}
+
+struct Threshold {
+  u32 key;   // select keys > key ...
+  u32 take;  // ... and the first `take` keys == key (position order)
+};
+
+// This CTA's part of a row: GROUP-column groups from column c_first; the first `cached` groups'
+// keys are in shared memory, the others are read again from logits.
+template <typename T>
+struct Slice {
+  const T* row;
+  long long stride1, s, e, c_first;
+  bool vec;
+  const uint4* cache;
+  int groups, cached;
+
+  __device__ __forceinline__ u32 column_mask(long long c0) const {
+    u32 m = 0;
+#pragma unroll
+    for (int k = 0; k < GROUP; ++k) m |= (c0 + k >= s && c0 + k < e) ? (1u << k) : 0u;
+    return m;
+  }
+  // Keys of group g and the mask of those inside [s, e).
+  __device__ __forceinline__ u32 group_keys(int g, u32 key[GROUP]) const {
+    const long long c0 = c_first + static_cast<long long>(g) * GROUP;
+    if (g < cached) {
+      const uint4 v = cache[g];
+      key[0] = v.x; key[1] = v.y; key[2] = v.z; key[3] = v.w;
+      return column_mask(c0);
+    }
+    return load_keys(row, stride1, c0, s, e, vec, key);
+  }
+  template <typename F>
+  __device__ __forceinline__ void for_each_key(F f) const {
+    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+      u32 key[GROUP];
+      const u32 valid = group_keys(g, key);
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k)
+        if (valid & (1u << k)) f(key[k]);
+    }
+  }
+};
+
+// Candidate keys in shared memory.
+struct KeyList {
+  const u32* keys;
+  u32 count;
+  template <typename F>
+  __device__ __forceinline__ void for_each_key(F f) const {
+    for (u32 i = threadIdx.x; i < count; i += blockDim.x) f(keys[i]);
+  }
+};
+
+// Narrow the key interval [lo, hi], holding `count` keys of which the largest `need` are still
+// to select, to the exact threshold. source.for_each_key(f) calls f(key) for every key of this
+// CTA's source (a KeyList or the whole Slice; keys outside [lo, hi] are ignored). With
+// CLUSTER_SUM the histograms are summed over the cluster (each CTA sees its own slice).
+template <int C, int THREADS, bool CLUSTER_SUM, typename Source>
+__device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count,
+                            u32 need, u32* hist, u32* sum, u32* buf,
+                            BinChoice* choice, u32 q) {
+  // Each pass divides the interval width by BINS: at most ceil(32 / 12) = 3 passes.
+  for (int pass = 0; pass < 4; ++pass) {
+    if (count == need) return Threshold{lo - 1u, 0u};  // take the interval whole (lo >= 1 here)
+    if (lo == hi) return Threshold{lo, need};
+    const u32 width = hi - lo;
+    const int shift = max(0, 32 - __clz(width) - 12);
+    for (int i = threadIdx.x; i < BINS; i += THREADS) hist[i] = 0u;
+    __syncthreads();
+    source.for_each_key([&](u32 k) {
+      if (k >= lo && k <= hi) atomicAdd(&hist[(k - lo) >> shift], 1u);
+    });
+    __syncthreads();
+    const u32* H = hist;
+    if constexpr (CLUSTER_SUM && C > 1) {
+      cluster_sum_histograms<C, THREADS>(hist, sum, q);
+      H = sum;
+    }
+    find_bin<THREADS>(H, need, buf, choice);
+    const BinChoice b = *choice;
+    need -= b.above;
+    count = b.count;
+    const unsigned long long new_lo = lo + (static_cast<unsigned long long>(b.bin) << shift);
+    const unsigned long long new_hi = new_lo + ((1ull << shift) - 1ull);
+    lo = static_cast<u32>(new_lo);
+    hi = static_cast<u32>(new_hi < hi ? new_hi : hi);
+  }
+  return Threshold{lo, need};  // unreachable with consistent data
+}
+
+template <typename T, int C, int THREADS>
+__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_per_row_kernel(
+    const T* __restrict__ logits, long long logits_extent, long long stride0, long long stride1,
+    const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
+    const int* __restrict__ row_b, long long row_b_stride,
+    int* __restrict__ out, long long out_stride0, long long out_stride1,
+    int num_rows, int top_k, int mode, int next_n, int cache_groups) {
+  static_assert(C == 1 || C == 2 || C == 4 || C == 8, "portable cluster sizes");
+  static_assert(THREADS % 32 == 0 && THREADS <= 1024, "whole warps");
+  constexpr int NW = THREADS / 32;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const long long row = blockIdx.x / C;
+  const u32 q = C > 1 ? cluster::rank() : 0u;
+  if (row >= num_rows) return;  // uniform over the cluster
+
+  // ---- the row's candidate range, clamped to what logits holds
+  long long s = 0, e = 0;
+  if (mode != MODE_DECODE && mode != MODE_DECODE_2D) {
+    s = row_a[row * row_a_stride0];
+    e = row_b[row * row_b_stride];
+  } else {
+    const long long b = row / next_n, j = row % next_n;
+    if (mode == MODE_DECODE) {
+      e = static_cast<long long>(row_a[b * row_a_stride0]) - next_n + j + 1;
+    } else {
+      e = row_a[b * row_a_stride0 + j * row_a_stride1];
+    }
+  }
+  const long long row_offset = row * stride0;
+  long long col_limit = 0;  // columns c with row_offset + c * stride1 inside logits
+  if (row_offset < logits_extent) {
+    col_limit = stride1 > 0 ? (logits_extent - 1 - row_offset) / stride1 + 1 : (1ll << 40);
+  }
+  s = max(s, 0ll);
+  e = min(e, col_limit);
+  const long long L = e > s ? e - s : 0;
+  int* out_row = out + row * out_stride0;
+
+  if (L <= top_k) {  // identity then -1 padding; scores are not read (spec §2)
+    for (long long j = q * THREADS + tid; j < top_k; j += C * THREADS) {
+      out_row[j * out_stride1] = j < L ? static_cast<int>(j) : -1;
+    }
+    return;
+  }
+
+  // ---- shared memory
+  extern __shared__ uint4 dynamic_smem[];
+  u32* hist = reinterpret_cast<u32*>(dynamic_smem);   // [BINS] local counts
+  u32* sum = hist + BINS;                                   // [BINS] cluster sums / all candidates
+  u32* cand = C > 1 ? sum + BINS : sum;                     // [CAND_CAP] this CTA's candidates
+  uint4* cache = reinterpret_cast<uint4*>(C > 1 ? cand + CAND_CAP : sum + BINS);  // [cache_groups]
+  __shared__ u32 buf[33];
+  __shared__ BinChoice choice;
+  __shared__ u32 cand_count, warp_gt[NW], warp_eq[NW], warp_base[NW], warp_take[NW];
+  __shared__ u32 published[2];  // this CTA's {count above T, count equal T}, read by others
+
+  // ---- this CTA's slice, in groups of GROUP columns from an aligned origin o <= s
+  const T* row_ptr = logits + row_offset;
+  const bool vec = stride1 == 1;  // then row_ptr + o is GROUP-element aligned (tensor data is)
+  const long long o =
+      vec ? s - static_cast<long long>((reinterpret_cast<unsigned long long>(row_ptr + s) / sizeof(T)) % GROUP) : s;
+  const long long row_groups = (e - o + GROUP - 1) / GROUP;
+  const long long per_cta = (row_groups + C - 1) / C;
+  const long long g_first = q * per_cta;
+  const int groups = static_cast<int>(max(0ll, min(per_cta, row_groups - g_first)));
+  const long long c_first = o + g_first * GROUP;  // column of the slice's first element
+  const int cached = min(groups, cache_groups);
+
+  const Slice<T> slice{row_ptr, stride1, s, e, c_first, vec, cache, groups, cached};
+
+  // ---- pass 0: load, cache, coarse histogram
+  for (int i = tid; i < BINS; i += THREADS) hist[i] = 0u;
+  if (tid == 0) cand_count = 0u;
+  __syncthreads();
+  {
+    constexpr int U = 4;  // groups in flight per thread
+    for (int base = 0; base < groups; base += THREADS * U) {
+      u32 key[U][GROUP], valid[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = base + u * THREADS + tid;
+        valid[u] = g < groups ? load_keys(row_ptr, stride1, c_first + static_cast<long long>(g) * GROUP,
+                                          s, e, vec, key[u])
+                              : 0u;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = base + u * THREADS + tid;
+        if (g < cached) cache[g] = make_uint4(key[u][0], key[u][1], key[u][2], key[u][3]);
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k)
+          if (valid[u] & (1u << k)) atomicAdd(&hist[coarse_bin(key[u][k])], 1u);
+      }
+    }
+  }
+  __syncthreads();
+  const u32* H0 = hist;
+  if constexpr (C > 1) {
+    cluster_sum_histograms<C, THREADS>(hist, sum, q);
+    H0 = sum;
+  }
+  find_bin<THREADS>(H0, static_cast<u32>(top_k), buf, &choice);
+  const BinChoice b0 = choice;
+  const u32 need0 = static_cast<u32>(top_k) - b0.above;
+  const u32 lo0 = static_cast<u32>(coarse_bin_first_key(b0.bin));
+  const u32 hi0 = static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull);
+
+  // ---- gather the threshold bin and refine it to the exact threshold
+  Threshold th;
+  if (b0.count == need0) {
+    th = Threshold{lo0 - 1u, 0u};  // the bin is taken whole (lo0 >= 1: L > top_k keys exist)
+  } else if (b0.count <= CAND_CAP) {
+    slice.for_each_key([&](u32 k) {
+      // Warp-aggregated append: candidates are rare, one atomic per warp and element slot.
+      const bool hit = k >= lo0 && k <= hi0;
+      const u32 m = __ballot_sync(__activemask(), hit);
+      if (hit) {
+        const int leader = __ffs(m) - 1;
+        u32 at = 0;
+        if (lane == leader) at = atomicAdd(&cand_count, __popc(m));
+        at = __shfl_sync(m, at, leader) + __popc(m & ((1u << lane) - 1u));
+        if (at < CAND_CAP) cand[at] = k;
+      }
+    });
+    __syncthreads();
+    u32 total = min(cand_count, static_cast<u32>(CAND_CAP));
+    if constexpr (C > 1) {
+      // Every CTA pulls all C lists into `sum` (free now: the pass-0 sums were consumed).
+      cluster::sync();
+      u32 offset = 0;
+      for (int r = 0; r < C; ++r) {
+        const u32 n = min(cluster::load(cluster::map(&cand_count, r)), static_cast<u32>(CAND_CAP));
+        const u32 n_fit = min(n, static_cast<u32>(CAND_CAP) - offset);
+        const u32 base = cluster::map(cand, r);
+        for (u32 i = tid; i < n_fit; i += THREADS) sum[offset + i] = cluster::load(base + 4u * i);
+        offset += n_fit;
+      }
+      total = offset;
+      __syncthreads();
+    }
+    th = refine<C, THREADS, false>(KeyList{sum, total}, lo0, hi0, total, need0, hist, sum, buf,
+                                   &choice, q);
+  } else {
+    th = refine<C, THREADS, true>(slice, lo0, hi0, b0.count, need0, hist, sum, buf,
+                                  &choice, q);
+  }
+
+  // ---- count: per warp over its contiguous segment (segments in column order)
+  const int seg = (groups + NW - 1) / NW;
+  const int seg_first = min(groups, warp * seg), seg_end = min(groups, seg_first + seg);
+  {
+    u32 gt = 0, eq = 0;
+    for (int g = seg_first + lane; g < seg_end; g += 32) {
+      u32 key[GROUP];
+      const u32 valid = slice.group_keys(g, key);
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k) {
+        gt += (valid >> k & 1u) && key[k] > th.key;
+        eq += (valid >> k & 1u) && key[k] == th.key;
+      }
+    }
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) {
+      gt += __shfl_xor_sync(0xffffffffu, gt, d);
+      eq += __shfl_xor_sync(0xffffffffu, eq, d);
+    }
+    if (lane == 0) {
+      warp_gt[warp] = gt;
+      warp_eq[warp] = eq;
+    }
+  }
+  __syncthreads();
+  if (tid == 0) {
+    u32 gt = 0, eq = 0;
+    for (int w = 0; w < NW; ++w) {
+      gt += warp_gt[w];
+      eq += warp_eq[w];
+    }
+    published[0] = gt;
+    published[1] = eq;
+  }
+  if constexpr (C > 1) cluster::sync();
+  else __syncthreads();
+  if (tid == 0) {
+    // Ties are taken in column order: CTA by CTA, then warp by warp.
+    u32 out_base = 0, ties_before = 0;
+    if constexpr (C > 1) {
+      for (u32 r = 0; r < q; ++r) {
+        const u32 gt = cluster::load(cluster::map(&published[0], r));
+        const u32 eq = cluster::load(cluster::map(&published[1], r));
+        const u32 taken = th.take > ties_before ? min(eq, th.take - ties_before) : 0u;
+        out_base += gt + taken;
+        ties_before += eq;
+      }
+    }
+    for (int w = 0; w < NW; ++w) {
+      const u32 taken = th.take > ties_before ? min(warp_eq[w], th.take - ties_before) : 0u;
+      warp_base[w] = out_base;
+      warp_take[w] = taken;
+      out_base += warp_gt[w] + taken;
+      ties_before += warp_eq[w];
+    }
+  }
+  if constexpr (C > 1) cluster::arrive();  // last remote access of this CTA is behind us
+  __syncthreads();
+
+  // ---- write: selected columns in ascending order
+  {
+    u32 slot = warp_base[warp], ties_left = warp_take[warp];
+    for (int g0 = seg_first; g0 < seg_end; g0 += 32) {
+      const int g = g0 + lane;
+      u32 key[GROUP], valid = 0;
+      if (g < seg_end) valid = slice.group_keys(g, key);
+      u32 gt_mask = 0, eq_mask = 0;
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k) {
+        if (valid >> k & 1u) {
+          gt_mask |= key[k] > th.key ? 1u << k : 0u;
+          eq_mask |= key[k] == th.key ? 1u << k : 0u;
+        }
+      }
+      const u32 n_eq = __popc(eq_mask);
+      const u32 eq_before = warp_inclusive_sum(n_eq) - n_eq;
+      const u32 my_ties = ties_left > eq_before ? min(n_eq, ties_left - eq_before) : 0u;
+      const u32 n_sel = __popc(gt_mask) + my_ties;
+      const u32 sel_incl = warp_inclusive_sum(n_sel);
+      u32 at = slot + sel_incl - n_sel;
+      u32 ties_used = 0;
+      const long long c0 = c_first + static_cast<long long>(g) * GROUP;
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k) {
+        bool take = gt_mask >> k & 1u;
+        if (!take && (eq_mask >> k & 1u) && ties_used < my_ties) {
+          take = true;
+          ++ties_used;
+        }
+        if (take) {
+          if (at < static_cast<u32>(top_k)) out_row[at * out_stride1] = static_cast<int>(c0 + k - s);
+          ++at;
+        }
+      }
+      slot += __shfl_sync(0xffffffffu, sel_incl, 31);
+      const u32 eq_total = __shfl_sync(0xffffffffu, eq_before + n_eq, 31);
+      ties_left -= min(ties_left, eq_total);
+    }
+  }
+  if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
+}
+
+}  // namespace topk
+}  // namespace cupy_ops
