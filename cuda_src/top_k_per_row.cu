@@ -42,6 +42,14 @@ namespace topk {
 
 using u32 = unsigned int;
 
+// Phase timestamps of CTA 0 (thread 0), printed at exit: a profiling aid for tools/exp_top_k.py,
+// compiled in only with -DCUPY_OPS_TOPK_TIMING.
+#ifdef CUPY_OPS_TOPK_TIMING
+#define TOPK_MARK(i) if (blockIdx.x == 0 && threadIdx.x == 0) marks[i] = clock64()
+#else
+#define TOPK_MARK(i)
+#endif
+
 constexpr int BINS = 4096;       // 12-bit digits
 constexpr int CAND_CAP = 4096;   // candidate keys refined inside one CTA
 constexpr int GROUP = 4;         // elements per load: 16 bytes of fp32, 8 bytes of fp16/bf16
@@ -295,6 +303,10 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   const u32 q = C > 1 ? cluster::rank() : 0u;
   if (row >= num_rows) return;  // uniform over the cluster
 
+#ifdef CUPY_OPS_TOPK_TIMING
+  long long marks[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#endif
+  TOPK_MARK(0);
   // ---- the row's candidate range, clamped to what logits holds
   long long s = 0, e = 0;
   if (mode != MODE_DECODE && mode != MODE_DECODE_2D) {
@@ -336,6 +348,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   __shared__ u32 cand_count, warp_gt[NW], warp_eq[NW], warp_base[NW], warp_take[NW];
   __shared__ u32 published[2];  // this CTA's {count above T, count equal T}, read by others
 
+  TOPK_MARK(1);
   // ---- this CTA's slice, in groups of GROUP columns from an aligned origin o <= s
   const T* row_ptr = logits + row_offset;
   const bool vec = stride1 == 1;  // then row_ptr + o is GROUP-element aligned (tensor data is)
@@ -387,6 +400,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   const u32 lo0 = static_cast<u32>(coarse_bin_first_key(b0.bin));
   const u32 hi0 = static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull);
 
+  TOPK_MARK(3);
   // ---- gather the threshold bin and refine it to the exact threshold
   Threshold th;
   if (b0.count == need0) {
@@ -427,6 +441,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
                                   &choice, q);
   }
 
+  TOPK_MARK(4);
   // ---- count: per warp over its contiguous segment (segments in column order)
   const int seg = (groups + NW - 1) / NW;
   const int seg_first = min(groups, warp * seg), seg_end = min(groups, seg_first + seg);
@@ -486,6 +501,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   if constexpr (C > 1) cluster::arrive();  // last remote access of this CTA is behind us
   __syncthreads();
 
+  TOPK_MARK(5);
   // ---- write: selected columns in ascending order
   {
     u32 slot = warp_base[warp], ties_left = warp_take[warp];
@@ -526,7 +542,15 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
       ties_left -= min(ties_left, eq_total);
     }
   }
+  TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
+#ifdef CUPY_OPS_TOPK_TIMING
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    printf("topk timing C=%d groups=%d cached=%d b0.count=%u: range %lld pass0 %lld select %lld count %lld write %lld cycles\n",
+           C, groups, cached, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
+           marks[5] - marks[4], marks[6] - marks[5]);
+  }
+#endif
 }
 
 }  // namespace topk
