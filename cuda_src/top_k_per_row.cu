@@ -10,14 +10,20 @@
 //            fit; the rest are re-read from global/L2 later), histogram a 12-bit coarse digit.
 //            With C > 1 the histograms are summed across the cluster through distributed
 //            shared memory. The threshold bin is where the K-th largest key falls.
-//   gather   the keys inside the threshold bin (usually tens to a few thousand) are copied to a
-//            candidate list; with C > 1 every CTA pulls all CTAs' lists.
-//   refine   12-bit radix passes over the candidate list, CTA-local (no cluster barriers), until
-//            the threshold is exact or a bin is taken whole. If the bin held more than CAND_CAP
-//            keys (heavy ties, very narrow distributions) the passes run over the whole slices
-//            with cluster-summed histograms instead: slower, same answer.
-//   output   one counting sweep (per-warp counts, exchanged across the cluster), then one
+//   gather   one sweep: each warp counts its keys above the threshold bin and appends the keys
+//            inside it (usually tens to a few hundred) to a candidate list, tagged with the
+//            warp; with C > 1 every CTA then pulls all CTAs' lists.
+//   refine   8-bit radix passes over the candidate list, CTA-local (no cluster barriers), until
+//            the threshold is exact or a bin is taken whole; the candidates then complete each
+//            warp's counts of keys above / equal to the threshold without another sweep. If the
+//            bin held more than CAND_CAP keys (heavy ties, very narrow distributions) 12-bit
+//            passes run over the whole slices with cluster-summed histograms instead, and a
+//            counting sweep follows: slower, same answer.
+//   output   warp and CTA offsets from those counts (exchanged across the cluster), then one
 //            writing sweep: selected positions in ascending column order.
+//
+// Every sweep gives each warp one contiguous segment of the slice, walked 32 groups (512 bytes
+// of fp32) at a time, so column order is (CTA, warp, step, lane, element).
 //
 // The output is deterministic: the selected set (ties at T broken by lowest column) and its
 // order (ascending column) do not depend on timing; only histogram counts use atomics.
@@ -52,6 +58,7 @@ using u32 = unsigned int;
 
 constexpr int BINS = 4096;       // 12-bit digits
 constexpr int CAND_CAP = 4096;   // candidate keys refined inside one CTA
+constexpr int LIST_BITS = 8;     // radix digit for candidate lists (few keys: small histograms)
 constexpr int GROUP = 4;         // elements per load: 16 bytes of fp32, 8 bytes of fp16/bf16
 
 constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
@@ -123,70 +130,69 @@ __device__ __forceinline__ V warp_inclusive_sum(V v) {
   return v;
 }
 
-// Exclusive prefix sum over the block (thread order) and the block total. buf: 33 words.
-template <int THREADS>
-__device__ u32 block_exclusive_sum(u32 v, u32& total, u32* buf) {
-  constexpr int NW = THREADS / 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const u32 inc = warp_inclusive_sum(v);
-  if (lane == 31) buf[warp] = inc;
-  __syncthreads();
-  if (warp == 0) {
-    const u32 w = lane < NW ? buf[lane] : 0u;
-    const u32 winc = warp_inclusive_sum(w);
-    if (lane < NW) buf[lane] = winc - w;
-    if (lane == NW - 1) buf[32] = winc;
-  }
-  __syncthreads();
-  const u32 result = buf[warp] + inc - v;
-  total = buf[32];
-  __syncthreads();
-  return result;
-}
-
 struct BinChoice {
   u32 bin;     // threshold bin: the one holding the need-th largest key
   u32 above;   // keys in bins above it
   u32 count;   // keys in it
 };
 
-// The bin of the need-th largest key of histogram H (counted from the top bin). Result in *out
-// for every thread after the call. If the histogram holds fewer than `need` keys (only possible
-// if the data changed under us) the lowest bin is returned, so callers still terminate.
-template <int THREADS>
+// The bin of the need-th largest key of the NB-bin histogram H (counted from the top bin); the
+// result is in *out for every thread after the call. If H holds fewer than `need` keys (only if
+// the data changed under us) the lowest bin is returned, so callers still terminate.
+// Small histograms are searched by warp 0 alone; large ones by the block (one barrier).
+template <int THREADS, int NB>
 __device__ void find_bin(const u32* H, u32 need, u32* buf, BinChoice* out) {
-  constexpr int PER = BINS / THREADS;
-  static_assert(BINS % THREADS == 0, "bins split evenly over threads");
-  if (threadIdx.x == 0) *out = BinChoice{0u, 0u, H[0]};
-  const int top = BINS - static_cast<int>(threadIdx.x) * PER;  // this thread: bins [top-PER, top)
-  u32 h[PER];
-  u32 local = 0;
-#pragma unroll
-  for (int i = 0; i < PER; ++i) {
-    h[i] = H[top - 1 - i];
-    local += h[i];
-  }
-  u32 total;
-  u32 above = block_exclusive_sum<THREADS>(local, total, buf);
-  if (above < need && need <= above + local) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  constexpr bool ONE_WARP = NB <= 32 * 16;
+  constexpr int OWNERS = ONE_WARP ? 32 : THREADS;
+  constexpr int PER = NB / OWNERS;
+  static_assert(NB % OWNERS == 0 && PER >= 1, "bins split evenly");
+  if (!ONE_WARP || warp == 0) {
+    const int top = NB - tid * PER;  // this thread: bins [top-PER, top), top bins first
+    u32 h[PER];
+    u32 local = 0;
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
-      if (above + h[i] >= need) {
-        *out = BinChoice{static_cast<u32>(top - 1 - i), above, h[i]};
-        break;
-      }
-      above += h[i];
+      h[i] = H[top - 1 - i];
+      local += h[i];
     }
+    const u32 incl = warp_inclusive_sum(local);
+    u32 above = incl - local, total = __shfl_sync(0xffffffffu, incl, 31);
+    if constexpr (!ONE_WARP) {
+      constexpr int NW = THREADS / 32;
+      if (lane == 31) buf[warp] = incl;
+      __syncthreads();
+      u32 before = 0;
+      total = 0;
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        const u32 t = buf[w];
+        before += w < warp ? t : 0u;
+        total += t;
+      }
+      above += before;
+    }
+    if (above < need && need <= above + local) {
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        if (above + h[i] >= need) {
+          *out = BinChoice{static_cast<u32>(top - 1 - i), above, h[i]};
+          break;
+        }
+        above += h[i];
+      }
+    }
+    if (tid == 0 && total < need) *out = BinChoice{0u, 0u, H[0]};
   }
   __syncthreads();
 }
 
-// Sum the C CTAs' histograms `hist` into every CTA's `sum`: CTA q adds up bins q*BINS/C.. of all
-// CTAs and writes them to all CTAs. Entered with every local histogram complete.
-template <int C, int THREADS>
+// Sum the C CTAs' NB-bin histograms `hist` into every CTA's `sum`: CTA q adds up its share of
+// the bins over all CTAs and writes them to all CTAs. Entered with every local histogram done.
+template <int C, int THREADS, int NB>
 __device__ void cluster_sum_histograms(const u32* hist, u32* sum, u32 q) {
   cluster::sync();  // all local histograms done; nobody still reads `sum` from a previous pass
-  constexpr int PER = BINS / C;
+  constexpr int PER = NB / C;
   for (int i = threadIdx.x; i < PER; i += THREADS) {
     const int bin = static_cast<int>(q) * PER + i;
     u32 s = 0;
@@ -200,18 +206,19 @@ __device__ void cluster_sum_histograms(const u32* hist, u32* sum, u32 q) {
 
 struct Threshold {
   u32 key;   // select keys > key ...
-  u32 take;  // ... and the first `take` keys == key (position order)
+  u32 take;  // ... and the first `take` keys == key (column order)
 };
 
 // This CTA's part of a row: GROUP-column groups from column c_first; the first `cached` groups'
-// keys are in shared memory, the others are read again from logits.
+// keys are in shared memory, the others are read again from logits. Warp w owns groups
+// [seg_first, seg_end).
 template <typename T>
 struct Slice {
   const T* row;
   long long stride1, s, e, c_first;
   bool vec;
   const uint4* cache;
-  int groups, cached;
+  int groups, cached, seg_first, seg_end;
 
   __device__ __forceinline__ u32 column_mask(long long c0) const {
     u32 m = 0;
@@ -219,9 +226,10 @@ struct Slice {
     for (int k = 0; k < GROUP; ++k) m |= (c0 + k >= s && c0 + k < e) ? (1u << k) : 0u;
     return m;
   }
-  // Keys of group g and the mask of those inside [s, e).
+  // Keys of group g and the mask of those inside [s, e); 0 for g past the warp's segment.
   __device__ __forceinline__ u32 group_keys(int g, u32 key[GROUP]) const {
     const long long c0 = c_first + static_cast<long long>(g) * GROUP;
+    if (g >= seg_end) return 0u;
     if (g < cached) {
       const uint4 v = cache[g];
       key[0] = v.x; key[1] = v.y; key[2] = v.z; key[3] = v.w;
@@ -229,16 +237,23 @@ struct Slice {
     }
     return load_keys(row, stride1, c0, s, e, vec, key);
   }
-  template <typename F>
+  // f(key) for every key of the warp's segment (any order); U groups in flight per lane.
+  template <int U, typename F>
   __device__ __forceinline__ void for_each_key(F f) const {
-    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
-      u32 key[GROUP];
-      const u32 valid = group_keys(g, key);
+    const int lane = threadIdx.x & 31;
+    for (int g0 = seg_first; g0 < seg_end; g0 += 32 * U) {
+      u32 key[U][GROUP], valid[U];
 #pragma unroll
-      for (int k = 0; k < GROUP; ++k)
-        if (valid & (1u << k)) f(key[k]);
+      for (int u = 0; u < U; ++u) valid[u] = group_keys(g0 + u * 32 + lane, key[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k)
+          if (valid[u] & (1u << k)) f(key[u][k]);
     }
   }
+  template <typename F>
+  __device__ __forceinline__ void for_each_key(F f) const { for_each_key<2>(f); }
 };
 
 // Candidate keys in shared memory.
@@ -252,20 +267,20 @@ struct KeyList {
 };
 
 // Narrow the key interval [lo, hi], holding `count` keys of which the largest `need` are still
-// to select, to the exact threshold. source.for_each_key(f) calls f(key) for every key of this
-// CTA's source (a KeyList or the whole Slice; keys outside [lo, hi] are ignored). With
-// CLUSTER_SUM the histograms are summed over the cluster (each CTA sees its own slice).
-template <int C, int THREADS, bool CLUSTER_SUM, typename Source>
-__device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count,
-                            u32 need, u32* hist, u32* sum, u32* buf,
-                            BinChoice* choice, u32 q) {
-  // Each pass divides the interval width by BINS: at most ceil(32 / 12) = 3 passes.
-  for (int pass = 0; pass < 4; ++pass) {
+// to select, to the exact threshold, with BITS-bit radix passes. source.for_each_key(f) calls
+// f(key) for every key of this CTA's source (a KeyList or the whole Slice; keys outside [lo, hi]
+// are ignored). With CLUSTER_SUM the histograms are summed over the cluster.
+template <int C, int THREADS, int BITS, bool CLUSTER_SUM, typename Source>
+__device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32 need,
+                            u32* hist, u32* sum, u32* buf, BinChoice* choice, u32 q) {
+  constexpr int NB = 1 << BITS;
+  // Each pass divides the interval width by NB.
+  for (int pass = 0; pass <= (32 + BITS - 1) / BITS; ++pass) {
     if (count == need) return Threshold{lo - 1u, 0u};  // take the interval whole (lo >= 1 here)
     if (lo == hi) return Threshold{lo, need};
     const u32 width = hi - lo;
-    const int shift = max(0, 32 - __clz(width) - 12);
-    for (int i = threadIdx.x; i < BINS; i += THREADS) hist[i] = 0u;
+    const int shift = max(0, 32 - __clz(width) - BITS);
+    for (int i = threadIdx.x; i < NB; i += THREADS) hist[i] = 0u;
     __syncthreads();
     source.for_each_key([&](u32 k) {
       if (k >= lo && k <= hi) atomicAdd(&hist[(k - lo) >> shift], 1u);
@@ -273,10 +288,10 @@ __device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count,
     __syncthreads();
     const u32* H = hist;
     if constexpr (CLUSTER_SUM && C > 1) {
-      cluster_sum_histograms<C, THREADS>(hist, sum, q);
+      cluster_sum_histograms<C, THREADS, NB>(hist, sum, q);
       H = sum;
     }
-    find_bin<THREADS>(H, need, buf, choice);
+    find_bin<THREADS, NB>(H, need, buf, choice);
     const BinChoice b = *choice;
     need -= b.above;
     count = b.count;
@@ -296,17 +311,29 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
     int* __restrict__ out, long long out_stride0, long long out_stride1,
     int num_rows, int top_k, int mode, int next_n, int cache_groups) {
   static_assert(C == 1 || C == 2 || C == 4 || C == 8, "portable cluster sizes");
-  static_assert(THREADS % 32 == 0 && THREADS <= 1024, "whole warps");
+  static_assert(THREADS % 32 == 0 && THREADS <= 1024 && BINS % THREADS == 0, "whole warps");
   constexpr int NW = THREADS / 32;
+  constexpr int U = 4;  // groups in flight per lane in the first sweep (HBM latency)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const long long row = blockIdx.x / C;
   const u32 q = C > 1 ? cluster::rank() : 0u;
   if (row >= num_rows) return;  // uniform over the cluster
-
 #ifdef CUPY_OPS_TOPK_TIMING
   long long marks[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 #endif
   TOPK_MARK(0);
+
+  extern __shared__ uint4 dynamic_smem[];
+  u32* hist = reinterpret_cast<u32*>(dynamic_smem);   // [BINS] local counts
+  u32* sum = hist + BINS;                             // [BINS] cluster sums / all candidates
+  u32* cand = C > 1 ? sum + BINS : sum;               // [CAND_CAP] this CTA's candidates
+  uint4* cache = reinterpret_cast<uint4*>(C > 1 ? cand + CAND_CAP : sum + BINS);  // [cache_groups]
+  __shared__ unsigned char cand_warp[CAND_CAP];       // the warp whose segment holds cand[i]
+  __shared__ u32 buf[33];
+  __shared__ BinChoice choice;
+  __shared__ u32 cand_count, warp_gt[NW], warp_in[NW], warp_eq[NW], warp_base[NW], warp_take[NW];
+  __shared__ u32 published[2];  // this CTA's {count above T, count equal T}, read by others
+
   // ---- the row's candidate range, clamped to what logits holds
   long long s = 0, e = 0;
   if (mode != MODE_DECODE && mode != MODE_DECODE_2D) {
@@ -320,6 +347,8 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
       e = row_a[b * row_a_stride0 + j * row_a_stride1];
     }
   }
+  for (int i = tid; i < BINS; i += THREADS) hist[i] = 0u;  // overlaps the loads above
+  if (tid == 0) cand_count = 0u;
   const long long row_offset = row * stride0;
   long long col_limit = 0;  // columns c with row_offset + c * stride1 inside logits
   if (row_offset < logits_extent) {
@@ -336,90 +365,109 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
     }
     return;
   }
-
-  // ---- shared memory
-  extern __shared__ uint4 dynamic_smem[];
-  u32* hist = reinterpret_cast<u32*>(dynamic_smem);   // [BINS] local counts
-  u32* sum = hist + BINS;                                   // [BINS] cluster sums / all candidates
-  u32* cand = C > 1 ? sum + BINS : sum;                     // [CAND_CAP] this CTA's candidates
-  uint4* cache = reinterpret_cast<uint4*>(C > 1 ? cand + CAND_CAP : sum + BINS);  // [cache_groups]
-  __shared__ u32 buf[33];
-  __shared__ BinChoice choice;
-  __shared__ u32 cand_count, warp_gt[NW], warp_eq[NW], warp_base[NW], warp_take[NW];
-  __shared__ u32 published[2];  // this CTA's {count above T, count equal T}, read by others
-
   TOPK_MARK(1);
+
   // ---- this CTA's slice, in groups of GROUP columns from an aligned origin o <= s
   const T* row_ptr = logits + row_offset;
   const bool vec = stride1 == 1;  // then row_ptr + o is GROUP-element aligned (tensor data is)
-  const long long o =
-      vec ? s - static_cast<long long>((reinterpret_cast<unsigned long long>(row_ptr + s) / sizeof(T)) % GROUP) : s;
+  const long long o = vec ? s - static_cast<long long>(
+                                    (reinterpret_cast<unsigned long long>(row_ptr + s) / sizeof(T)) % GROUP)
+                          : s;
   const long long row_groups = (e - o + GROUP - 1) / GROUP;
   const long long per_cta = (row_groups + C - 1) / C;
   const long long g_first = q * per_cta;
   const int groups = static_cast<int>(max(0ll, min(per_cta, row_groups - g_first)));
-  const long long c_first = o + g_first * GROUP;  // column of the slice's first element
-  const int cached = min(groups, cache_groups);
-
-  const Slice<T> slice{row_ptr, stride1, s, e, c_first, vec, cache, groups, cached};
+  const int seg = (groups + NW - 1) / NW;
+  const int seg_first = min(groups, warp * seg);
+  const Slice<T> slice{row_ptr, stride1, s, e, o + g_first * GROUP, vec, cache, groups,
+                       min(groups, cache_groups), seg_first, min(groups, seg_first + seg)};
 
   // ---- pass 0: load, cache, coarse histogram
-  for (int i = tid; i < BINS; i += THREADS) hist[i] = 0u;
-  if (tid == 0) cand_count = 0u;
-  __syncthreads();
-  {
-    constexpr int U = 4;  // groups in flight per thread
-    for (int base = 0; base < groups; base += THREADS * U) {
-      u32 key[U][GROUP], valid[U];
+  __syncthreads();  // hist zeroed
+  for (int g0 = slice.seg_first; g0 < slice.seg_end; g0 += 32 * U) {
+    u32 key[U][GROUP], valid[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int g = base + u * THREADS + tid;
-        valid[u] = g < groups ? load_keys(row_ptr, stride1, c_first + static_cast<long long>(g) * GROUP,
-                                          s, e, vec, key[u])
-                              : 0u;
-      }
+    for (int u = 0; u < U; ++u) {
+      const int g = g0 + u * 32 + lane;
+      valid[u] = g < slice.seg_end ? load_keys(row_ptr, stride1, slice.c_first + static_cast<long long>(g) * GROUP,
+                                               s, e, vec, key[u])
+                                   : 0u;
+    }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int g = base + u * THREADS + tid;
-        if (g < cached) cache[g] = make_uint4(key[u][0], key[u][1], key[u][2], key[u][3]);
+    for (int u = 0; u < U; ++u) {
+      const int g = g0 + u * 32 + lane;
+      if (g < slice.cached && g < slice.seg_end)
+        cache[g] = make_uint4(key[u][0], key[u][1], key[u][2], key[u][3]);
 #pragma unroll
-        for (int k = 0; k < GROUP; ++k)
-          if (valid[u] & (1u << k)) atomicAdd(&hist[coarse_bin(key[u][k])], 1u);
-      }
+      for (int k = 0; k < GROUP; ++k)
+        if (valid[u] & (1u << k)) atomicAdd(&hist[coarse_bin(key[u][k])], 1u);
     }
   }
   __syncthreads();
   const u32* H0 = hist;
   if constexpr (C > 1) {
-    cluster_sum_histograms<C, THREADS>(hist, sum, q);
+    cluster_sum_histograms<C, THREADS, BINS>(hist, sum, q);
     H0 = sum;
   }
-  find_bin<THREADS>(H0, static_cast<u32>(top_k), buf, &choice);
+  find_bin<THREADS, BINS>(H0, static_cast<u32>(top_k), buf, &choice);
   const BinChoice b0 = choice;
   const u32 need0 = static_cast<u32>(top_k) - b0.above;
   const u32 lo0 = static_cast<u32>(coarse_bin_first_key(b0.bin));
   const u32 hi0 = static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull);
-
+  const bool listed = b0.count <= CAND_CAP;  // uniform over the cluster
   TOPK_MARK(3);
-  // ---- gather the threshold bin and refine it to the exact threshold
+
+  // ---- gather: per-warp counts above / inside the threshold bin, candidate list
+  {
+    u32 n_above = 0, n_in = 0;
+    const u32 lanes_before = (1u << lane) - 1u;
+    for (int g0 = slice.seg_first; g0 < slice.seg_end; g0 += 64) {
+      u32 key[2][GROUP], valid[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) valid[u] = slice.group_keys(g0 + u * 32 + lane, key[u]);
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k) {
+          const bool ok = valid[u] >> k & 1u;
+          const bool above = ok && key[u][k] > hi0;
+          const bool in = ok && key[u][k] >= lo0 && !above;
+          n_above += above;
+          n_in += in;
+          if (listed) {
+            const u32 m = __ballot_sync(0xffffffffu, in);
+            if (m) {  // warp-aggregated append: one atomic per warp and element slot
+              const int leader = __ffs(m) - 1;
+              u32 at = 0;
+              if (lane == leader) at = atomicAdd(&cand_count, __popc(m));
+              at = __shfl_sync(0xffffffffu, at, leader) + __popc(m & lanes_before);
+              if (in && at < CAND_CAP) {
+                cand[at] = key[u][k];
+                cand_warp[at] = static_cast<unsigned char>(warp);
+              }
+            }
+          }
+        }
+      }
+    }
+    n_above = __reduce_add_sync(0xffffffffu, n_above);
+    n_in = __reduce_add_sync(0xffffffffu, n_in);
+    if (lane == 0) {
+      warp_gt[warp] = n_above;
+      warp_in[warp] = n_in;
+      warp_eq[warp] = 0u;
+    }
+  }
+  __syncthreads();
+
+  // ---- the exact threshold, and each warp's counts above / equal to it
   Threshold th;
   if (b0.count == need0) {
     th = Threshold{lo0 - 1u, 0u};  // the bin is taken whole (lo0 >= 1: L > top_k keys exist)
-  } else if (b0.count <= CAND_CAP) {
-    slice.for_each_key([&](u32 k) {
-      // Warp-aggregated append: candidates are rare, one atomic per warp and element slot.
-      const bool hit = k >= lo0 && k <= hi0;
-      const u32 m = __ballot_sync(__activemask(), hit);
-      if (hit) {
-        const int leader = __ffs(m) - 1;
-        u32 at = 0;
-        if (lane == leader) at = atomicAdd(&cand_count, __popc(m));
-        at = __shfl_sync(m, at, leader) + __popc(m & ((1u << lane) - 1u));
-        if (at < CAND_CAP) cand[at] = k;
-      }
-    });
-    __syncthreads();
-    u32 total = min(cand_count, static_cast<u32>(CAND_CAP));
+    if (tid < NW) warp_gt[tid] += warp_in[tid];
+  } else if (listed) {
+    const u32 mine = min(cand_count, static_cast<u32>(CAND_CAP));
+    u32 total = mine;
     if constexpr (C > 1) {
       // Every CTA pulls all C lists into `sum` (free now: the pass-0 sums were consumed).
       cluster::sync();
@@ -434,120 +482,122 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
       total = offset;
       __syncthreads();
     }
-    th = refine<C, THREADS, false>(KeyList{sum, total}, lo0, hi0, total, need0, hist, sum, buf,
-                                   &choice, q);
+    th = refine<C, THREADS, LIST_BITS, false>(KeyList{sum, total}, lo0, hi0, total, need0, hist,
+                                              sum, buf, &choice, q);
+    for (u32 i = tid; i < mine; i += THREADS) {
+      const u32 k = cand[i];
+      if (k > th.key) atomicAdd(&warp_gt[cand_warp[i]], 1u);
+      else if (k == th.key) atomicAdd(&warp_eq[cand_warp[i]], 1u);
+    }
   } else {
-    th = refine<C, THREADS, true>(slice, lo0, hi0, b0.count, need0, hist, sum, buf,
-                                  &choice, q);
-  }
-
-  TOPK_MARK(4);
-  // ---- count: per warp over its contiguous segment (segments in column order)
-  const int seg = (groups + NW - 1) / NW;
-  const int seg_first = min(groups, warp * seg), seg_end = min(groups, seg_first + seg);
-  {
+    th = refine<C, THREADS, 12, true>(slice, lo0, hi0, b0.count, need0, hist, sum, buf, &choice, q);
     u32 gt = 0, eq = 0;
-    for (int g = seg_first + lane; g < seg_end; g += 32) {
-      u32 key[GROUP];
-      const u32 valid = slice.group_keys(g, key);
-#pragma unroll
-      for (int k = 0; k < GROUP; ++k) {
-        gt += (valid >> k & 1u) && key[k] > th.key;
-        eq += (valid >> k & 1u) && key[k] == th.key;
-      }
-    }
-#pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {
-      gt += __shfl_xor_sync(0xffffffffu, gt, d);
-      eq += __shfl_xor_sync(0xffffffffu, eq, d);
-    }
+    slice.template for_each_key<2>([&](u32 k) {
+      gt += k > th.key;
+      eq += k == th.key;
+    });
+    gt = __reduce_add_sync(0xffffffffu, gt);
+    eq = __reduce_add_sync(0xffffffffu, eq);
     if (lane == 0) {
       warp_gt[warp] = gt;
       warp_eq[warp] = eq;
     }
   }
   __syncthreads();
-  if (tid == 0) {
-    u32 gt = 0, eq = 0;
-    for (int w = 0; w < NW; ++w) {
-      gt += warp_gt[w];
-      eq += warp_eq[w];
+  TOPK_MARK(4);
+
+  // ---- offsets: CTAs in rank order, warps in order; ties go to the lowest columns
+  u32 gt = 0, eq = 0, gt_incl = 0, eq_incl = 0;
+  if (warp == 0) {
+    gt = lane < NW ? warp_gt[lane] : 0u;
+    eq = lane < NW ? warp_eq[lane] : 0u;
+    gt_incl = warp_inclusive_sum(gt);
+    eq_incl = warp_inclusive_sum(eq);
+    if (lane == 31) {
+      published[0] = gt_incl;
+      published[1] = eq_incl;
     }
-    published[0] = gt;
-    published[1] = eq;
   }
   if constexpr (C > 1) cluster::sync();
-  else __syncthreads();
-  if (tid == 0) {
-    // Ties are taken in column order: CTA by CTA, then warp by warp.
-    u32 out_base = 0, ties_before = 0;
+  if (warp == 0) {
+    u32 gt_before_cta = 0, eq_before_cta = 0;
     if constexpr (C > 1) {
-      for (u32 r = 0; r < q; ++r) {
-        const u32 gt = cluster::load(cluster::map(&published[0], r));
-        const u32 eq = cluster::load(cluster::map(&published[1], r));
-        const u32 taken = th.take > ties_before ? min(eq, th.take - ties_before) : 0u;
-        out_base += gt + taken;
-        ties_before += eq;
+      u32 rg = 0, re = 0;
+      if (static_cast<u32>(lane) < q) {
+        rg = cluster::load(cluster::map(&published[0], lane));
+        re = cluster::load(cluster::map(&published[1], lane));
       }
+      gt_before_cta = __reduce_add_sync(0xffffffffu, rg);
+      eq_before_cta = __reduce_add_sync(0xffffffffu, re);
     }
-    for (int w = 0; w < NW; ++w) {
-      const u32 taken = th.take > ties_before ? min(warp_eq[w], th.take - ties_before) : 0u;
-      warp_base[w] = out_base;
-      warp_take[w] = taken;
-      out_base += warp_gt[w] + taken;
-      ties_before += warp_eq[w];
+    if (lane < NW) {
+      const u32 ties_before = eq_before_cta + eq_incl - eq;
+      const u32 taken_before = min(th.take, ties_before);
+      warp_base[lane] = gt_before_cta + gt_incl - gt + taken_before;
+      warp_take[lane] = min(th.take, ties_before + eq) - taken_before;
     }
   }
-  if constexpr (C > 1) cluster::arrive();  // last remote access of this CTA is behind us
+  if constexpr (C > 1) cluster::arrive();  // this CTA's last remote access is behind it
   __syncthreads();
-
   TOPK_MARK(5);
+
   // ---- write: selected columns in ascending order
   {
     u32 slot = warp_base[warp], ties_left = warp_take[warp];
-    for (int g0 = seg_first; g0 < seg_end; g0 += 32) {
-      const int g = g0 + lane;
-      u32 key[GROUP], valid = 0;
-      if (g < seg_end) valid = slice.group_keys(g, key);
-      u32 gt_mask = 0, eq_mask = 0;
+    const u32 lanes_before = (1u << lane) - 1u;
+    for (int g0 = slice.seg_first; g0 < slice.seg_end; g0 += 64) {
+      u32 key[2][GROUP], valid[2];
 #pragma unroll
-      for (int k = 0; k < GROUP; ++k) {
-        if (valid >> k & 1u) {
-          gt_mask |= key[k] > th.key ? 1u << k : 0u;
-          eq_mask |= key[k] == th.key ? 1u << k : 0u;
-        }
-      }
-      const u32 n_eq = __popc(eq_mask);
-      const u32 eq_before = warp_inclusive_sum(n_eq) - n_eq;
-      const u32 my_ties = ties_left > eq_before ? min(n_eq, ties_left - eq_before) : 0u;
-      const u32 n_sel = __popc(gt_mask) + my_ties;
-      const u32 sel_incl = warp_inclusive_sum(n_sel);
-      u32 at = slot + sel_incl - n_sel;
-      u32 ties_used = 0;
-      const long long c0 = c_first + static_cast<long long>(g) * GROUP;
+      for (int u = 0; u < 2; ++u) valid[u] = slice.group_keys(g0 + u * 32 + lane, key[u]);
 #pragma unroll
-      for (int k = 0; k < GROUP; ++k) {
-        bool take = gt_mask >> k & 1u;
-        if (!take && (eq_mask >> k & 1u) && ties_used < my_ties) {
-          take = true;
-          ++ties_used;
+      for (int u = 0; u < 2; ++u) {
+        u32 sel = 0, eqm = 0;
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k) {
+          const bool ok = valid[u] >> k & 1u;
+          sel |= (ok && key[u][k] > th.key) ? 1u << k : 0u;
+          eqm |= (ok && key[u][k] == th.key) ? 1u << k : 0u;
         }
-        if (take) {
-          if (at < static_cast<u32>(top_k)) out_row[at * out_stride1] = static_cast<int>(c0 + k - s);
-          ++at;
+        if (__any_sync(0xffffffffu, eqm != 0u)) {  // rare: ties in this step
+          const u32 n_eq = __popc(eqm);
+          u32 rank = warp_inclusive_sum(n_eq) - n_eq;
+          const u32 step_eq = __shfl_sync(0xffffffffu, rank + n_eq, 31);
+#pragma unroll
+          for (int k = 0; k < GROUP; ++k) {
+            if (eqm >> k & 1u) {
+              if (rank < ties_left) sel |= 1u << k;
+              ++rank;
+            }
+          }
+          ties_left -= min(ties_left, step_eq);
         }
+        // Offsets from ballots (independent, no shuffle chain): element (lane, k) follows the
+        // selected elements of lower lanes and its own lower k.
+        u32 at = slot, step_sel = 0;
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k) {
+          const u32 m = __ballot_sync(0xffffffffu, sel >> k & 1u);
+          at += __popc(m & lanes_before);
+          step_sel += __popc(m);
+        }
+        const long long c0 = slice.c_first + static_cast<long long>(g0 + u * 32 + lane) * GROUP;
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k) {
+          if (sel >> k & 1u) {
+            if (at < static_cast<u32>(top_k)) out_row[at * out_stride1] = static_cast<int>(c0 + k - s);
+            ++at;
+          }
+        }
+        slot += step_sel;
       }
-      slot += __shfl_sync(0xffffffffu, sel_incl, 31);
-      const u32 eq_total = __shfl_sync(0xffffffffu, eq_before + n_eq, 31);
-      ties_left -= min(ties_left, eq_total);
     }
   }
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
 #ifdef CUPY_OPS_TOPK_TIMING
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    printf("topk timing C=%d groups=%d cached=%d b0.count=%u: range %lld pass0 %lld select %lld count %lld write %lld cycles\n",
-           C, groups, cached, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
+    printf("topk timing C=%d groups=%d cached=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
+           C, groups, slice.cached, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
            marks[5] - marks[4], marks[6] - marks[5]);
   }
 #endif

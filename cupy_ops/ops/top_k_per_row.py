@@ -21,7 +21,7 @@ INT32_MAX = 2**31 - 1
 MODE = {"prefill": 0, "decode": 1, "decode_2d": 2}  # the kernel's MODE_* constants
 BINS, CAND_CAP, GROUP = 4096, 4096, 4                # the kernel's constants
 MIN_COLS_PER_CTA = 4096  # a CTA with fewer columns spends more on cluster barriers than it saves
-STATIC_SMEM_SLACK = 1024  # the kernel's static shared memory (about 0.4 KB) and alignment
+STATIC_SMEM_SLACK = 6144  # the kernel's static shared memory (4.5 KB: candidate warp tags, counters)
 
 
 @dataclasses.dataclass(frozen=True)
