@@ -94,13 +94,13 @@ template <> struct Group<float> { using Raw = float4; };
 template <> struct Group<__half> { using Raw = uint2; };
 template <> struct Group<__nv_bfloat16> { using Raw = uint2; };
 
-// Keys of the GROUP elements at columns c0.., and a mask of those inside [s, e).
+// Keys of the GROUP elements at positions p0.. of `base` (position p at base[p * stride1]) and the
+// mask of those inside [0, L). vec: stride1 == 1 and base + p0 is GROUP-element aligned.
 template <typename T>
-__device__ __forceinline__ u32 load_keys(const T* __restrict__ row, long long stride1,
-                                              long long c0, long long s, long long e, bool vec,
-                                              u32 key[GROUP]) {
-  if (vec && c0 >= s && c0 + GROUP <= e) {
-    const typename Group<T>::Raw raw = *reinterpret_cast<const typename Group<T>::Raw*>(row + c0);
+__device__ __forceinline__ u32 load_keys(const T* __restrict__ base, long long stride1, int p0,
+                                         int L, bool vec, u32 key[GROUP]) {
+  if (vec && p0 >= 0 && p0 + GROUP <= L) {
+    const typename Group<T>::Raw raw = *reinterpret_cast<const typename Group<T>::Raw*>(base + p0);
     const T* x = reinterpret_cast<const T*>(&raw);
 #pragma unroll
     for (int k = 0; k < GROUP; ++k) key[k] = order_key(to_float(x[k]));
@@ -109,10 +109,10 @@ __device__ __forceinline__ u32 load_keys(const T* __restrict__ row, long long st
   u32 valid = 0;
 #pragma unroll
   for (int k = 0; k < GROUP; ++k) {
-    const long long c = c0 + k;
+    const int p = p0 + k;
     key[k] = 0u;
-    if (c >= s && c < e) {
-      key[k] = order_key(to_float(row[c * stride1]));
+    if (p >= 0 && p < L) {
+      key[k] = order_key(to_float(base[p * stride1]));
       valid |= 1u << k;
     }
   }
@@ -209,51 +209,76 @@ struct Threshold {
   u32 take;  // ... and the first `take` keys == key (column order)
 };
 
-// This CTA's part of a row: GROUP-column groups from column c_first; the first `cached` groups'
-// keys are in shared memory, the others are read again from logits. Warp w owns groups
-// [seg_first, seg_end).
-template <typename T>
-struct Slice {
-  const T* row;
-  long long stride1, s, e, c_first;
-  bool vec;
-  const uint4* cache;
-  int groups, cached, seg_first, seg_end;
+// Positions are column - s (int: a row has < 2^31 columns); a group is GROUP positions from a
+// multiple of GROUP past the aligned origin. Mask of a group's positions inside [0, L).
+__device__ __forceinline__ u32 position_mask(int p0, int L) {
+  if (p0 >= 0 && p0 + GROUP <= L) return (1u << GROUP) - 1u;
+  u32 m = 0;
+#pragma unroll
+  for (int k = 0; k < GROUP; ++k) m |= (p0 + k >= 0 && p0 + k < L) ? (1u << k) : 0u;
+  return m;
+}
 
-  __device__ __forceinline__ u32 column_mask(long long c0) const {
-    u32 m = 0;
-#pragma unroll
-    for (int k = 0; k < GROUP; ++k) m |= (c0 + k >= s && c0 + k < e) ? (1u << k) : 0u;
-    return m;
+// The groups of a warp's segment past its register-held ones ("rest"): the first ones live in
+// the warp's shared-memory cache slots, the others are read again from logits.
+template <typename T>
+struct Rest {
+  const T* base;        // logits element of position 0
+  long long stride1;
+  int L, pos0;          // candidates are positions [0, L); group g starts at pos0 + g * GROUP
+  bool vec;
+  uint4* cache;         // this warp's slots: group first + i in slot i
+  int first, end, cached_end;
+
+  __device__ __forceinline__ u32 load(int g, u32 key[GROUP]) const {
+    return load_keys(base, stride1, pos0 + g * GROUP, L, vec, key);
   }
-  // Keys of group g and the mask of those inside [s, e); 0 for g past the warp's segment.
-  __device__ __forceinline__ u32 group_keys(int g, u32 key[GROUP]) const {
-    const long long c0 = c_first + static_cast<long long>(g) * GROUP;
-    if (g >= seg_end) return 0u;
-    if (g < cached) {
-      const uint4 v = cache[g];
+  // Keys of group g (any g; 0 mask past the segment).
+  __device__ __forceinline__ u32 keys(int g, u32 key[GROUP]) const {
+    if (g >= end) return 0u;
+    if (g < cached_end) {
+      const uint4 v = cache[g - first];
       key[0] = v.x; key[1] = v.y; key[2] = v.z; key[3] = v.w;
-      return column_mask(c0);
+      return position_mask(pos0 + g * GROUP, L);
     }
-    return load_keys(row, stride1, c0, s, e, vec, key);
+    return load(g, key);
   }
-  // f(key) for every key of the warp's segment (any order); U groups in flight per lane.
-  template <int U, typename F>
-  __device__ __forceinline__ void for_each_key(F f) const {
-    const int lane = threadIdx.x & 31;
-    for (int g0 = seg_first; g0 < seg_end; g0 += 32 * U) {
-      u32 key[U][GROUP], valid[U];
+};
+
+// f(key, valid, p0) for every group of the warp's segment in column order: J register-held
+// groups per lane, then the rest 32 groups per step (U per lane in flight). f is called by all
+// lanes together (it may use warp votes); `valid` is 0 for lanes past the segment.
+template <int J, int U, typename T, typename F>
+__device__ __forceinline__ void visit_segment(const u32 (&rkey)[J][GROUP],
+                                              const u32 (&rvalid)[J], int reg_p0,
+                                              const Rest<T>& rest, F f) {
+  const int lane = threadIdx.x & 31;
 #pragma unroll
-      for (int u = 0; u < U; ++u) valid[u] = group_keys(g0 + u * 32 + lane, key[u]);
+  for (int j = 0; j < J; ++j) f(rkey[j], rvalid[j], reg_p0 + j * 32 * GROUP);
+  for (int g0 = rest.first; g0 < rest.end; g0 += 32 * U) {
+    u32 key[U][GROUP], valid[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
+    for (int u = 0; u < U; ++u) valid[u] = rest.keys(g0 + u * 32 + lane, key[u]);
 #pragma unroll
-        for (int k = 0; k < GROUP; ++k)
-          if (valid[u] & (1u << k)) f(key[u][k]);
-    }
+    for (int u = 0; u < U; ++u) f(key[u], valid[u], rest.pos0 + (g0 + u * 32 + lane) * GROUP);
   }
+}
+
+// Every key of the warp's segment, for the slow-path radix passes.
+template <int J, typename T>
+struct SegmentKeys {
+  const u32 (&rkey)[J][GROUP];
+  const u32 (&rvalid)[J];
+  int reg_p0;
+  const Rest<T>& rest;
   template <typename F>
-  __device__ __forceinline__ void for_each_key(F f) const { for_each_key<2>(f); }
+  __device__ __forceinline__ void for_each_key(F f) const {
+    visit_segment<J, 2>(rkey, rvalid, reg_p0, rest, [&](const u32* key, u32 valid, int) {
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k)
+        if (valid & (1u << k)) f(key[k]);
+    });
+  }
 };
 
 // Candidate keys in shared memory.
@@ -303,17 +328,20 @@ __device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32
   return Threshold{lo, need};  // unreachable with consistent data
 }
 
-template <typename T, int C, int THREADS>
+// J: groups per lane held in registers (the first 32*J groups of each warp's segment); the rest
+// of the segment is cached in shared memory (cache_groups slots, split evenly over the warps)
+// or, past that, read again from logits in each sweep.
+template <typename T, int C, int THREADS, int J>
 __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_per_row_kernel(
     const T* __restrict__ logits, long long logits_extent, long long stride0, long long stride1,
     const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
     const int* __restrict__ row_b, long long row_b_stride,
-    int* __restrict__ out, long long out_stride0, long long out_stride1,
+    int* __restrict__ out, long long out_stride0, int out_stride1,
     int num_rows, int top_k, int mode, int next_n, int cache_groups) {
   static_assert(C == 1 || C == 2 || C == 4 || C == 8, "portable cluster sizes");
   static_assert(THREADS % 32 == 0 && THREADS <= 1024 && BINS % THREADS == 0, "whole warps");
+  static_assert(J >= 1 && J <= 8, "register groups per lane (more spill at 512 threads)");
   constexpr int NW = THREADS / 32;
-  constexpr int U = 4;  // groups in flight per lane in the first sweep (HBM latency)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const long long row = blockIdx.x / C;
   const u32 q = C > 1 ? cluster::rank() : 0u;
@@ -356,48 +384,56 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   }
   s = max(s, 0ll);
   e = min(e, col_limit);
-  const long long L = e > s ? e - s : 0;
+  const int L = static_cast<int>(e > s ? e - s : 0);  // int32 row ranges: < 2^31
   int* out_row = out + row * out_stride0;
 
   if (L <= top_k) {  // identity then -1 padding; scores are not read (spec §2)
-    for (long long j = q * THREADS + tid; j < top_k; j += C * THREADS) {
-      out_row[j * out_stride1] = j < L ? static_cast<int>(j) : -1;
-    }
+    for (int j = q * THREADS + tid; j < top_k; j += C * THREADS) out_row[static_cast<long long>(j) * out_stride1] = j < L ? j : -1;
     return;
   }
   TOPK_MARK(1);
 
-  // ---- this CTA's slice, in groups of GROUP columns from an aligned origin o <= s
-  const T* row_ptr = logits + row_offset;
-  const bool vec = stride1 == 1;  // then row_ptr + o is GROUP-element aligned (tensor data is)
-  const long long o = vec ? s - static_cast<long long>(
-                                    (reinterpret_cast<unsigned long long>(row_ptr + s) / sizeof(T)) % GROUP)
-                          : s;
-  const long long row_groups = (e - o + GROUP - 1) / GROUP;
-  const long long per_cta = (row_groups + C - 1) / C;
-  const long long g_first = q * per_cta;
-  const int groups = static_cast<int>(max(0ll, min(per_cta, row_groups - g_first)));
+  // ---- this CTA's slice: groups of GROUP positions from an aligned origin at position -mis
+  const T* base = logits + row_offset + s * stride1;  // position 0
+  const bool vec = stride1 == 1;  // then base - mis is GROUP-element aligned (tensor data is)
+  const int mis = vec ? static_cast<int>((reinterpret_cast<unsigned long long>(base) / sizeof(T)) % GROUP) : 0;
+  const int row_groups = (L + mis + GROUP - 1) / GROUP;
+  const int per_cta = (row_groups + C - 1) / C;
+  const int g_first = static_cast<int>(q) * per_cta;
+  const int groups = max(0, min(per_cta, row_groups - g_first));
+  const int pos0 = g_first * GROUP - mis;  // position of this CTA's group 0
   const int seg = (groups + NW - 1) / NW;
-  const int seg_first = min(groups, warp * seg);
-  const Slice<T> slice{row_ptr, stride1, s, e, o + g_first * GROUP, vec, cache, groups,
-                       min(groups, cache_groups), seg_first, min(groups, seg_first + seg)};
+  const int seg_first = min(groups, warp * seg), seg_end = min(groups, seg_first + seg);
+  const int reg_end = min(seg_end, seg_first + 32 * J);
+  const int cache_per_warp = cache_groups / NW;
+  const Rest<T> rest{base, stride1, L, pos0, vec, cache + warp * cache_per_warp, reg_end, seg_end,
+                     min(seg_end, reg_end + cache_per_warp)};
+  const int reg_p0 = pos0 + (seg_first + lane) * GROUP;  // position of register group 0
 
-  // ---- pass 0: load, cache, coarse histogram
-  __syncthreads();  // hist zeroed
-  for (int g0 = slice.seg_first; g0 < slice.seg_end; g0 += 32 * U) {
-    u32 key[U][GROUP], valid[U];
+  // ---- pass 0: load (registers, then cache), coarse histogram
+  u32 rkey[J][GROUP], rvalid[J];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+  for (int j = 0; j < J; ++j) {
+    const int g = seg_first + j * 32 + lane;
+    rvalid[j] = g < reg_end ? rest.load(g, rkey[j]) : 0u;
+  }
+  __syncthreads();  // hist zeroed
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int k = 0; k < GROUP; ++k)
+      if (rvalid[j] & (1u << k)) atomicAdd(&hist[coarse_bin(rkey[j][k])], 1u);
+  for (int g0 = rest.first; g0 < rest.end; g0 += 32 * 4) {
+    u32 key[4][GROUP], valid[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
       const int g = g0 + u * 32 + lane;
-      valid[u] = g < slice.seg_end ? load_keys(row_ptr, stride1, slice.c_first + static_cast<long long>(g) * GROUP,
-                                               s, e, vec, key[u])
-                                   : 0u;
+      valid[u] = g < rest.end ? rest.load(g, key[u]) : 0u;
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < 4; ++u) {
       const int g = g0 + u * 32 + lane;
-      if (g < slice.cached && g < slice.seg_end)
-        cache[g] = make_uint4(key[u][0], key[u][1], key[u][2], key[u][3]);
+      if (g < rest.cached_end) rest.cache[g - rest.first] = make_uint4(key[u][0], key[u][1], key[u][2], key[u][3]);
 #pragma unroll
       for (int k = 0; k < GROUP; ++k)
         if (valid[u] & (1u << k)) atomicAdd(&hist[coarse_bin(key[u][k])], 1u);
@@ -421,35 +457,36 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   {
     u32 n_above = 0, n_in = 0;
     const u32 lanes_before = (1u << lane) - 1u;
-    for (int g0 = slice.seg_first; g0 < slice.seg_end; g0 += 64) {
-      u32 key[2][GROUP], valid[2];
+    visit_segment<J, 2>(rkey, rvalid, reg_p0, rest, [&](const u32* key, u32 valid, int) {
+      u32 in_mask = 0;
 #pragma unroll
-      for (int u = 0; u < 2; ++u) valid[u] = slice.group_keys(g0 + u * 32 + lane, key[u]);
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int k = 0; k < GROUP; ++k) {
+        const bool ok = valid >> k & 1u;
+        const bool above = ok && key[k] > hi0;
+        const bool in = ok && key[k] >= lo0 && !above;
+        n_above += above;
+        in_mask |= in ? 1u << k : 0u;
+      }
+      n_in += __popc(in_mask);
+      if (listed && __any_sync(0xffffffffu, in_mask != 0u)) {  // rare: one warp atomic per step
+        const u32 n = __popc(in_mask);
+        const u32 before = warp_inclusive_sum(n) - n;
+        u32 at = 0;
+        if (lane == 31) at = atomicAdd(&cand_count, before + n);
+        at = __shfl_sync(0xffffffffu, at, 31) + before;
 #pragma unroll
         for (int k = 0; k < GROUP; ++k) {
-          const bool ok = valid[u] >> k & 1u;
-          const bool above = ok && key[u][k] > hi0;
-          const bool in = ok && key[u][k] >= lo0 && !above;
-          n_above += above;
-          n_in += in;
-          if (listed) {
-            const u32 m = __ballot_sync(0xffffffffu, in);
-            if (m) {  // warp-aggregated append: one atomic per warp and element slot
-              const int leader = __ffs(m) - 1;
-              u32 at = 0;
-              if (lane == leader) at = atomicAdd(&cand_count, __popc(m));
-              at = __shfl_sync(0xffffffffu, at, leader) + __popc(m & lanes_before);
-              if (in && at < CAND_CAP) {
-                cand[at] = key[u][k];
-                cand_warp[at] = static_cast<unsigned char>(warp);
-              }
+          if (in_mask >> k & 1u) {
+            if (at < CAND_CAP) {
+              cand[at] = key[k];
+              cand_warp[at] = static_cast<unsigned char>(warp);
             }
+            ++at;
           }
         }
       }
-    }
+    });
+    (void)lanes_before;
     n_above = __reduce_add_sync(0xffffffffu, n_above);
     n_in = __reduce_add_sync(0xffffffffu, n_in);
     if (lane == 0) {
@@ -475,8 +512,8 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
       for (int r = 0; r < C; ++r) {
         const u32 n = min(cluster::load(cluster::map(&cand_count, r)), static_cast<u32>(CAND_CAP));
         const u32 n_fit = min(n, static_cast<u32>(CAND_CAP) - offset);
-        const u32 base = cluster::map(cand, r);
-        for (u32 i = tid; i < n_fit; i += THREADS) sum[offset + i] = cluster::load(base + 4u * i);
+        const u32 at = cluster::map(cand, r);
+        for (u32 i = tid; i < n_fit; i += THREADS) sum[offset + i] = cluster::load(at + 4u * i);
         offset += n_fit;
       }
       total = offset;
@@ -490,9 +527,10 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
       else if (k == th.key) atomicAdd(&warp_eq[cand_warp[i]], 1u);
     }
   } else {
-    th = refine<C, THREADS, 12, true>(slice, lo0, hi0, b0.count, need0, hist, sum, buf, &choice, q);
+    const SegmentKeys<J, T> all{rkey, rvalid, reg_p0, rest};
+    th = refine<C, THREADS, 12, true>(all, lo0, hi0, b0.count, need0, hist, sum, buf, &choice, q);
     u32 gt = 0, eq = 0;
-    slice.template for_each_key<2>([&](u32 k) {
+    all.for_each_key([&](u32 k) {
       gt += k > th.key;
       eq += k == th.key;
     });
@@ -541,63 +579,55 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   __syncthreads();
   TOPK_MARK(5);
 
-  // ---- write: selected columns in ascending order
+  // ---- write: selected positions in ascending order
   {
     u32 slot = warp_base[warp], ties_left = warp_take[warp];
     const u32 lanes_before = (1u << lane) - 1u;
-    for (int g0 = slice.seg_first; g0 < slice.seg_end; g0 += 64) {
-      u32 key[2][GROUP], valid[2];
+    visit_segment<J, 2>(rkey, rvalid, reg_p0, rest, [&](const u32* key, u32 valid, int p0) {
+      u32 sel = 0, eqm = 0;
 #pragma unroll
-      for (int u = 0; u < 2; ++u) valid[u] = slice.group_keys(g0 + u * 32 + lane, key[u]);
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        u32 sel = 0, eqm = 0;
-#pragma unroll
-        for (int k = 0; k < GROUP; ++k) {
-          const bool ok = valid[u] >> k & 1u;
-          sel |= (ok && key[u][k] > th.key) ? 1u << k : 0u;
-          eqm |= (ok && key[u][k] == th.key) ? 1u << k : 0u;
-        }
-        if (__any_sync(0xffffffffu, eqm != 0u)) {  // rare: ties in this step
-          const u32 n_eq = __popc(eqm);
-          u32 rank = warp_inclusive_sum(n_eq) - n_eq;
-          const u32 step_eq = __shfl_sync(0xffffffffu, rank + n_eq, 31);
-#pragma unroll
-          for (int k = 0; k < GROUP; ++k) {
-            if (eqm >> k & 1u) {
-              if (rank < ties_left) sel |= 1u << k;
-              ++rank;
-            }
-          }
-          ties_left -= min(ties_left, step_eq);
-        }
-        // Offsets from ballots (independent, no shuffle chain): element (lane, k) follows the
-        // selected elements of lower lanes and its own lower k.
-        u32 at = slot, step_sel = 0;
-#pragma unroll
-        for (int k = 0; k < GROUP; ++k) {
-          const u32 m = __ballot_sync(0xffffffffu, sel >> k & 1u);
-          at += __popc(m & lanes_before);
-          step_sel += __popc(m);
-        }
-        const long long c0 = slice.c_first + static_cast<long long>(g0 + u * 32 + lane) * GROUP;
-#pragma unroll
-        for (int k = 0; k < GROUP; ++k) {
-          if (sel >> k & 1u) {
-            if (at < static_cast<u32>(top_k)) out_row[at * out_stride1] = static_cast<int>(c0 + k - s);
-            ++at;
-          }
-        }
-        slot += step_sel;
+      for (int k = 0; k < GROUP; ++k) {
+        const bool ok = valid >> k & 1u;
+        sel |= (ok && key[k] > th.key) ? 1u << k : 0u;
+        eqm |= (ok && key[k] == th.key) ? 1u << k : 0u;
       }
-    }
+      if (__any_sync(0xffffffffu, eqm != 0u)) {  // rare: ties in this step
+        const u32 n_eq = __popc(eqm);
+        u32 rank = warp_inclusive_sum(n_eq) - n_eq;
+        const u32 step_eq = __shfl_sync(0xffffffffu, rank + n_eq, 31);
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k) {
+          if (eqm >> k & 1u) {
+            if (rank < ties_left) sel |= 1u << k;
+            ++rank;
+          }
+        }
+        ties_left -= min(ties_left, step_eq);
+      }
+      // Element (lane, k) follows the selected elements of lower lanes and its own lower k.
+      u32 at = slot, step_sel = 0;
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k) {
+        const u32 m = __ballot_sync(0xffffffffu, sel >> k & 1u);
+        at += __popc(m & lanes_before);
+        step_sel += __popc(m);
+      }
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k) {
+        if (sel >> k & 1u) {
+          if (at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = p0 + k;
+          ++at;
+        }
+      }
+      slot += step_sel;
+    });
   }
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
 #ifdef CUPY_OPS_TOPK_TIMING
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    printf("topk timing C=%d groups=%d cached=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
-           C, groups, slice.cached, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
+    printf("topk timing C=%d J=%d groups=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
+           C, J, groups, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
            marks[5] - marks[4], marks[6] - marks[5]);
   }
 #endif

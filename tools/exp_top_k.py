@@ -17,6 +17,9 @@ ap.add_argument("--threads", type=int, default=512)
 ap.add_argument("--cluster", type=int, default=None)
 ap.add_argument("--define", action="append", default=[])
 ap.add_argument("--no-timing", action="store_true")
+ap.add_argument("--opt", action="append", default=[], help="extra NVRTC option")
+ap.add_argument("--case", type=int, default=None, help="run only this case index")
+ap.add_argument("--reps", type=int, default=60)
 args = ap.parse_args()
 
 _orig = _runtime.get_kernel
@@ -26,11 +29,11 @@ _cache = {}
 def kernel(family, variant, device):
     if family is not m.FAMILY:
         return _orig(family, variant, device)
-    variant = m.Variant(variant.dtype, variant.cluster, args.threads)
+    variant = m.Variant(variant.dtype, variant.cluster, variant.register_groups, args.threads)
     if variant not in _cache:
         expr = family.name_expression(variant)
         opts = list(_runtime.compile_options(_device.arch(device)))
-        opts += [f"-D{d}" for d in args.define]
+        opts += [f"-D{d}" for d in args.define] + args.opt
         if not args.no_timing:
             opts.append("-DCUPY_OPS_TOPK_TIMING")
         c = _runtime.nvrtc_compile(_runtime.read_source(family.source), [expr], opts)
@@ -39,12 +42,11 @@ def kernel(family, variant, device):
 
 
 m._runtime.get_kernel = kernel
-_orig_variant = m.Variant
-m.Variant = lambda d, c, t=args.threads: _orig_variant(d, c, t)
 if args.cluster:
     m.launch_shape = lambda *a: args.cluster
 
-for rows, cols, k in ((64, 131072, 2048), (1, 32768, 2048), (4, 163840, 2048), (128, 8192, 2048)):
+CASES = ((64, 131072, 2048), (1, 32768, 2048), (4, 163840, 2048), (128, 8192, 2048))
+for rows, cols, k in (CASES if args.case is None else CASES[args.case:args.case + 1]):
     x = [torch.randn(rows, cols, device="cuda") for _ in range(4)]
     sl = torch.full((rows,), cols, dtype=torch.int32, device="cuda")
     idx = torch.empty(rows, k, dtype=torch.int32, device="cuda")
@@ -56,7 +58,7 @@ for rows, cols, k in ((64, 131072, 2048), (1, 32768, 2048), (4, 163840, 2048), (
     if not args.no_timing:
         continue
     times = []
-    for i in range(60):
+    for i in range(args.reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda._sleep(100000)
         s.record()

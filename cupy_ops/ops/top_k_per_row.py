@@ -15,6 +15,7 @@ from ..reference import top_k_per_row as reference
 OP_PREFILL, OP_DECODE = "top_k_per_row_prefill", "top_k_per_row_decode"
 DTYPES = ("float32", "float16", "bfloat16")
 CLUSTERS = (1, 2, 4, 8)         # CTAs per row (thread-block cluster; > 1 needs sm_90)
+REGISTER_GROUPS = (2, 4, 8)     # groups of 4 keys per lane held in registers (8: 128 registers)
 THREADS = 512
 MAX_TOP_K = reference.MAX_TOP_K
 INT32_MAX = 2**31 - 1
@@ -30,13 +31,15 @@ class Variant:
 
     dtype: str        # logits
     cluster: int      # CTAs per row
+    register_groups: int  # J: groups per lane kept in registers; the rest goes to shared memory
     threads: int = THREADS
 
     def template_args(self) -> tuple[str, ...]:
-        return (_interop.CPP_TYPES[self.dtype], str(self.cluster), str(self.threads))
+        return (_interop.CPP_TYPES[self.dtype], str(self.cluster), str(self.threads),
+                str(self.register_groups))
 
 
-VARIANTS = tuple(Variant(d, c) for d, c in itertools.product(DTYPES, CLUSTERS))
+VARIANTS = tuple(Variant(d, c, j) for d, c, j in itertools.product(DTYPES, CLUSTERS, REGISTER_GROUPS))
 FAMILY = _runtime.KernelFamily(
     op="top_k_per_row", source="top_k_per_row.cu", template="cupy_ops::topk::top_k_per_row_kernel",
     variants=VARIANTS, common=tuple(v for v in VARIANTS if v.dtype == "float32"))
@@ -213,6 +216,8 @@ def _validate(op, logits, ranges, indices, scalars) -> _Args:
         C.fail(op, f"numRows ({num_rows}) exceeds logits.shape[0] ({lg.shape[0]})")
     if num_rows > idx.shape[0]:
         C.fail(op, f"numRows ({num_rows}) exceeds indices.shape[0] ({idx.shape[0]})")
+    if idx.strides[1] > INT32_MAX:
+        C.fail(op, f"indices.stride(1) ({idx.strides[1]}) must be below 2^31")
     if idx.shape[1] < top_k:
         C.fail(op, f"indices.shape[1] ({idx.shape[1]}) is smaller than topK ({top_k})")
     C.check_same_device(op, {"logits": lg, **dict(zip(names, infos)), "indices": idx})
@@ -268,11 +273,22 @@ def smem_bytes(cluster: int, cache_groups: int) -> int:
     return 4 * words + 16 * cache_groups
 
 
-def cache_groups_for(cluster: int, num_cols: int, max_smem: int) -> int:
-    """Keys kept in shared memory per CTA (groups of GROUP): the slice, or what fits."""
-    slice_groups = -(-(-(-num_cols // GROUP) + 1) // cluster)  # +1: an unaligned first column
-    room = (max_smem - STATIC_SMEM_SLACK - smem_bytes(cluster, 0)) // 16
-    return max(0, min(slice_groups, room))
+def slice_layout(cluster: int, num_cols: int, max_smem: int, threads: int = THREADS) -> tuple[int, int]:
+    """(J, cache_groups) for the longest slice a CTA can get (a row of num_cols columns).
+
+    A CTA's slice is split into one contiguous segment per warp; each lane keeps J groups of
+    GROUP keys in registers (the smallest J that covers the segment, at most 8), the rest of the
+    segment goes to shared memory (evenly split over the warps) and, past that, is re-read.
+    """
+    warps = threads // 32
+    aligned = -(-(-(-num_cols // GROUP)) // cluster)
+    per_lane = -(-(-(-aligned // warps)) // 32)
+    j = next((j for j in REGISTER_GROUPS if j >= per_lane), REGISTER_GROUPS[-1])
+    # An unaligned first column adds a group: the cache takes the overflow.
+    slice_groups = -(-(-(-num_cols // GROUP) + 1) // cluster)
+    rest_per_warp = max(0, -(-slice_groups // warps) - 32 * j)
+    room_per_warp = (max_smem - STATIC_SMEM_SLACK - smem_bytes(cluster, 0)) // 16 // warps
+    return j, warps * max(0, min(rest_per_warp, room_per_warp))
 
 
 def _plan(op, logits, ranges, indices, scalars, validate):
@@ -286,9 +302,9 @@ def _plan(op, logits, ranges, indices, scalars, validate):
     device = a.logits.device
     num_cols = a.logits.shape[1]
     cluster = launch_shape(a.num_rows, num_cols, _device.sm_count(device), _device.arch(device))
-    variant = Variant(a.logits.dtype, cluster)
+    j, cache_groups = slice_layout(cluster, num_cols, _device.max_dynamic_smem(device))
+    variant = Variant(a.logits.dtype, cluster, j)
     kernel = _runtime.get_kernel(FAMILY, variant, device)
-    cache_groups = cache_groups_for(cluster, num_cols, _device.max_dynamic_smem(device))
     lo, hi = a.logits.extent()
     extent = (hi - a.logits.ptr) // a.logits.itemsize if hi > lo else 0
     r0 = a.ranges[0]
@@ -308,7 +324,7 @@ PARAMS = _interop.KernelParams((
     "ptr", "i64", "i64", "i64",    # logits, logits_extent, stride0, stride1
     "ptr", "i64", "i64",           # row_a (starts / seq_lens), its strides
     "ptr", "i64",                  # row_b (ends), its stride
-    "ptr", "i64", "i64",           # out, out_stride0, out_stride1
+    "ptr", "i64", "i32",           # out, out_stride0, out_stride1
     "i32", "i32", "i32", "i32", "i32",  # num_rows, top_k, mode, next_n, cache_groups
 ))
 
