@@ -331,8 +331,9 @@ __device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32
 // J: groups per lane held in registers (the first 32*J groups of each warp's segment); the rest
 // of the segment is cached in shared memory (cache_groups slots, split evenly over the warps)
 // or, past that, read again from logits in each sweep.
+// J = 2 is also the many-rows variant: capped at 64 registers so that two CTAs share an SM.
 template <typename T, int C, int THREADS, int J>
-__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_per_row_kernel(
+__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, J <= 2 ? 2 : 1) top_k_per_row_kernel(
     const T* __restrict__ logits, long long logits_extent, long long stride0, long long stride1,
     const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
     const int* __restrict__ row_b, long long row_b_stride,

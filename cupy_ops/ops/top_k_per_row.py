@@ -273,17 +273,22 @@ def smem_bytes(cluster: int, cache_groups: int) -> int:
     return 4 * words + 16 * cache_groups
 
 
-def slice_layout(cluster: int, num_cols: int, max_smem: int, threads: int = THREADS) -> tuple[int, int]:
+def slice_layout(cluster: int, num_cols: int, max_smem: int, threads: int = THREADS,
+                 many_rows: bool = False) -> tuple[int, int]:
     """(J, cache_groups) for the longest slice a CTA can get (a row of num_cols columns).
 
     A CTA's slice is split into one contiguous segment per warp; each lane keeps J groups of
     GROUP keys in registers (the smallest J that covers the segment, at most 8), the rest of the
     segment goes to shared memory (evenly split over the warps) and, past that, is re-read.
+    many_rows: the grid has several waves; J = 2 (the 64-register variant, two CTAs per SM)
+    and shared memory for at most half an SM.
     """
     warps = threads // 32
     aligned = -(-(-(-num_cols // GROUP)) // cluster)
     per_lane = -(-(-(-aligned // warps)) // 32)
     j = next((j for j in REGISTER_GROUPS if j >= per_lane), REGISTER_GROUPS[-1])
+    if many_rows:
+        j, max_smem = REGISTER_GROUPS[0], max_smem // 2
     # An unaligned first column adds a group: the cache takes the overflow.
     slice_groups = -(-(-(-num_cols // GROUP) + 1) // cluster)
     rest_per_warp = max(0, -(-slice_groups // warps) - 32 * j)
@@ -302,7 +307,9 @@ def _plan(op, logits, ranges, indices, scalars, validate):
     device = a.logits.device
     num_cols = a.logits.shape[1]
     cluster = launch_shape(a.num_rows, num_cols, _device.sm_count(device), _device.arch(device))
-    j, cache_groups = slice_layout(cluster, num_cols, _device.max_dynamic_smem(device))
+    sm_count = _device.sm_count(device)
+    j, cache_groups = slice_layout(cluster, num_cols, _device.max_dynamic_smem(device),
+                                   many_rows=a.num_rows >= 2 * sm_count)
     variant = Variant(a.logits.dtype, cluster, j)
     kernel = _runtime.get_kernel(FAMILY, variant, device)
     lo, hi = a.logits.extent()
