@@ -7,6 +7,7 @@ Public ops keep vLLM's names and argument order. torch tensors and CuPy arrays r
 from ._checks import CupyOpsTypeError, CupyOpsValueError, NoGPUError
 from .ops.merge_attn_states import merge_attn_states
 from .ops.paged_attention import paged_attention_v1, paged_attention_v2
+from .ops.reshape_and_cache import reshape_and_cache
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,7 @@ __all__ = [
     "merge_attn_states",
     "paged_attention_v1",
     "paged_attention_v2",
+    "reshape_and_cache",
     "CupyOpsTypeError",
     "CupyOpsValueError",
     "NoGPUError",
