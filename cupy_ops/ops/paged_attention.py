@@ -388,8 +388,8 @@ def _contiguous_strides(shape):
 def _validate_values(a: _Args) -> None:
     """The optional device-to-host check of block_tables / seq_lens values."""
     op = a.op
-    bt = _to_host(a.block_tables)
-    sl = _to_host(a.seq_lens)
+    bt = _interop.to_host(a.block_tables)
+    sl = _interop.to_host(a.seq_lens)
     if a.num_seqs == 0:
         return
     if sl.min() < 0:
@@ -407,15 +407,6 @@ def _validate_values(a: _Args) -> None:
         if used.size and (used.min() < 0 or used.max() >= num_blocks):
             bad = used[(used < 0) | (used >= num_blocks)][0]
             C.fail(op, f"block_tables[{s}] holds block id {int(bad)}, outside 0..{num_blocks - 1}")
-
-
-def _to_host(info) -> np.ndarray:
-    if info.device is None:
-        return _interop.to_numpy(info)
-    if info.framework == "torch":
-        return info.obj.cpu().numpy()
-    import cupy
-    return cupy.asnumpy(info.obj)
 
 
 # --------------------------------------------------------------------------------------------
@@ -617,8 +608,8 @@ class _ReferencePlan:
         a = self.a
         n = _interop.to_numpy
         kc, vc = a.key_cache, a.value_cache
-        key = _fp8_bytes(kc) if a.kv != "auto" else n(kc)
-        val = _fp8_bytes(vc) if a.kv != "auto" else n(vc)
+        key = _interop.host_bytes(kc) if a.kv != "auto" else n(kc)
+        val = _interop.host_bytes(vc) if a.kv != "auto" else n(vc)
         kv_dtype = "auto" if a.kv == "auto" else ("fp8_e4m3" if a.kv == "e4m3" else "fp8_e5m2")
         tp_rank, bs_local, bs_vert, bs_block, bs_step = a.sparse
         args = (n(a.query), key, val, a.num_kv_heads, a.scale, n(a.block_tables), n(a.seq_lens),
@@ -642,10 +633,3 @@ class _ReferencePlan:
             _interop.write_host(info, np.where(mask, widened, current))
         _interop.write_host(a.out, reference.paged_attention_v2_reduce(
             parts.exp_sums, parts.max_logits, parts.tmp_out, n(a.seq_lens), PARTITION_SIZE))
-
-
-def _fp8_bytes(info) -> np.ndarray:
-    if info.framework == "torch":
-        import torch
-        return info.obj.detach().view(torch.uint8).numpy()
-    return info.obj.view(np.uint8)

@@ -11,7 +11,7 @@ import numpy as np
 from .. import _checks as C
 from .. import _interop, _runtime
 from ..reference import reshape_and_cache as reference
-from .paged_attention import FP8_CPP, KV_KINDS, _fp8_bytes, _to_host
+from .paged_attention import FP8_CPP, KV_KINDS
 
 OP = "reshape_and_cache"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -146,7 +146,7 @@ def _plan(arrays, kv_cache_dtype, validate):
     k, v, kc, vc, sm, ks, vs, kv = _validate(arrays, kv_cache_dtype)
     num_slots = kc.shape[0] * kc.shape[3]
     if validate or k.device is None:
-        slots = _to_host(sm)
+        slots = _interop.to_host(sm)
         if slots.size and slots.max() >= num_slots:
             t = int(slots.argmax())
             C.fail(OP, f"slot_mapping[{t}] = {int(slots[t])} is outside the cache (num_blocks * "
@@ -203,13 +203,13 @@ class _ReferencePlan:
         k, v, kc, vc, sm, ks, vs = self.arrays
         n = _interop.to_numpy
         fp8 = KV_KINDS[self.kv_cache_dtype] != "auto"
-        cache = _fp8_bytes if fp8 else n
+        cache = _interop.host_bytes if fp8 else n
         scale = (lambda s: float(n(s).reshape(-1)[0])) if fp8 else (lambda s: 1.0)
         new_k, new_v = reference.reshape_and_cache(
             n(k), n(v), cache(kc), cache(vc), n(sm), self.kv_cache_dtype, scale(ks), scale(vs))
         for info, value in ((kc, new_k), (vc, new_v)):
             if fp8:
-                np.copyto(_fp8_bytes(info), value)
+                np.copyto(_interop.host_bytes(info), value)
             else:
                 _interop.write_host(info, value)
 
