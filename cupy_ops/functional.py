@@ -93,9 +93,10 @@ def decode_attention(query, key_cache, value_cache, block_tables, seq_lens, *, s
         paged_attention_v1(out, *args)
     elif version == "v2":
         partitions = max(1, -(-max_seq_len // PARTITION_SIZE))
-        exp_sums = _new(q, (num_seqs, num_heads, partitions), "float32")
-        max_logits = _new(q, (num_seqs, num_heads, partitions), "float32")
-        tmp_out = _new(q, (num_seqs, num_heads, partitions, head_size), q.dtype)
+        fill = 0 if q.device is None else None  # the host path reads unwritten entries back
+        exp_sums = _new(q, (num_seqs, num_heads, partitions), "float32", fill)
+        max_logits = _new(q, (num_seqs, num_heads, partitions), "float32", fill)
+        tmp_out = _new(q, (num_seqs, num_heads, partitions, head_size), q.dtype, fill)
         paged_attention_v2(out, exp_sums, max_logits, tmp_out, *args)
     else:
         C.fail(op, f"version must be 'v1', 'v2' or None; got {version!r}")
@@ -160,8 +161,10 @@ def paged_kv_from_dense(key, value, block_size: int = 16, *, seq_lens=None, kv_c
         if len(lens) != num_seqs or any(not 0 <= n <= max_len for n in lens):
             C.fail(op, f"seq_lens must hold {num_seqs} lengths in 0..{max_len}; got {lens}")
         like = k
-        key_tokens = key.reshape(num_seqs * max_len, *k.shape[2:])
-        value_tokens = value.reshape(num_seqs * max_len, *k.shape[2:])
+        v = _interop.describe(op, "value", value)
+        C.check_shape(op, "value", v, k.shape, "num_seqs, max_len, num_kv_heads, head_size")
+        key_tokens = k.obj.reshape(num_seqs * max_len, *k.shape[2:])
+        value_tokens = v.obj.reshape(num_seqs * max_len, *k.shape[2:])
     if kv_cache_dtype not in KV_KINDS:
         C.fail(op, f"Unsupported data type of kv cache: {kv_cache_dtype!r}")
     _, num_kv_heads, head_size = _interop.describe(op, "key", key_tokens).shape
