@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 
 from ._checks import NoGPUError
@@ -86,3 +87,20 @@ def resident_blocks(kernel, threads: int, smem: int) -> int:
     """CTAs of ``kernel`` one SM holds at once (registers, shared memory, threads)."""
     from cupy_backends.cuda.api import driver
     return max(1, driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.ptr, threads, smem))
+
+
+def capturing(device: int) -> bool:
+    """Whether the caller's current stream on ``device`` is capturing a CUDA graph: torch's
+    (when torch has initialised CUDA) or CuPy's (a non-default stream)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        with torch.cuda.device(device):
+            if torch.cuda.is_current_stream_capturing():
+                return True
+    cupy = cupy_or_none()
+    if cupy is not None:
+        with cupy.cuda.Device(device):
+            stream = cupy.cuda.get_current_stream()
+            # The legacy default stream cannot capture (and may not be queried during a capture).
+            return stream.ptr != 0 and stream.is_capturing()
+    return False

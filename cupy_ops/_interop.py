@@ -150,8 +150,17 @@ def to_numpy(info: ArrayInfo) -> np.ndarray:
     return t.numpy()
 
 
+def host_bytes(info: ArrayInfo) -> np.ndarray:
+    """A writable uint8 NumPy view of a host array of 1-byte elements (fp8 bytes: a torch
+    float8 / uint8 tensor or a NumPy array)."""
+    if info.framework == "torch":
+        import torch
+        return info.obj.detach().view(torch.uint8).numpy()
+    return info.obj.view(np.uint8)
+
+
 def to_host(info: ArrayInfo) -> np.ndarray:
-    """A NumPy copy of any array (a device-to-host copy for GPU arrays): for value checks."""
+    """The values of a host or device array as NumPy (device arrays: a synchronous copy)."""
     if info.device is None:
         return to_numpy(info)
     if info.framework == "torch":
@@ -170,8 +179,9 @@ def write_host(info: ArrayInfo, value: np.ndarray) -> None:
 
 
 class DeviceBuffer:
-    """Scratch memory from the caller's framework (torch's caching allocator, so it is also
-    valid inside torch graph capture; or CuPy's pool): ``ptr`` plus the owning object."""
+    """Memory from the caller's framework (torch's caching allocator, so it is also valid
+    inside torch graph capture; or CuPy's pool; or NumPy / torch CPU for host arrays):
+    ``ptr`` plus the owning object."""
 
     __slots__ = ("obj", "ptr")
 
@@ -180,10 +190,15 @@ class DeviceBuffer:
 
 
 def empty_like_framework(like: ArrayInfo, shape: tuple, dtype: str) -> DeviceBuffer:
+    """An uninitialised array of ``like``'s framework and device (host arrays included)."""
     if like.framework == "torch":
         import torch
-        t = torch.empty(shape, dtype=getattr(torch, dtype), device=f"cuda:{like.device}")
+        device = "cpu" if like.device is None else f"cuda:{like.device}"
+        t = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
         return DeviceBuffer(t, t.data_ptr())
+    if like.framework == "numpy":
+        a = np.empty(shape, dtype=dtype)
+        return DeviceBuffer(a, a.__array_interface__["data"][0])
     import cupy
     with cupy.cuda.Device(like.device):
         a = cupy.empty(shape, dtype=dtype)

@@ -306,6 +306,13 @@ def get_kernel(family: KernelFamily, variant, device: int):
         fn = _modules.get(key)
         if fn is None:
             from . import _device
+            if _device.capturing(device):
+                # Loading a module is not a stream operation CUDA allows during capture.
+                raise RuntimeError(
+                    f"{family.op}: kernel {family.name_expression(variant)} is not loaded on "
+                    f"cuda:{device} and the current stream is capturing a CUDA graph; run the op "
+                    "once with the same dtypes before capturing (compiled kernels come from the "
+                    "disk cache, see `python -m cupy_ops precompile`)")
             compiled = build_variant(family, variant, _device.arch(device))
             fn = _device.load_function(device, compiled.binary,
                                        compiled.lowered_names[family.name_expression(variant)])

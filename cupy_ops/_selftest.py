@@ -149,9 +149,33 @@ def check_top_k_per_row(arrays: Arrays, dtype: str, rng) -> tuple[str, float, bo
     return f"[{R},{N}] K={K}", float(wrong), wrong == 0
 
 
+def check_reshape_and_cache(arrays: Arrays, dtype: str, rng) -> tuple[str, float, bool]:
+    """An unquantized and an fp8 (e4m3) cache, written bit for bit like the reference."""
+    from . import reshape_and_cache
+    from .reference.reshape_and_cache import reshape_and_cache as ref
+    T, H, D, BS, NB = 21, 2, 64, 16, 3
+    key, value = rng.standard_normal((T, H, D)), rng.standard_normal((T, H, D))
+    slots = rng.permutation(NB * BS)[:T]
+    slots[3] = -1  # padding token
+    dk, dv, ds = arrays.put(key, dtype), arrays.put(value, dtype), arrays.put(slots, "int64")
+    err = 0.0
+    for kv, cache_dtype in (("auto", dtype), ("fp8_e4m3", "uint8")):
+        x = 16 // (1 if kv != "auto" else np.dtype(dtype if dtype != "bfloat16" else "float16").itemsize)
+        kc0, vc0 = np.zeros((NB, H, D // x, BS, x)), np.zeros((NB, H, D, BS))
+        kc, vc = arrays.put(kc0, cache_dtype), arrays.put(vc0, cache_dtype)
+        scale = arrays.put(np.array(0.5), "float32")
+        reshape_and_cache(dk, dv, kc, vc, ds, kv, scale, scale)
+        arrays.sync()
+        cast = (lambda a: a) if kv == "auto" else (lambda a: a.astype(np.uint8))
+        want = ref(arrays.get(dk), arrays.get(dv), cast(kc0), cast(vc0), slots, kv, 0.5, 0.5)
+        err = max(err, *(float(np.max(np.abs(arrays.get(g) - w))) for g, w in zip((kc, vc), want)))
+    return f"[{T},{H},{D}]", err, err == 0.0
+
+
 CHECKS = {"merge_attn_states": check_merge_attn_states,
           "paged_attention_v1/v2": check_paged_attention,
-          "top_k_per_row_prefill/decode": check_top_k_per_row}
+          "top_k_per_row_prefill/decode": check_top_k_per_row,
+          "reshape_and_cache": check_reshape_and_cache}
 
 
 def run_selftest(stream=None) -> int:

@@ -608,8 +608,8 @@ class _ReferencePlan:
         a = self.a
         n = _interop.to_numpy
         kc, vc = a.key_cache, a.value_cache
-        key = _fp8_bytes(kc) if a.kv != "auto" else n(kc)
-        val = _fp8_bytes(vc) if a.kv != "auto" else n(vc)
+        key = _interop.host_bytes(kc) if a.kv != "auto" else n(kc)
+        val = _interop.host_bytes(vc) if a.kv != "auto" else n(vc)
         kv_dtype = "auto" if a.kv == "auto" else ("fp8_e4m3" if a.kv == "e4m3" else "fp8_e5m2")
         tp_rank, bs_local, bs_vert, bs_block, bs_step = a.sparse
         args = (n(a.query), key, val, a.num_kv_heads, a.scale, n(a.block_tables), n(a.seq_lens),
@@ -633,10 +633,3 @@ class _ReferencePlan:
             _interop.write_host(info, np.where(mask, widened, current))
         _interop.write_host(a.out, reference.paged_attention_v2_reduce(
             parts.exp_sums, parts.max_logits, parts.tmp_out, n(a.seq_lens), PARTITION_SIZE))
-
-
-def _fp8_bytes(info) -> np.ndarray:
-    if info.framework == "torch":
-        import torch
-        return info.obj.detach().view(torch.uint8).numpy()
-    return info.obj.view(np.uint8)
