@@ -6,8 +6,9 @@
 // T is selected, plus the first `take` keys equal to T in position order. T is found by radix
 // selection on 32-bit order keys:
 //
-//   pass 0   one sweep over the slice: convert to keys, keep them in shared memory (as many as
-//            fit; the rest are re-read from global/L2 later), histogram a 12-bit coarse digit.
+//   pass 0   the slice is copied to shared memory with cp.async (as much as fits; the rest is
+//            re-read from global/L2 by the later sweeps), converted to keys in place, and a
+//            12-bit coarse digit is histogrammed.
 //            With C > 1 the histograms are summed across the cluster through distributed
 //            shared memory. The threshold bin is where the K-th largest key falls.
 //   gather   one sweep: each warp counts its keys above the threshold bin and appends the keys
@@ -22,8 +23,10 @@
 //   output   warp and CTA offsets from those counts (exchanged across the cluster), then one
 //            writing sweep: selected positions in ascending column order.
 //
-// Every sweep gives each warp one contiguous segment of the slice, walked 32 groups (512 bytes
-// of fp32) at a time, so column order is (CTA, warp, step, lane, element).
+// The ordered sweeps give each warp one contiguous segment of the slice, walked 32 elements at a
+// time, so column order is (CTA, warp, step, lane). Every sweep is a short loop over shared
+// memory: this kernel runs once per row, so most of its instructions are fetched cold, and
+// code size (unrolled or register-resident variants) costs more than the data movement.
 //
 // The output is deterministic: the selected set (ties at T broken by lowest column) and its
 // order (ascending column) do not depend on timing; only histogram counts use atomics.
@@ -40,6 +43,7 @@
 //
 // Reading never leaves [s, e) of the row; s and e are clamped to what `logits` holds, so bad
 // row ranges cannot read out of bounds. Writes stay in out[row, 0:top_k].
+#include "common/async_copy.cuh"
 #include "common/cluster.cuh"
 #include "common/dtypes.cuh"
 
@@ -87,36 +91,6 @@ __device__ __forceinline__ unsigned long long coarse_bin_first_key(u32 b) {
   if (b == 2048) return 0x80000000ull;
   if (b < 4096) return static_cast<unsigned long long>(b - 2048 + POS_BASE) << 17;
   return 1ull << 32;
-}
-
-template <typename T> struct Group;  // GROUP consecutive elements as one aligned load
-template <> struct Group<float> { using Raw = float4; };
-template <> struct Group<__half> { using Raw = uint2; };
-template <> struct Group<__nv_bfloat16> { using Raw = uint2; };
-
-// Keys of the GROUP elements at positions p0.. of `base` (position p at base[p * stride1]) and the
-// mask of those inside [0, L). vec: stride1 == 1 and base + p0 is GROUP-element aligned.
-template <typename T>
-__device__ __forceinline__ u32 load_keys(const T* __restrict__ base, long long stride1, int p0,
-                                         int L, bool vec, u32 key[GROUP]) {
-  if (vec && p0 >= 0 && p0 + GROUP <= L) {
-    const typename Group<T>::Raw raw = *reinterpret_cast<const typename Group<T>::Raw*>(base + p0);
-    const T* x = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int k = 0; k < GROUP; ++k) key[k] = order_key(to_float(x[k]));
-    return (1u << GROUP) - 1;
-  }
-  u32 valid = 0;
-#pragma unroll
-  for (int k = 0; k < GROUP; ++k) {
-    const int p = p0 + k;
-    key[k] = 0u;
-    if (p >= 0 && p < L) {
-      key[k] = order_key(to_float(base[p * stride1]));
-      valid |= 1u << k;
-    }
-  }
-  return valid;
 }
 
 template <typename V>
@@ -209,75 +183,29 @@ struct Threshold {
   u32 take;  // ... and the first `take` keys == key (column order)
 };
 
-// Positions are column - s (int: a row has < 2^31 columns); a group is GROUP positions from a
-// multiple of GROUP past the aligned origin. Mask of a group's positions inside [0, L).
-__device__ __forceinline__ u32 position_mask(int p0, int L) {
-  if (p0 >= 0 && p0 + GROUP <= L) return (1u << GROUP) - 1u;
-  u32 m = 0;
-#pragma unroll
-  for (int k = 0; k < GROUP; ++k) m |= (p0 + k >= 0 && p0 + k < L) ? (1u << k) : 0u;
-  return m;
-}
-
-// The groups of a warp's segment past its register-held ones ("rest"): the first ones live in
-// the warp's shared-memory cache slots, the others are read again from logits.
+// This CTA's part of a row, element i at position pos0 + i (positions are column - s, int: a row
+// has < 2^31 columns); positions outside [0, L) are masked. Elements [0, cached) are keys in
+// shared memory, the others are read again from logits.
 template <typename T>
-struct Rest {
-  const T* base;        // logits element of position 0
+struct Slice {
+  const T* base;      // logits element of position 0
   long long stride1;
-  int L, pos0;          // candidates are positions [0, L); group g starts at pos0 + g * GROUP
-  bool vec;
-  uint4* cache;         // this warp's slots: group first + i in slot i
-  int first, end, cached_end;
+  int L, pos0, n, cached;
+  const u32* cache;
 
-  __device__ __forceinline__ u32 load(int g, u32 key[GROUP]) const {
-    return load_keys(base, stride1, pos0 + g * GROUP, L, vec, key);
+  __device__ __forceinline__ bool valid(int i) const {
+    const int p = pos0 + i;
+    return i < n && p >= 0 && p < L;
   }
-  // Keys of group g (any g; 0 mask past the segment).
-  __device__ __forceinline__ u32 keys(int g, u32 key[GROUP]) const {
-    if (g >= end) return 0u;
-    if (g < cached_end) {
-      const uint4 v = cache[g - first];
-      key[0] = v.x; key[1] = v.y; key[2] = v.z; key[3] = v.w;
-      return position_mask(pos0 + g * GROUP, L);
-    }
-    return load(g, key);
+  // Key of element i (call only for valid i).
+  __device__ __forceinline__ u32 key(int i) const {
+    return i < cached ? cache[i] : order_key(to_float(base[static_cast<long long>(pos0 + i) * stride1]));
   }
-};
-
-// f(key, valid, p0) for every group of the warp's segment in column order: J register-held
-// groups per lane, then the rest 32 groups per step (U per lane in flight). f is called by all
-// lanes together (it may use warp votes); `valid` is 0 for lanes past the segment.
-template <int J, int U, typename T, typename F>
-__device__ __forceinline__ void visit_segment(const u32 (&rkey)[J][GROUP],
-                                              const u32 (&rvalid)[J], int reg_p0,
-                                              const Rest<T>& rest, F f) {
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int j = 0; j < J; ++j) f(rkey[j], rvalid[j], reg_p0 + j * 32 * GROUP);
-  for (int g0 = rest.first; g0 < rest.end; g0 += 32 * U) {
-    u32 key[U][GROUP], valid[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) valid[u] = rest.keys(g0 + u * 32 + lane, key[u]);
-#pragma unroll
-    for (int u = 0; u < U; ++u) f(key[u], valid[u], rest.pos0 + (g0 + u * 32 + lane) * GROUP);
-  }
-}
-
-// Every key of the warp's segment, for the slow-path radix passes.
-template <int J, typename T>
-struct SegmentKeys {
-  const u32 (&rkey)[J][GROUP];
-  const u32 (&rvalid)[J];
-  int reg_p0;
-  const Rest<T>& rest;
+  // f(key) for every valid element, block-strided (any order).
   template <typename F>
   __device__ __forceinline__ void for_each_key(F f) const {
-    visit_segment<J, 2>(rkey, rvalid, reg_p0, rest, [&](const u32* key, u32 valid, int) {
-#pragma unroll
-      for (int k = 0; k < GROUP; ++k)
-        if (valid & (1u << k)) f(key[k]);
-    });
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+      if (valid(i)) f(key(i));
   }
 };
 
@@ -328,20 +256,15 @@ __device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32
   return Threshold{lo, need};  // unreachable with consistent data
 }
 
-// J: groups per lane held in registers (the first 32*J groups of each warp's segment); the rest
-// of the segment is cached in shared memory (cache_groups slots, split evenly over the warps)
-// or, past that, read again from logits in each sweep.
-// J = 2 is also the many-rows variant: capped at 64 registers so that two CTAs share an SM.
-template <typename T, int C, int THREADS, int J>
-__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, J <= 2 ? 2 : 1) top_k_per_row_kernel(
+template <typename T, int C, int THREADS>
+__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_per_row_kernel(
     const T* __restrict__ logits, long long logits_extent, long long stride0, long long stride1,
     const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
     const int* __restrict__ row_b, long long row_b_stride,
     int* __restrict__ out, long long out_stride0, int out_stride1,
-    int num_rows, int top_k, int mode, int next_n, int cache_groups) {
+    int num_rows, int top_k, int mode, int next_n, int cache_elems) {
   static_assert(C == 1 || C == 2 || C == 4 || C == 8, "portable cluster sizes");
   static_assert(THREADS % 32 == 0 && THREADS <= 1024 && BINS % THREADS == 0, "whole warps");
-  static_assert(J >= 1 && J <= 8, "register groups per lane (more spill at 512 threads)");
   constexpr int NW = THREADS / 32;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const long long row = blockIdx.x / C;
@@ -356,7 +279,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, J <= 2
   u32* hist = reinterpret_cast<u32*>(dynamic_smem);   // [BINS] local counts
   u32* sum = hist + BINS;                             // [BINS] cluster sums / all candidates
   u32* cand = C > 1 ? sum + BINS : sum;               // [CAND_CAP] this CTA's candidates
-  uint4* cache = reinterpret_cast<uint4*>(C > 1 ? cand + CAND_CAP : sum + BINS);  // [cache_groups]
+  u32* cache = C > 1 ? cand + CAND_CAP : sum + BINS;  // [cache_elems] keys (16-byte aligned)
   __shared__ unsigned char cand_warp[CAND_CAP];       // the warp whose segment holds cand[i]
   __shared__ u32 buf[33];
   __shared__ BinChoice choice;
@@ -389,12 +312,13 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, J <= 2
   int* out_row = out + row * out_stride0;
 
   if (L <= top_k) {  // identity then -1 padding; scores are not read (spec §2)
-    for (int j = q * THREADS + tid; j < top_k; j += C * THREADS) out_row[static_cast<long long>(j) * out_stride1] = j < L ? j : -1;
+    for (int j = q * THREADS + tid; j < top_k; j += C * THREADS)
+      out_row[static_cast<long long>(j) * out_stride1] = j < L ? j : -1;
     return;
   }
   TOPK_MARK(1);
 
-  // ---- this CTA's slice: groups of GROUP positions from an aligned origin at position -mis
+  // ---- this CTA's slice: groups of GROUP elements from an aligned origin at position -mis
   const T* base = logits + row_offset + s * stride1;  // position 0
   const bool vec = stride1 == 1;  // then base - mis is GROUP-element aligned (tensor data is)
   const int mis = vec ? static_cast<int>((reinterpret_cast<unsigned long long>(base) / sizeof(T)) % GROUP) : 0;
@@ -402,42 +326,48 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, J <= 2
   const int per_cta = (row_groups + C - 1) / C;
   const int g_first = static_cast<int>(q) * per_cta;
   const int groups = max(0, min(per_cta, row_groups - g_first));
-  const int pos0 = g_first * GROUP - mis;  // position of this CTA's group 0
-  const int seg = (groups + NW - 1) / NW;
-  const int seg_first = min(groups, warp * seg), seg_end = min(groups, seg_first + seg);
-  const int reg_end = min(seg_end, seg_first + 32 * J);
-  const int cache_per_warp = cache_groups / NW;
-  const Rest<T> rest{base, stride1, L, pos0, vec, cache + warp * cache_per_warp, reg_end, seg_end,
-                     min(seg_end, reg_end + cache_per_warp)};
-  const int reg_p0 = pos0 + (seg_first + lane) * GROUP;  // position of register group 0
+  const int n = groups * GROUP;
+  const Slice<T> slice{base, stride1, L, g_first * GROUP - mis, n, min(n, cache_elems), cache};
 
-  // ---- pass 0: load (registers, then cache), coarse histogram
-  u32 rkey[J][GROUP], rvalid[J];
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int g = seg_first + j * 32 + lane;
-    rvalid[j] = g < reg_end ? rest.load(g, rkey[j]) : 0u;
-  }
+  // ---- pass 0: slice -> shared memory (raw fp32 bits), then keys and the coarse histogram
   __syncthreads();  // hist zeroed
+  {
+    const int cached_groups = slice.cached / GROUP;
+    for (int g = tid; g < cached_groups; g += THREADS) {
+      const int p0 = slice.pos0 + g * GROUP;
+      float* dst = reinterpret_cast<float*>(cache + g * GROUP);
+      if constexpr (sizeof(T) == 4) {
+        if (vec && p0 >= 0 && p0 + GROUP <= L) {
+          cp_async<16>(dst, base + p0);  // many in flight per thread, no registers held
+          continue;
+        }
+      }
 #pragma unroll
-  for (int j = 0; j < J; ++j)
-#pragma unroll
-    for (int k = 0; k < GROUP; ++k)
-      if (rvalid[j] & (1u << k)) atomicAdd(&hist[coarse_bin(rkey[j][k])], 1u);
-  for (int g0 = rest.first; g0 < rest.end; g0 += 32 * 4) {
-    u32 key[4][GROUP], valid[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const int g = g0 + u * 32 + lane;
-      valid[u] = g < rest.end ? rest.load(g, key[u]) : 0u;
+      for (int k = 0; k < GROUP; ++k) {
+        const int p = p0 + k;
+        dst[k] = (p >= 0 && p < L) ? to_float(base[static_cast<long long>(p) * stride1]) : 0.0f;
+      }
     }
+    cp_async_commit();
+    // Elements past the cache: keys straight from logits (several loads in flight).
+    for (int i0 = slice.cached + tid; i0 < n; i0 += 4 * THREADS) {
+      float x[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const int g = g0 + u * 32 + lane;
-      if (g < rest.cached_end) rest.cache[g - rest.first] = make_uint4(key[u][0], key[u][1], key[u][2], key[u][3]);
+      for (int u = 0; u < 4; ++u) {
+        const int i = i0 + u * THREADS;
+        x[u] = slice.valid(i) ? to_float(base[static_cast<long long>(slice.pos0 + i) * stride1]) : 0.0f;
+      }
 #pragma unroll
-      for (int k = 0; k < GROUP; ++k)
-        if (valid[u] & (1u << k)) atomicAdd(&hist[coarse_bin(key[u][k])], 1u);
+      for (int u = 0; u < 4; ++u)
+        if (slice.valid(i0 + u * THREADS)) atomicAdd(&hist[coarse_bin(order_key(x[u]))], 1u);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll 4
+    for (int i = tid; i < slice.cached; i += THREADS) {
+      const u32 k = order_key(__uint_as_float(cache[i]));
+      cache[i] = k;
+      if (slice.valid(i)) atomicAdd(&hist[coarse_bin(k)], 1u);
     }
   }
   __syncthreads();
@@ -454,40 +384,33 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, J <= 2
   const bool listed = b0.count <= CAND_CAP;  // uniform over the cluster
   TOPK_MARK(3);
 
+  // Warp w owns elements [seg_first, seg_end), walked 32 at a time: column order is
+  // (CTA, warp, step, lane).
+  const int seg = (n + 32 * NW - 1) / (32 * NW) * 32;
+  const int seg_first = min(n, warp * seg), seg_end = min(n, seg_first + seg);
+
   // ---- gather: per-warp counts above / inside the threshold bin, candidate list
   {
     u32 n_above = 0, n_in = 0;
-    const u32 lanes_before = (1u << lane) - 1u;
-    visit_segment<J, 2>(rkey, rvalid, reg_p0, rest, [&](const u32* key, u32 valid, int) {
-      u32 in_mask = 0;
-#pragma unroll
-      for (int k = 0; k < GROUP; ++k) {
-        const bool ok = valid >> k & 1u;
-        const bool above = ok && key[k] > hi0;
-        const bool in = ok && key[k] >= lo0 && !above;
-        n_above += above;
-        in_mask |= in ? 1u << k : 0u;
-      }
-      n_in += __popc(in_mask);
-      if (listed && __any_sync(0xffffffffu, in_mask != 0u)) {  // rare: one warp atomic per step
-        const u32 n = __popc(in_mask);
-        const u32 before = warp_inclusive_sum(n) - n;
+    for (int i0 = seg_first; i0 < seg_end; i0 += 32) {
+      const int i = i0 + lane;
+      const bool ok = slice.valid(i);
+      const u32 k = ok ? slice.key(i) : 0u;
+      const bool above = ok && k > hi0;
+      const bool in = ok && k >= lo0 && !above;
+      n_above += above;
+      const u32 m = __ballot_sync(0xffffffffu, in);
+      n_in += in;
+      if (listed && m) {  // rare: one atomic per warp step with candidates
         u32 at = 0;
-        if (lane == 31) at = atomicAdd(&cand_count, before + n);
-        at = __shfl_sync(0xffffffffu, at, 31) + before;
-#pragma unroll
-        for (int k = 0; k < GROUP; ++k) {
-          if (in_mask >> k & 1u) {
-            if (at < CAND_CAP) {
-              cand[at] = key[k];
-              cand_warp[at] = static_cast<unsigned char>(warp);
-            }
-            ++at;
-          }
+        if (lane == 0) at = atomicAdd(&cand_count, __popc(m));
+        at = __shfl_sync(0xffffffffu, at, 0) + __popc(m & ((1u << lane) - 1u));
+        if (in && at < CAND_CAP) {
+          cand[at] = k;
+          cand_warp[at] = static_cast<unsigned char>(warp);
         }
       }
-    });
-    (void)lanes_before;
+    }
     n_above = __reduce_add_sync(0xffffffffu, n_above);
     n_in = __reduce_add_sync(0xffffffffu, n_in);
     if (lane == 0) {
@@ -511,8 +434,8 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, J <= 2
       cluster::sync();
       u32 offset = 0;
       for (int r = 0; r < C; ++r) {
-        const u32 n = min(cluster::load(cluster::map(&cand_count, r)), static_cast<u32>(CAND_CAP));
-        const u32 n_fit = min(n, static_cast<u32>(CAND_CAP) - offset);
+        const u32 cnt = min(cluster::load(cluster::map(&cand_count, r)), static_cast<u32>(CAND_CAP));
+        const u32 n_fit = min(cnt, static_cast<u32>(CAND_CAP) - offset);
         const u32 at = cluster::map(cand, r);
         for (u32 i = tid; i < n_fit; i += THREADS) sum[offset + i] = cluster::load(at + 4u * i);
         offset += n_fit;
@@ -528,13 +451,15 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, J <= 2
       else if (k == th.key) atomicAdd(&warp_eq[cand_warp[i]], 1u);
     }
   } else {
-    const SegmentKeys<J, T> all{rkey, rvalid, reg_p0, rest};
-    th = refine<C, THREADS, 12, true>(all, lo0, hi0, b0.count, need0, hist, sum, buf, &choice, q);
+    th = refine<C, THREADS, 12, true>(slice, lo0, hi0, b0.count, need0, hist, sum, buf, &choice, q);
     u32 gt = 0, eq = 0;
-    all.for_each_key([&](u32 k) {
-      gt += k > th.key;
-      eq += k == th.key;
-    });
+    for (int i = seg_first + lane; i < seg_end; i += 32) {
+      if (slice.valid(i)) {
+        const u32 k = slice.key(i);
+        gt += k > th.key;
+        eq += k == th.key;
+      }
+    }
     gt = __reduce_add_sync(0xffffffffu, gt);
     eq = __reduce_add_sync(0xffffffffu, eq);
     if (lane == 0) {
@@ -584,51 +509,30 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, J <= 2
   {
     u32 slot = warp_base[warp], ties_left = warp_take[warp];
     const u32 lanes_before = (1u << lane) - 1u;
-    visit_segment<J, 2>(rkey, rvalid, reg_p0, rest, [&](const u32* key, u32 valid, int p0) {
-      u32 sel = 0, eqm = 0;
-#pragma unroll
-      for (int k = 0; k < GROUP; ++k) {
-        const bool ok = valid >> k & 1u;
-        sel |= (ok && key[k] > th.key) ? 1u << k : 0u;
-        eqm |= (ok && key[k] == th.key) ? 1u << k : 0u;
+    for (int i0 = seg_first; i0 < seg_end; i0 += 32) {
+      const int i = i0 + lane;
+      const bool ok = slice.valid(i);
+      const u32 k = ok ? slice.key(i) : 0u;
+      bool take = ok && k > th.key;
+      const u32 eqm = __ballot_sync(0xffffffffu, ok && k == th.key);
+      if (eqm) {  // rare: ties in this step, taken in column order while the quota lasts
+        const u32 rank = __popc(eqm & lanes_before);
+        take = take || ((eqm >> lane & 1u) && rank < ties_left);
+        ties_left -= min(ties_left, static_cast<u32>(__popc(eqm)));
       }
-      if (__any_sync(0xffffffffu, eqm != 0u)) {  // rare: ties in this step
-        const u32 n_eq = __popc(eqm);
-        u32 rank = warp_inclusive_sum(n_eq) - n_eq;
-        const u32 step_eq = __shfl_sync(0xffffffffu, rank + n_eq, 31);
-#pragma unroll
-        for (int k = 0; k < GROUP; ++k) {
-          if (eqm >> k & 1u) {
-            if (rank < ties_left) sel |= 1u << k;
-            ++rank;
-          }
-        }
-        ties_left -= min(ties_left, step_eq);
-      }
-      // Element (lane, k) follows the selected elements of lower lanes and its own lower k.
-      u32 at = slot, step_sel = 0;
-#pragma unroll
-      for (int k = 0; k < GROUP; ++k) {
-        const u32 m = __ballot_sync(0xffffffffu, sel >> k & 1u);
-        at += __popc(m & lanes_before);
-        step_sel += __popc(m);
-      }
-#pragma unroll
-      for (int k = 0; k < GROUP; ++k) {
-        if (sel >> k & 1u) {
-          if (at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = p0 + k;
-          ++at;
-        }
-      }
-      slot += step_sel;
-    });
+      const u32 m = __ballot_sync(0xffffffffu, take);
+      const u32 at = slot + __popc(m & lanes_before);
+      if (take && at < static_cast<u32>(top_k))
+        out_row[static_cast<long long>(at) * out_stride1] = slice.pos0 + i;
+      slot += __popc(m);
+    }
   }
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
 #ifdef CUPY_OPS_TOPK_TIMING
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    printf("topk timing C=%d J=%d groups=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
-           C, J, groups, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
+    printf("topk timing C=%d n=%d cached=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
+           C, n, slice.cached, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
            marks[5] - marks[4], marks[6] - marks[5]);
   }
 #endif

@@ -111,20 +111,24 @@ def test_cluster_size_choice(rows, cols, sms, arch, want):
     assert op_module.launch_shape(rows, cols, sms, arch) == want
 
 
-@pytest.mark.parametrize("cluster, cols, want_j, want_cached", [
-    (1, 8192, 4, 16),            # 16 keys per lane in registers; one spare group per warp
-    (8, 32768, 2, 16),
-    (8, 163840, 8, 16 * 65),     # 20480 keys per CTA: 16384 in registers, the rest cached
-    (2, 131072, 8, 11072),       # 65536 keys: 16384 in registers, 44288 cached, 4864 re-read
+@pytest.mark.parametrize("cluster, cols, many_rows, want", [
+    (1, 8192, False, 8196),          # the whole slice (+ one group for an unaligned start)
+    (8, 163840, False, 20484),
+    (2, 131072, False, 44288),       # 65536 keys per CTA: what fits next to the histograms
+    (1, 8192, True, 8196),
+    (1, 65536, True, 19328),         # room for two CTAs per SM
 ])
-def test_slice_layout(cluster, cols, want_j, want_cached):
-    assert op_module.slice_layout(cluster, cols, 232448) == (want_j, want_cached)
+def test_cache_size(cluster, cols, many_rows, want):
+    assert op_module.cache_elems_for(cluster, cols, 232448, many_rows) == want
 
 
 def test_shared_memory_budget_fits_the_device_limit():
     for cluster in op_module.CLUSTERS:
         for cols in (100, 8192, 131072, 10**6):
-            j, groups = op_module.slice_layout(cluster, cols, 232448)
-            assert op_module.smem_bytes(cluster, groups) <= 232448 - op_module.STATIC_SMEM_SLACK
-            covered = (groups + 32 * j * 16) * op_module.GROUP * cluster
-            assert covered >= min(cols, 60000)  # rows up to 60K columns are held entirely
+            for many in (False, True):
+                elems = op_module.cache_elems_for(cluster, cols, 232448, many)
+                budget = 232448 // (2 if many else 1)
+                assert op_module.smem_bytes(cluster, elems) <= budget - op_module.STATIC_SMEM_SLACK
+                assert elems % op_module.GROUP == 0
+                if cols <= 20000:
+                    assert elems * cluster >= cols  # short rows are held entirely

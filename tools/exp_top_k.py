@@ -29,7 +29,7 @@ _cache = {}
 def kernel(family, variant, device):
     if family is not m.FAMILY:
         return _orig(family, variant, device)
-    variant = m.Variant(variant.dtype, variant.cluster, variant.register_groups, args.threads)
+    variant = m.Variant(variant.dtype, variant.cluster, args.threads)
     if variant not in _cache:
         expr = family.name_expression(variant)
         opts = list(_runtime.compile_options(_device.arch(device)))

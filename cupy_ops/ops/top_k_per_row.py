@@ -15,7 +15,6 @@ from ..reference import top_k_per_row as reference
 OP_PREFILL, OP_DECODE = "top_k_per_row_prefill", "top_k_per_row_decode"
 DTYPES = ("float32", "float16", "bfloat16")
 CLUSTERS = (1, 2, 4, 8)         # CTAs per row (thread-block cluster; > 1 needs sm_90)
-REGISTER_GROUPS = (2, 4, 8)     # groups of 4 keys per lane held in registers (8: 128 registers)
 THREADS = 512
 MAX_TOP_K = reference.MAX_TOP_K
 INT32_MAX = 2**31 - 1
@@ -31,15 +30,13 @@ class Variant:
 
     dtype: str        # logits
     cluster: int      # CTAs per row
-    register_groups: int  # J: groups per lane kept in registers; the rest goes to shared memory
     threads: int = THREADS
 
     def template_args(self) -> tuple[str, ...]:
-        return (_interop.CPP_TYPES[self.dtype], str(self.cluster), str(self.threads),
-                str(self.register_groups))
+        return (_interop.CPP_TYPES[self.dtype], str(self.cluster), str(self.threads))
 
 
-VARIANTS = tuple(Variant(d, c, j) for d, c, j in itertools.product(DTYPES, CLUSTERS, REGISTER_GROUPS))
+VARIANTS = tuple(Variant(d, c) for d, c in itertools.product(DTYPES, CLUSTERS))
 FAMILY = _runtime.KernelFamily(
     op="top_k_per_row", source="top_k_per_row.cu", template="cupy_ops::topk::top_k_per_row_kernel",
     variants=VARIANTS, common=tuple(v for v in VARIANTS if v.dtype == "float32"))
@@ -267,33 +264,21 @@ def launch_shape(num_rows: int, num_cols: int, sm_count: int, arch: int) -> int:
     return cluster
 
 
-def smem_bytes(cluster: int, cache_groups: int) -> int:
+def smem_bytes(cluster: int, cache_elems: int) -> int:
     """Dynamic shared memory: histogram, cluster sums, candidate list, cached keys."""
     words = 2 * BINS + (CAND_CAP if cluster > 1 else 0)
-    return 4 * words + 16 * cache_groups
+    return 4 * (words + cache_elems)
 
 
-def slice_layout(cluster: int, num_cols: int, max_smem: int, threads: int = THREADS,
-                 many_rows: bool = False) -> tuple[int, int]:
-    """(J, cache_groups) for the longest slice a CTA can get (a row of num_cols columns).
+def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool = False) -> int:
+    """Keys a CTA keeps in shared memory: its whole slice of a num_cols row, or what fits.
 
-    A CTA's slice is split into one contiguous segment per warp; each lane keeps J groups of
-    GROUP keys in registers (the smallest J that covers the segment, at most 8), the rest of the
-    segment goes to shared memory (evenly split over the warps) and, past that, is re-read.
-    many_rows: the grid has several waves; J = 2 (the 64-register variant, two CTAs per SM)
-    and shared memory for at most half an SM.
+    many_rows: the grid has several waves; leave room for two CTAs per SM.
     """
-    warps = threads // 32
-    aligned = -(-(-(-num_cols // GROUP)) // cluster)
-    per_lane = -(-(-(-aligned // warps)) // 32)
-    j = next((j for j in REGISTER_GROUPS if j >= per_lane), REGISTER_GROUPS[-1])
-    if many_rows:
-        j, max_smem = REGISTER_GROUPS[0], max_smem // 2
-    # An unaligned first column adds a group: the cache takes the overflow.
-    slice_groups = -(-(-(-num_cols // GROUP) + 1) // cluster)
-    rest_per_warp = max(0, -(-slice_groups // warps) - 32 * j)
-    room_per_warp = (max_smem - STATIC_SMEM_SLACK - smem_bytes(cluster, 0)) // 16 // warps
-    return j, warps * max(0, min(rest_per_warp, room_per_warp))
+    slice_elems = GROUP * -(-(-(-num_cols // GROUP) + 1) // cluster)  # +1: an unaligned start
+    budget = max_smem // 2 if many_rows else max_smem
+    room = (budget - STATIC_SMEM_SLACK - smem_bytes(cluster, 0)) // 4 // GROUP * GROUP
+    return max(0, min(slice_elems, room))
 
 
 def _plan(op, logits, ranges, indices, scalars, validate):
@@ -307,10 +292,9 @@ def _plan(op, logits, ranges, indices, scalars, validate):
     device = a.logits.device
     num_cols = a.logits.shape[1]
     cluster = launch_shape(a.num_rows, num_cols, _device.sm_count(device), _device.arch(device))
-    sm_count = _device.sm_count(device)
-    j, cache_groups = slice_layout(cluster, num_cols, _device.max_dynamic_smem(device),
-                                   many_rows=a.num_rows >= 2 * sm_count)
-    variant = Variant(a.logits.dtype, cluster, j)
+    cache_elems = cache_elems_for(cluster, num_cols, _device.max_dynamic_smem(device),
+                                  many_rows=a.num_rows >= 2 * _device.sm_count(device))
+    variant = Variant(a.logits.dtype, cluster)
     kernel = _runtime.get_kernel(FAMILY, variant, device)
     lo, hi = a.logits.extent()
     extent = (hi - a.logits.ptr) // a.logits.itemsize if hi > lo else 0
@@ -321,9 +305,9 @@ def _plan(op, logits, ranges, indices, scalars, validate):
             r0.ptr, r0_strides[0], r0_strides[1],
             r1.ptr, r1.strides[0],
             a.indices.ptr, a.indices.strides[0], a.indices.strides[1],
-            a.num_rows, a.top_k, a.mode, max(1, a.next_n), cache_groups)
+            a.num_rows, a.top_k, a.mode, max(1, a.next_n), cache_elems)
     return _interop.LaunchPlan(PARAMS, kernel, a.logits, (a.num_rows * cluster,), (variant.threads,),
-                               args, smem_bytes(cluster, cache_groups))
+                               args, smem_bytes(cluster, cache_elems))
 
 
 # top_k_per_row_kernel's parameter types, line by line as in the .cu signature.
@@ -332,7 +316,7 @@ PARAMS = _interop.KernelParams((
     "ptr", "i64", "i64",           # row_a (starts / seq_lens), its strides
     "ptr", "i64",                  # row_b (ends), its stride
     "ptr", "i64", "i32",           # out, out_stride0, out_stride1
-    "i32", "i32", "i32", "i32", "i32",  # num_rows, top_k, mode, next_n, cache_groups
+    "i32", "i32", "i32", "i32", "i32",  # num_rows, top_k, mode, next_n, cache_elems
 ))
 
 
