@@ -184,30 +184,51 @@ struct Threshold {
 };
 
 // This CTA's part of a row, element i at position pos0 + i (positions are column - s, int: a row
-// has < 2^31 columns); positions outside [0, L) are masked. Elements [0, cached) are keys in
-// shared memory, the others are read again from logits.
+// has < 2^31 columns). Elements [lo, hi) are candidates (positions inside [0, L)); elements
+// [0, cached) are keys in shared memory, the others are read again from logits.
 template <typename T>
 struct Slice {
   const T* base;      // logits element of position 0
   long long stride1;
-  int L, pos0, n, cached;
+  int pos0, n, lo, hi, cached;
   const u32* cache;
 
   __device__ __forceinline__ bool valid(int i) const {
-    const int p = pos0 + i;
-    return i < n && p >= 0 && p < L;
+    return static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
   }
-  // Key of element i (call only for valid i).
+  template <bool ALL_CACHED>
   __device__ __forceinline__ u32 key(int i) const {
-    return i < cached ? cache[i] : order_key(to_float(base[static_cast<long long>(pos0 + i) * stride1]));
+    if (ALL_CACHED || i < cached) return cache[i];
+    return order_key(to_float(base[static_cast<long long>(pos0 + i) * stride1]));
   }
   // f(key) for every valid element, block-strided (any order).
   template <typename F>
   __device__ __forceinline__ void for_each_key(F f) const {
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-      if (valid(i)) f(key(i));
+      if (valid(i)) f(key<false>(i));
   }
 };
+
+// The ordered sweeps: warp w walks its segment [first, end) 32 elements per step; f(key, ok, i)
+// runs for U steps at a time (keys loaded first, for ILP), in column order, on all lanes
+// together (it may use warp votes); ok = element i is a candidate of this warp.
+template <bool ALL_CACHED, int U, typename T, typename F>
+__device__ __forceinline__ void sweep_segment(const Slice<T>& slice, int first, int end, F f) {
+  const int lane = threadIdx.x & 31;
+  const int lo = max(slice.lo, first), hi = max(lo, min(slice.hi, end));
+  for (int i0 = first; i0 < end; i0 += 32 * U) {
+    u32 key[U];
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = i0 + u * 32 + lane;
+      ok[u] = static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
+      key[u] = ok[u] ? slice.template key<ALL_CACHED>(i) : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) f(key[u], ok[u], i0 + u * 32 + lane);
+  }
+}
 
 // Candidate keys in shared memory.
 struct KeyList {
@@ -327,7 +348,10 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   const int g_first = static_cast<int>(q) * per_cta;
   const int groups = max(0, min(per_cta, row_groups - g_first));
   const int n = groups * GROUP;
-  const Slice<T> slice{base, stride1, L, g_first * GROUP - mis, n, min(n, cache_elems), cache};
+  const int pos0 = g_first * GROUP - mis;
+  const Slice<T> slice{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, L - pos0)),
+                       min(n, cache_elems), cache};
+  const bool all_cached = slice.cached >= n;
 
   // ---- pass 0: slice -> shared memory (raw fp32 bits), then keys and the coarse histogram
   __syncthreads();  // hist zeroed
@@ -345,7 +369,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
 #pragma unroll
       for (int k = 0; k < GROUP; ++k) {
         const int p = p0 + k;
-        dst[k] = (p >= 0 && p < L) ? to_float(base[static_cast<long long>(p) * stride1]) : 0.0f;
+        dst[k] = slice.valid(g * GROUP + k) ? to_float(base[static_cast<long long>(p) * stride1]) : 0.0f;
       }
     }
     cp_async_commit();
@@ -355,7 +379,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const int i = i0 + u * THREADS;
-        x[u] = slice.valid(i) ? to_float(base[static_cast<long long>(slice.pos0 + i) * stride1]) : 0.0f;
+        x[u] = slice.valid(i) ? to_float(base[static_cast<long long>(pos0 + i) * stride1]) : 0.0f;
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u)
@@ -363,11 +387,19 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
     }
     cp_async_wait<0>();
     __syncthreads();
-#pragma unroll 4
-    for (int i = tid; i < slice.cached; i += THREADS) {
-      const u32 k = order_key(__uint_as_float(cache[i]));
-      cache[i] = k;
-      if (slice.valid(i)) atomicAdd(&hist[coarse_bin(k)], 1u);
+    for (int i0 = tid; i0 < slice.cached; i0 += 4 * THREADS) {
+      u32 k[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = i0 + u * THREADS;
+        k[u] = i < slice.cached ? order_key(__uint_as_float(cache[i])) : 0u;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = i0 + u * THREADS;
+        if (i < slice.cached) cache[i] = k[u];
+        if (slice.valid(i) && i < slice.cached) atomicAdd(&hist[coarse_bin(k[u])], 1u);
+      }
     }
   }
   __syncthreads();
@@ -392,15 +424,12 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   // ---- gather: per-warp counts above / inside the threshold bin, candidate list
   {
     u32 n_above = 0, n_in = 0;
-    for (int i0 = seg_first; i0 < seg_end; i0 += 32) {
-      const int i = i0 + lane;
-      const bool ok = slice.valid(i);
-      const u32 k = ok ? slice.key(i) : 0u;
+    auto gather = [&](u32 k, bool ok, int) {
       const bool above = ok && k > hi0;
       const bool in = ok && k >= lo0 && !above;
       n_above += above;
-      const u32 m = __ballot_sync(0xffffffffu, in);
       n_in += in;
+      const u32 m = __ballot_sync(0xffffffffu, in);
       if (listed && m) {  // rare: one atomic per warp step with candidates
         u32 at = 0;
         if (lane == 0) at = atomicAdd(&cand_count, __popc(m));
@@ -410,7 +439,9 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
           cand_warp[at] = static_cast<unsigned char>(warp);
         }
       }
-    }
+    };
+    if (all_cached) sweep_segment<true, 4>(slice, seg_first, seg_end, gather);
+    else sweep_segment<false, 4>(slice, seg_first, seg_end, gather);
     n_above = __reduce_add_sync(0xffffffffu, n_above);
     n_in = __reduce_add_sync(0xffffffffu, n_in);
     if (lane == 0) {
@@ -453,13 +484,10 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   } else {
     th = refine<C, THREADS, 12, true>(slice, lo0, hi0, b0.count, need0, hist, sum, buf, &choice, q);
     u32 gt = 0, eq = 0;
-    for (int i = seg_first + lane; i < seg_end; i += 32) {
-      if (slice.valid(i)) {
-        const u32 k = slice.key(i);
-        gt += k > th.key;
-        eq += k == th.key;
-      }
-    }
+    sweep_segment<false, 2>(slice, seg_first, seg_end, [&](u32 k, bool ok, int) {
+      gt += ok && k > th.key;
+      eq += ok && k == th.key;
+    });
     gt = __reduce_add_sync(0xffffffffu, gt);
     eq = __reduce_add_sync(0xffffffffu, eq);
     if (lane == 0) {
@@ -509,23 +537,20 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   {
     u32 slot = warp_base[warp], ties_left = warp_take[warp];
     const u32 lanes_before = (1u << lane) - 1u;
-    for (int i0 = seg_first; i0 < seg_end; i0 += 32) {
-      const int i = i0 + lane;
-      const bool ok = slice.valid(i);
-      const u32 k = ok ? slice.key(i) : 0u;
+    auto write = [&](u32 k, bool ok, int i) {
       bool take = ok && k > th.key;
       const u32 eqm = __ballot_sync(0xffffffffu, ok && k == th.key);
       if (eqm) {  // rare: ties in this step, taken in column order while the quota lasts
-        const u32 rank = __popc(eqm & lanes_before);
-        take = take || ((eqm >> lane & 1u) && rank < ties_left);
+        take = take || ((eqm >> lane & 1u) && __popc(eqm & lanes_before) < ties_left);
         ties_left -= min(ties_left, static_cast<u32>(__popc(eqm)));
       }
       const u32 m = __ballot_sync(0xffffffffu, take);
       const u32 at = slot + __popc(m & lanes_before);
-      if (take && at < static_cast<u32>(top_k))
-        out_row[static_cast<long long>(at) * out_stride1] = slice.pos0 + i;
+      if (take && at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i;
       slot += __popc(m);
-    }
+    };
+    if (all_cached) sweep_segment<true, 4>(slice, seg_first, seg_end, write);
+    else sweep_segment<false, 4>(slice, seg_first, seg_end, write);
   }
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
