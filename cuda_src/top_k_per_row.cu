@@ -184,28 +184,35 @@ struct Threshold {
 };
 
 // This CTA's part of a row, element i at position pos0 + i (positions are column - s, int: a row
-// has < 2^31 columns). Elements [lo, hi) are candidates (positions inside [0, L)); elements
-// [0, cached) are keys in shared memory, the others are read again from logits.
+// has < 2^31 columns). Elements [lo, hi) are candidates (positions inside [0, L)). Warp w owns
+// the segment [w * seg, (w + 1) * seg); the first `cw` elements of each segment are keys in
+// shared memory (slots w * cw ..), the others are read again from logits, so every warp has the
+// same share of slow elements.
 template <typename T>
 struct Slice {
   const T* base;      // logits element of position 0
   long long stride1;
-  int pos0, n, lo, hi, cached;
+  int pos0, n, lo, hi, seg, cw;
   const u32* cache;
 
   __device__ __forceinline__ bool valid(int i) const {
     return static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
   }
-  template <bool ALL_CACHED>
-  __device__ __forceinline__ u32 key(int i) const {
-    if (ALL_CACHED || i < cached) return cache[i];
+  __device__ __forceinline__ u32 load(int i) const {
     return order_key(to_float(base[static_cast<long long>(pos0 + i) * stride1]));
+  }
+  // Key of element i of warp w's segment.
+  template <bool ALL_CACHED>
+  __device__ __forceinline__ u32 key(int i, int w) const {
+    const int rel = i - w * seg;
+    if (ALL_CACHED || rel < cw) return cache[w * cw + rel];
+    return load(i);
   }
   // f(key) for every valid element, block-strided (any order).
   template <typename F>
   __device__ __forceinline__ void for_each_key(F f) const {
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-      if (valid(i)) f(key<false>(i));
+      if (valid(i)) f(key<false>(i, i / seg));
   }
 };
 
@@ -214,7 +221,7 @@ struct Slice {
 // together (it may use warp votes); ok = element i is a candidate of this warp.
 template <bool ALL_CACHED, int U, typename T, typename F>
 __device__ __forceinline__ void sweep_segment(const Slice<T>& slice, int first, int end, F f) {
-  const int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int lo = max(slice.lo, first), hi = max(lo, min(slice.hi, end));
   for (int i0 = first; i0 < end; i0 += 32 * U) {
     u32 key[U];
@@ -223,7 +230,7 @@ __device__ __forceinline__ void sweep_segment(const Slice<T>& slice, int first, 
     for (int u = 0; u < U; ++u) {
       const int i = i0 + u * 32 + lane;
       ok[u] = static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
-      key[u] = ok[u] ? slice.template key<ALL_CACHED>(i) : 0u;
+      key[u] = ok[u] ? slice.template key<ALL_CACHED>(i, warp) : 0u;
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) f(key[u], ok[u], i0 + u * 32 + lane);
@@ -349,17 +356,24 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   const int groups = max(0, min(per_cta, row_groups - g_first));
   const int n = groups * GROUP;
   const int pos0 = g_first * GROUP - mis;
-  const Slice<T> slice{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, L - pos0)),
-                       min(n, cache_elems), cache};
-  const bool all_cached = slice.cached >= n;
+  // Warp w owns elements [seg_first, seg_end), walked 32 at a time: column order is
+  // (CTA, warp, step, lane).
+  const int seg = (n + 32 * NW - 1) / (32 * NW) * 32;
+  const int seg_first = min(n, warp * seg), seg_end = min(n, seg_first + seg);
+  const int cw = min(seg, cache_elems / NW / GROUP * GROUP);
+  const Slice<T> slice{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, L - pos0)), seg, cw, cache};
+  const bool all_cached = cw >= seg;
 
   // ---- pass 0: slice -> shared memory (raw fp32 bits), then keys and the coarse histogram
   __syncthreads();  // hist zeroed
   {
-    const int cached_groups = slice.cached / GROUP;
-    for (int g = tid; g < cached_groups; g += THREADS) {
-      const int p0 = slice.pos0 + g * GROUP;
-      float* dst = reinterpret_cast<float*>(cache + g * GROUP);
+    const int groups_per_warp = cw / GROUP;
+    for (int g = tid; g < NW * groups_per_warp; g += THREADS) {
+      const int w = g / groups_per_warp, o = g - w * groups_per_warp;
+      const int i = w * seg + o * GROUP;
+      if (i >= n) continue;
+      const int p0 = pos0 + i;
+      float* dst = reinterpret_cast<float*>(cache + w * cw + o * GROUP);
       if constexpr (sizeof(T) == 4) {
         if (vec && p0 >= 0 && p0 + GROUP <= L) {
           cp_async<16>(dst, base + p0);  // many in flight per thread, no registers held
@@ -367,38 +381,41 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
         }
       }
 #pragma unroll
-      for (int k = 0; k < GROUP; ++k) {
-        const int p = p0 + k;
-        dst[k] = slice.valid(g * GROUP + k) ? to_float(base[static_cast<long long>(p) * stride1]) : 0.0f;
-      }
+      for (int k = 0; k < GROUP; ++k)
+        dst[k] = slice.valid(i + k) ? to_float(base[static_cast<long long>(p0 + k) * stride1]) : 0.0f;
     }
     cp_async_commit();
-    // Elements past the cache: keys straight from logits (several loads in flight).
-    for (int i0 = slice.cached + tid; i0 < n; i0 += 4 * THREADS) {
-      float x[4];
+    // This warp's elements past its cache slots: keys straight from logits (8 steps in flight).
+    for (int i0 = seg_first + cw + lane; i0 < seg_end; i0 += 32 * 8) {
+      u32 k[8];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int i = i0 + u * THREADS;
-        x[u] = slice.valid(i) ? to_float(base[static_cast<long long>(pos0 + i) * stride1]) : 0.0f;
+      for (int u = 0; u < 8; ++u) {
+        const int i = i0 + u * 32;
+        k[u] = i < seg_end && slice.valid(i) ? slice.load(i) : 0u;
       }
 #pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (slice.valid(i0 + u * THREADS)) atomicAdd(&hist[coarse_bin(order_key(x[u]))], 1u);
+      for (int u = 0; u < 8; ++u) {
+        const int i = i0 + u * 32;
+        if (i < seg_end && slice.valid(i)) atomicAdd(&hist[coarse_bin(k[u])], 1u);
+      }
     }
     cp_async_wait<0>();
     __syncthreads();
-    for (int i0 = tid; i0 < slice.cached; i0 += 4 * THREADS) {
+    for (int j0 = tid; j0 < NW * cw; j0 += 4 * THREADS) {
       u32 k[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = i0 + u * THREADS;
-        k[u] = i < slice.cached ? order_key(__uint_as_float(cache[i])) : 0u;
+        const int j = j0 + u * THREADS;
+        k[u] = j < NW * cw ? order_key(__uint_as_float(cache[j])) : 0u;
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = i0 + u * THREADS;
-        if (i < slice.cached) cache[i] = k[u];
-        if (slice.valid(i) && i < slice.cached) atomicAdd(&hist[coarse_bin(k[u])], 1u);
+        const int j = j0 + u * THREADS;
+        if (j < NW * cw) {
+          cache[j] = k[u];
+          const int w = j / cw;
+          if (slice.valid(w * seg + (j - w * cw))) atomicAdd(&hist[coarse_bin(k[u])], 1u);
+        }
       }
     }
   }
@@ -415,11 +432,6 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   const u32 hi0 = static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull);
   const bool listed = b0.count <= CAND_CAP;  // uniform over the cluster
   TOPK_MARK(3);
-
-  // Warp w owns elements [seg_first, seg_end), walked 32 at a time: column order is
-  // (CTA, warp, step, lane).
-  const int seg = (n + 32 * NW - 1) / (32 * NW) * 32;
-  const int seg_first = min(n, warp * seg), seg_end = min(n, seg_first + seg);
 
   // ---- gather: per-warp counts above / inside the threshold bin, candidate list
   {
@@ -556,8 +568,8 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
 #ifdef CUPY_OPS_TOPK_TIMING
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    printf("topk timing C=%d n=%d cached=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
-           C, n, slice.cached, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
+    printf("topk timing C=%d n=%d cached/warp=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
+           C, n, cw, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
            marks[5] - marks[4], marks[6] - marks[5]);
   }
 #endif

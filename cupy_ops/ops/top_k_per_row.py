@@ -270,15 +270,20 @@ def smem_bytes(cluster: int, cache_elems: int) -> int:
     return 4 * (words + cache_elems)
 
 
-def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool = False) -> int:
+def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool = False,
+                    threads: int = THREADS) -> int:
     """Keys a CTA keeps in shared memory: its whole slice of a num_cols row, or what fits.
 
-    many_rows: the grid has several waves; leave room for two CTAs per SM.
+    The slice is split into one segment per warp (a multiple of 32 elements each); each warp
+    gets the same number of cache slots. many_rows: the grid has several waves; leave room for
+    two CTAs per SM.
     """
+    warps = threads // 32
     slice_elems = GROUP * -(-(-(-num_cols // GROUP) + 1) // cluster)  # +1: an unaligned start
+    need = warps * 32 * -(-slice_elems // (32 * warps))
     budget = max_smem // 2 if many_rows else max_smem
-    room = (budget - STATIC_SMEM_SLACK - smem_bytes(cluster, 0)) // 4 // GROUP * GROUP
-    return max(0, min(slice_elems, room))
+    room = (budget - STATIC_SMEM_SLACK - smem_bytes(cluster, 0)) // 4 // (GROUP * warps) * GROUP * warps
+    return max(0, min(need, room))
 
 
 def _plan(op, logits, ranges, indices, scalars, validate):
