@@ -7,6 +7,8 @@ Public ops keep vLLM's names and argument order. torch tensors and CuPy arrays r
 from ._checks import CupyOpsTypeError, CupyOpsValueError, NoGPUError
 from .ops.merge_attn_states import merge_attn_states
 from .ops.paged_attention import paged_attention_v1, paged_attention_v2
+from .ops.vertical_slash import (convert_vertical_slash_indexes,
+                                 convert_vertical_slash_indexes_mergehead)
 
 __version__ = "0.1.0"
 
@@ -14,6 +16,8 @@ __all__ = [
     "merge_attn_states",
     "paged_attention_v1",
     "paged_attention_v2",
+    "convert_vertical_slash_indexes",
+    "convert_vertical_slash_indexes_mergehead",
     "CupyOpsTypeError",
     "CupyOpsValueError",
     "NoGPUError",

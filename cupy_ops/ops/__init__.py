@@ -4,8 +4,8 @@ Readers of the tables: the dispatchers (choose_variant in each module), ``python
 precompile`` and tests/test_compile_all.py.
 """
 
-from . import merge_attn_states, paged_attention
+from . import merge_attn_states, paged_attention, vertical_slash
 
 FAMILIES = {f.op: f for f in (merge_attn_states.FAMILY, paged_attention.FAMILY,
                               paged_attention.MMA_FAMILY, paged_attention.MMA_PARTS_FAMILY,
-                              paged_attention.REDUCE_FAMILY)}
+                              paged_attention.REDUCE_FAMILY, vertical_slash.FAMILY)}
