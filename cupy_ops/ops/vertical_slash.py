@@ -316,6 +316,11 @@ def _validate_values(op, inputs, scalars) -> None:
 # --------------------------------------------------------------------------------------------
 # Variant choice and geometry (pure: testable without a GPU)
 
+def _smem_limit(device: int) -> int:
+    """Dynamic shared memory a launch may take (tests patch this to force the global kernel)."""
+    return _device.max_dynamic_smem(device) - SMEM_RESERVED_BYTES
+
+
 def smem_bytes(nnz_v: int, nnz_s: int) -> int:
     """Dynamic shared memory of a staged launch: the slash row, its jump list, the vertical row."""
     return 4 * (2 * nnz_s + nnz_v)
@@ -371,8 +376,7 @@ def _plan(op, arrays, scalars):
     where = types.SimpleNamespace(framework=a.inputs[0].framework, device=a.device)
     if a.batch * a.heads * a.n_rows == 0:
         return _EmptyPlan(where, a.out_shapes())
-    variant = choose_variant(a.block, a.causal, a.mergehead, a.nnz_v, a.nnz_s,
-                             _device.max_dynamic_smem(a.device) - SMEM_RESERVED_BYTES)
+    variant = choose_variant(a.block, a.causal, a.mergehead, a.nnz_v, a.nnz_s, _smem_limit(a.device))
     row_chunks, grid = launch_geometry(a.batch, a.heads, a.n_rows, _device.sm_count(a.device))
     kernel = _runtime.get_kernel(FAMILY, variant, a.device)
     smem = smem_bytes(a.nnz_v, a.nnz_s) if variant.staged else 0
