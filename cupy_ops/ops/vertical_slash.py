@@ -328,8 +328,8 @@ def smem_bytes(nnz_v: int, nnz_s: int) -> int:
 
 def choose_variant(block: int, causal: bool, mergehead: bool, nnz_v: int, nnz_s: int,
                    smem_limit: int) -> Variant:
-    """The staged kernel whenever a head's rows fit in shared memory (up to about 18 000 slashes
-    and 18 000 verticals on H100); the global-memory kernel for longer rows."""
+    """The staged kernel whenever a head's rows fit in shared memory (2 * NNZ_S + NNZ_V up to
+    about 57 000 on H100's 227 KB); the global-memory kernel for longer rows."""
     return Variant(block, bool(causal), bool(mergehead), smem_bytes(nnz_v, nnz_s) <= smem_limit)
 
 
