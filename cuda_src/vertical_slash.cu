@@ -69,16 +69,15 @@ struct IndexRows {
   // Slash index of candidate j. Without a jump list every index 1..ns-1 is a candidate.
   __device__ __forceinline__ int jump(int j) const { return STAGED ? jumps[j] : j + 1; }
 
-  // Candidates j whose slash index lies in (k_after, k_before): [*first, *last).
-  __device__ __forceinline__ void jumps_between(int k_after, int k_before, int* first, int* last) const {
+  // Candidates j whose slash index lies in (k_after, k_before): [x, y).
+  __device__ __forceinline__ int2 jumps_between(int k_after, int k_before) const {
     if (STAGED) {
       const int* js = jumps;
-      *first = warp_partition_point(0, n_jumps, [&](int j) { return js[j] <= k_after; });
-      *last = warp_partition_point(*first, n_jumps, [&](int j) { return js[j] < k_before; });
-    } else {
-      *first = k_after;                                  // jump(j) = j + 1 > k_after
-      *last = k_before - 1 > k_after ? k_before - 1 : k_after;
+      const int first = warp_partition_point(0, n_jumps, [&](int j) { return js[j] <= k_after; });
+      return make_int2(first, warp_partition_point(first, n_jumps, [&](int j) { return js[j] < k_before; }));
     }
+    // jump(j) = j + 1 > k_after  <=>  j >= k_after
+    return make_int2(k_after, k_before - 1 > k_after ? k_before - 1 : k_after);
   }
 };
 
@@ -136,7 +135,7 @@ __device__ __forceinline__ long long range_end(long long anchor, long long e) {
 }
 
 template <int BLOCK, bool CAUSAL, bool STAGED>
-__device__ void build_tile(const IndexRows<STAGED>& rows, TileWriter<BLOCK, STAGED>& out,
+__device__ __forceinline__ void build_tile(const IndexRows<STAGED>& rows, TileWriter<BLOCK, STAGED>& out,
                            long long q, long long kv, int r) {
   const int lane = lane_id();
   const long long start = static_cast<long long>(r) * BLOCK;
@@ -158,11 +157,10 @@ __device__ void build_tile(const IndexRows<STAGED>& rows, TileWriter<BLOCK, STAG
     // Non-causal: slashes below start would give segments at or past kv; the scan stops there.
     const int k_end = CAUSAL ? rows.ns
                              : warp_partition_point(k0 + 1, rows.ns, [&](int k) { return rows.s(k) >= start; });
-    int j_first, j_last;
-    rows.jumps_between(k0, k_end, &j_first, &j_last);
-    for (int j0 = j_first; j0 < j_last; j0 += 32) {
+    const int2 cands = rows.jumps_between(k0, k_end);
+    for (int j0 = cands.x; j0 < cands.y; j0 += 32) {
       const int j = j0 + lane;
-      const bool candidate = j < j_last;
+      const bool candidate = j < cands.y;
       long long e_here = 0, e_before = 0;
       if (candidate) {
         const int k = rows.jump(j);
@@ -190,6 +188,26 @@ __device__ void build_tile(const IndexRows<STAGED>& rows, TileWriter<BLOCK, STAG
   if (!CAUSAL) out.tail(rows);
 }
 
+// dst[0..n) = src[0..n): each thread issues UNROLL loads before storing any, so a block keeps
+// THREADS * UNROLL loads in flight instead of waiting out one L2/DRAM latency per element
+// (6000 slashes with one load at a time would be ~24 dependent latencies per thread).
+template <int THREADS, int UNROLL = 8>
+__device__ __forceinline__ void copy_to_shared(int* dst, const int* src, int n) {
+  for (int base = 0; base < n; base += THREADS * UNROLL) {
+    int v[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int i = base + u * THREADS + static_cast<int>(threadIdx.x);
+      if (i < n) v[u] = __ldg(src + i);
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int i = base + u * THREADS + static_cast<int>(threadIdx.x);
+      if (i < n) dst[i] = v[u];
+    }
+  }
+}
+
 // Copies the rows to shared memory and lists the jump indices (ascending). Every thread of the
 // block calls it. Each warp compacts one contiguous slice of 1..ns-1; slices are concatenated
 // in order through per-warp totals.
@@ -198,8 +216,8 @@ __device__ int stage_rows(int* s_slash, int* s_vert, int* s_jumps, const int* sl
                           const int* vert_row, int ns, int nv) {
   constexpr int WARPS = THREADS / 32;
   __shared__ int warp_jumps[WARPS];
-  for (int i = threadIdx.x; i < ns; i += THREADS) s_slash[i] = __ldg(slash_row + i);
-  for (int i = threadIdx.x; i < nv; i += THREADS) s_vert[i] = __ldg(vert_row + i);
+  copy_to_shared<THREADS>(s_slash, slash_row, ns);
+  copy_to_shared<THREADS>(s_vert, vert_row, nv);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = lane_id();
   const int slice = (ns - 1 + WARPS - 1) / WARPS;
