@@ -14,8 +14,9 @@
 //    Otherwise the slashes k0, k0+1, ... (non-causal: only while S[k] >= start) build ranges: a
 //    range anchored at segment end a (lo = a - BLOCK) absorbs slash k unless
 //        e_k > hi_{k-1} + BLOCK,  hi_{k-1} = a + BLOCK * ceil((e_{k-1} - a) / BLOCK),
-//    i.e. its end always stays congruent to a modulo BLOCK and grows one BLOCK per absorbed
-//    slash that lies past it. Otherwise range k starts a new range anchored at e_k.
+//    Why: vLLM grows a range by exactly BLOCK per slash whose segment ends past it, so after
+//    slash k the range end is the one value in [e_k, e_k + BLOCK) congruent to a modulo BLOCK.
+//    Otherwise slash k starts a new range anchored at e_k (the previous one ends at hi_{k-1}).
 //    A new range needs e_k - e_{k-1} > BLOCK, hence a raw gap S[k-1] - S[k] > BLOCK: only these
 //    "jump" indices (few in practice) are tested, 32 at a time with a ballot.
 //  * Verticals. A vertical is a column iff it lies in a gap before a range ([end of the previous
