@@ -18,7 +18,8 @@ template <typename Pred>
 __device__ __forceinline__ int warp_partition_point(int begin, int end, Pred pred) {
   const int lane = lane_id();
   while (end - begin > 32) {
-    const int stride = (end - begin + 31) / 32;  // 32 * stride >= end - begin
+    // 32 * stride >= end - begin; odd, so that 32 lanes probing shared memory hit 32 banks.
+    const int stride = ((end - begin + 31) / 32) | 1;
     const int p = begin + lane * stride;
     const unsigned hits = __ballot_sync(kFullWarp, p < end && pred(p));
     const int c = __popc(hits);                   // points 0..c-1 hold (for a prefix predicate)
