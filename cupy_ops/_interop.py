@@ -150,6 +150,17 @@ def to_numpy(info: ArrayInfo) -> np.ndarray:
     return t.numpy()
 
 
+def copy_to_host(info: ArrayInfo) -> np.ndarray:
+    """The array's values as NumPy: a view for host arrays, a device-to-host copy (which waits
+    for the caller's stream) for torch and CuPy GPU arrays. For value validation only."""
+    if info.device is None:
+        return to_numpy(info)
+    if info.framework == "torch":
+        return info.obj.cpu().numpy()
+    import cupy
+    return cupy.asnumpy(info.obj)
+
+
 def write_host(info: ArrayInfo, value: np.ndarray) -> None:
     """Store ``value`` into a host array, rounding to its dtype (round to nearest even)."""
     if info.framework == "numpy":

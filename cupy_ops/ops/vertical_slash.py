@@ -197,9 +197,9 @@ def _out_tuple(op, out):
     if out is None:
         return None
     if not isinstance(out, (tuple, list)) or len(out) != 4:
+        got = type(out).__name__ + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
         C.fail(op, "out must be a tuple (block_count, block_offset, column_count, column_index); "
-                   f"got {type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""),
-               kind=C.CupyOpsTypeError)
+                   f"got {got}", kind=C.CupyOpsTypeError)
     return tuple(out)
 
 
@@ -251,7 +251,8 @@ def _validate(op, arrays, scalars) -> _Args:
     names = ("q_seqlens", "kv_seqlens", "vertical_indexes", "slash_indexes",
              "vertical_indices_count", "slash_indices_count")
     needed = 6 if op == OP_MERGEHEAD else 4
-    infos = [_interop.describe(op, name, obj) for name, obj in zip(names[:needed], (q, kv, vert, slash, v_count, s_count))]
+    infos = [_interop.describe(op, name, obj)
+             for name, obj in zip(names[:needed], (q, kv, vert, slash, v_count, s_count))]
     for name, info in zip(names, infos):
         C.check_dtype(op, name, info, ("int32",))
     qi, kvi, vi, si = infos[:4]
@@ -298,19 +299,11 @@ def _validate(op, arrays, scalars) -> _Args:
                  bool(causal), device)
 
 
-def _to_host(info) -> np.ndarray:
-    if info.device is None:
-        return _interop.to_numpy(info)
-    if info.framework == "torch":
-        return info.obj.cpu().numpy()
-    import cupy
-    return cupy.asnumpy(info.obj)
-
-
 def _validate_values(op, inputs, scalars) -> None:
     """validate=True: copy the index arrays to the host and run the reference's value checks."""
-    host = [None if x is None else _to_host(_interop.describe(op, "input", x)) for x in inputs]
-    reference._validate(op, *host, *scalars, mergehead=op == OP_MERGEHEAD)
+    host = [None if x is None else _interop.copy_to_host(_interop.describe(op, "input", x))
+            for x in inputs]
+    reference.check_arguments(op, *host, *scalars, mergehead=op == OP_MERGEHEAD)
 
 
 # --------------------------------------------------------------------------------------------
