@@ -13,6 +13,8 @@ from .ops.paged_attention import paged_attention_v1, paged_attention_v2
 from .ops.top_k_per_row import top_k_per_row_decode, top_k_per_row_prefill
 from .ops.reshape_and_cache import reshape_and_cache
 from .functional import PagedKV, decode_attention, merge_states, paged_kv_from_dense
+from .ops.vertical_slash import (convert_vertical_slash_indexes,
+                                 convert_vertical_slash_indexes_mergehead)
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,8 @@ __all__ = [
     "merge_states",
     "paged_kv_from_dense",
     "PagedKV",
+    "convert_vertical_slash_indexes",
+    "convert_vertical_slash_indexes_mergehead",
     "CupyOpsTypeError",
     "CupyOpsValueError",
     "NoGPUError",

@@ -3,7 +3,7 @@
     python -m cupy_ops info
     python -m cupy_ops precompile [--op OP ...] [--arch 90] [--all] [-j N]
     python -m cupy_ops selftest
-    python -m cupy_ops bench {merge_attn_states,paged_attention,top_k_per_row} [--quick] [--json PATH]
+    python -m cupy_ops bench {merge_attn_states,paged_attention,top_k_per_row,vertical_slash} [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     pre.add_argument("-j", "--jobs", type=int, default=min(8, os.cpu_count() or 1))
     sub.add_parser("selftest", help="run every op on a small example and check it against the reference")
     bench = sub.add_parser("bench", help="time an op against baselines measured in the same run (GPU)")
-    bench.add_argument("op", choices=["merge_attn_states", "paged_attention", "top_k_per_row"])
+    bench.add_argument("op", choices=["merge_attn_states", "paged_attention", "top_k_per_row",
+                                      "vertical_slash"])
     bench.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     bench.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args(argv)

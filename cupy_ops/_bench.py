@@ -336,6 +336,98 @@ def print_paged(rows, copy_gbs, out=sys.stdout, host=None):
               file=out)
 
 
+# ---------------------------------------------------------------------------------------------
+# convert_vertical_slash_indexes(_mergehead)
+
+# (name, context, NNZ_V, NNZ_S, slash placement); B = 1, H = 32, q = kv = context, causal, 64x64.
+VS_CONFIGS = [
+    ("ctx 4096 NNZ 64", 4096, 64, 64, "uniform"),
+    ("ctx 32768 uniform", 32768, 1000, 6000, "uniform"),
+    ("ctx 32768 near-diag", 32768, 1000, 6000, "near-diagonal"),
+    ("ctx 131072 uniform", 131072, 1000, 6000, "uniform"),
+    ("ctx 131072 near-diag", 131072, 1000, 6000, "near-diagonal"),
+]
+VS_QUICK = VS_CONFIGS[:3]
+VS_HEADS = 32
+# vLLM's kernel built from its sources on our H100 (issue #6), us: name -> (plain, mergehead).
+VLLM_VS_US = {"ctx 32768 uniform": (1548, 1307), "ctx 131072 near-diag": (3279, 2982)}
+
+
+def _vs_inputs(torch, ctx, nnz_v, nnz_s, placement, seed):
+    """Sorted unique verticals in [0, ctx); slashes unique, descending, including 0: spread over
+    [0, ctx) ("uniform") or drawn from the 2*NNZ_S diagonals nearest the main one."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    span = ctx if placement == "uniform" else min(ctx, 2 * nnz_s)
+    V = torch.stack([torch.randperm(ctx, generator=g, device="cuda")[:nnz_v].sort().values
+                     for _ in range(VS_HEADS)])
+    S = torch.stack([torch.randperm(span, generator=g, device="cuda")[:nnz_s].sort(descending=True).values
+                     for _ in range(VS_HEADS)])
+    S[:, -1] = 0
+    lens = torch.full((1,), ctx, dtype=torch.int32, device="cuda")
+    return lens, lens.clone(), V.int()[None].contiguous(), S.int()[None].contiguous()
+
+
+def bench_vertical_slash(copy_gbs: float, configs=None) -> list[dict]:
+    torch = _torch()
+    from . import convert_vertical_slash_indexes, convert_vertical_slash_indexes_mergehead
+    rows = []
+    for name, ctx, nnz_v, nnz_s, placement in configs or VS_CONFIGS:
+        q, kv, V, S = _vs_inputs(torch, ctx, nnz_v, nnz_s, placement, 0)
+        n_rows = -(-ctx // 64)
+        shapes = ((1, VS_HEADS, n_rows), (1, VS_HEADS, n_rows, nnz_s), (1, VS_HEADS, n_rows),
+                  (1, VS_HEADS, n_rows, nnz_v))
+        outs = tuple(torch.empty(s, dtype=torch.int32, device="cuda") for s in shapes)
+        vc = torch.full((VS_HEADS,), nnz_v, dtype=torch.int32, device="cuda")
+        sc = torch.full((VS_HEADS,), nnz_s, dtype=torch.int32, device="cuda")
+        out_bytes = 4 * VS_HEADS * n_rows * (2 + nnz_s + nnz_v)
+
+        def plain(i):
+            convert_vertical_slash_indexes(q, kv, V, S, ctx, 64, 64, True, out=outs)
+
+        def merged(i):
+            convert_vertical_slash_indexes_mergehead(q, kv, V, S, vc, sc, ctx, 64, 64, True, out=outs)
+
+        reps = 50 if ctx > 32768 else 200
+        row = {"op": "vertical_slash", "config": name, "ctx": ctx, "nnz_v": nnz_v, "nnz_s": nnz_s,
+               "placement": placement, "plain_us": gpu_time_us(plain, reps=reps),
+               "mergehead_us": gpu_time_us(merged, reps=reps), "plain_out_bytes": out_bytes}
+        counts = outs[0].long().sum().item(), outs[2].long().sum().item()
+        row["defined_bytes"] = 4 * (2 * VS_HEADS * n_rows + counts[0] + counts[1])
+        row["plain_pct_copy"] = 100 * out_bytes / row["plain_us"] / 1e3 / copy_gbs
+        row["alloc_plain_us"] = gpu_time_us(
+            lambda i: convert_vertical_slash_indexes(q, kv, V, S, ctx, 64, 64, True), reps=reps)
+        outs = None  # free before SDPA's inputs (ctx 131072: 1.8 GB)
+        torch.cuda.empty_cache()
+        dense = [torch.randn(1, VS_HEADS, ctx, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        row["sdpa_us"] = gpu_time_us(lambda i: sdpa(*dense, is_causal=True),
+                                     reps=10 if ctx > 32768 else 30, warmup=3)
+        dense = None
+        torch.cuda.empty_cache()
+        row["vllm"] = VLLM_VS_US.get(name)
+        rows.append(row)
+    return rows
+
+
+def print_vertical_slash(rows, copy_gbs, out=sys.stdout):
+    torch = _torch()
+    print(f"device: {torch.cuda.get_device_name()}  copy ceiling {copy_gbs:.0f} GB/s (read+write)", file=out)
+    print("B=1 H=32 causal, block 64x64, q = kv = ctx. GPU us per call (median), out= buffers. "
+          "plain: zero-fills every output element (bytes = out MB); mergehead (counts = NNZ): "
+          "writes the defined entries only (def MB); alloc: plain op allocating its outputs; "
+          "%sdpa: time / torch causal SDPA prefill (d=128 bf16) in the same run", file=out)
+    print(f"{'config':22s} {'plain us':>9s} {'out MB':>7s} {'%copy':>6s} {'alloc us':>9s} "
+          f"{'merge us':>9s} {'def MB':>7s} {'sdpa us':>9s} {'%sdpa pl':>8s} {'%sdpa mh':>8s} "
+          f"{'vLLM pl':>8s} {'vLLM mh':>8s}", file=out)
+    for r in rows:
+        vl = r["vllm"] or ("-", "-")
+        print(f"{r['config']:22s} {r['plain_us']:9.1f} {r['plain_out_bytes'] / 1e6:7.1f} "
+              f"{r['plain_pct_copy']:6.1f} {r['alloc_plain_us']:9.1f} {r['mergehead_us']:9.1f} "
+              f"{r['defined_bytes'] / 1e6:7.1f} {r['sdpa_us']:9.1f} "
+              f"{100 * r['plain_us'] / r['sdpa_us']:8.2f} {100 * r['mergehead_us'] / r['sdpa_us']:8.2f} "
+              f"{vl[0]:>8} {vl[1]:>8}", file=out)
+
+
 def run_bench(op: str, quick: bool = False, json_path: str | None = None) -> int:
     copy_gbs = copy_bandwidth_gbs()
     if op == "merge_attn_states":
@@ -362,5 +454,12 @@ def run_bench(op: str, quick: bool = False, json_path: str | None = None) -> int
         if json_path:
             with open(json_path, "w") as f:
                 json.dump({"copy_gbs": copy_gbs, "host_us": host, "rows": rows}, f, indent=1)
+        return 0
+    if op == "vertical_slash":
+        rows = bench_vertical_slash(copy_gbs, VS_QUICK if quick else None)
+        print_vertical_slash(rows, copy_gbs)
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump({"copy_gbs": copy_gbs, "rows": rows}, f, indent=1)
         return 0
     raise SystemExit(f"no benchmark for {op}")

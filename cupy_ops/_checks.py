@@ -71,6 +71,20 @@ def check_last_dim_contiguous(op: str, name: str, arr) -> None:
                  f"got strides {tuple(arr.strides)} (in elements)")
 
 
+def check_contiguous(op: str, name: str, arr) -> None:
+    """Dense row-major (C-contiguous); strides of size-1 dimensions do not matter."""
+    expected, acc = [], 1
+    for n in reversed(arr.shape):
+        expected.append(acc)
+        acc *= n
+    expected.reverse()
+    if 0 in arr.shape:
+        return
+    if any(n > 1 and st != want for n, st, want in zip(arr.shape, arr.strides, expected)):
+        fail(op, f"{name} must be contiguous (dense row-major); got strides {tuple(arr.strides)} "
+                 f"(in elements) for shape {tuple(arr.shape)}")
+
+
 def check_same_device(op: str, names_and_arrays: Mapping[str, object]) -> int | None:
     """All arrays on one device; returns it (None for host arrays)."""
     first_name = first = None

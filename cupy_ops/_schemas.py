@@ -27,6 +27,8 @@ from .ops.merge_attn_states import merge_attn_states
 from .ops.paged_attention import paged_attention_v1, paged_attention_v2
 from .ops.reshape_and_cache import reshape_and_cache
 from .ops.top_k_per_row import top_k_per_row_decode, top_k_per_row_prefill
+from .ops.vertical_slash import (convert_vertical_slash_indexes,
+                                 convert_vertical_slash_indexes_mergehead)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,26 @@ _PAGED_VLLM = (_PAGED_TAIL + "Tensor? alibi_slopes, str kv_cache_dtype, Tensor k
                "Tensor v_scale, int tp_rank, int blocksparse_local_blocks, "
                "int blocksparse_vert_stride, int blocksparse_block_size, "
                "int blocksparse_head_sliding_step) -> ()")
+def _vertical_slash(block_count, block_offset, column_count, column_index, q_seqlens, kv_seqlens,
+                    vertical_indexes, slash_indexes, context_size, block_size_M, block_size_N,
+                    causal=True):
+    """convert_vertical_slash_indexes in the torch op's form: outputs first, written in place."""
+    convert_vertical_slash_indexes(q_seqlens, kv_seqlens, vertical_indexes, slash_indexes,
+                                   context_size, block_size_M, block_size_N, causal,
+                                   out=(block_count, block_offset, column_count, column_index))
+
+
+def _vertical_slash_mergehead(block_count, block_offset, column_count, column_index, q_seqlens,
+                              kv_seqlens, vertical_indexes, slash_indexes, vertical_indices_count,
+                              slash_indices_count, context_size, block_size_M, block_size_N,
+                              causal=True):
+    """The mergehead op in the torch op's form (outputs first, in place)."""
+    convert_vertical_slash_indexes_mergehead(
+        q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, vertical_indices_count,
+        slash_indices_count, context_size, block_size_M, block_size_N, causal,
+        out=(block_count, block_offset, column_count, column_index))
+
+
 _VS_OUTS = ("Tensor(a!) block_count, Tensor(b!) block_offset, Tensor(c!) column_count, "
             "Tensor(d!) column_index, Tensor q_seqlens, Tensor kv_seqlens, Tensor vertical_indexes, "
             "Tensor slash_indexes, ")
@@ -101,13 +123,12 @@ OPS = (
         "top_k_per_row_decode(Tensor logits, int next_n, Tensor seq_lens, Tensor! indices, "
         "int numRows, int stride0, int stride1, int topK) -> ()",
         top_k_per_row_decode),
-    # Kernels to come (reference only so far): set impl when the op lands.
     OpSchema("convert_vertical_slash_indexes(" + _VS_OUTS + _VS_TAIL + "=True) -> ()",
              "convert_vertical_slash_indexes(" + _VS_OUTS_VLLM + _VS_TAIL + ") -> ()",
-             None),
+             _vertical_slash),
     OpSchema("convert_vertical_slash_indexes_mergehead(" + _VS_OUTS + _MERGEHEAD + _VS_TAIL
              + "=True) -> ()",
              "convert_vertical_slash_indexes_mergehead(" + _VS_OUTS_VLLM + _MERGEHEAD + _VS_TAIL
              + ") -> ()",
-             None),
+             _vertical_slash_mergehead),
 )

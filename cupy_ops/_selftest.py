@@ -172,10 +172,46 @@ def check_reshape_and_cache(arrays: Arrays, dtype: str, rng) -> tuple[str, float
     return f"[{T},{H},{D}]", err, err == 0.0
 
 
+def check_vertical_slash(arrays: Arrays, dtype: str, rng) -> tuple[str, float, bool]:
+    """Both layout ops (causal and not; mergehead with INT32_MAX/MIN padding) vs the reference,
+    exactly on the defined entries; the error column counts mismatched entries."""
+    from . import convert_vertical_slash_indexes, convert_vertical_slash_indexes_mergehead
+    from .reference import vertical_slash as ref
+    B, H, nv, ns, ctx = 2, 3, 24, 40, 700
+    q = np.array([700, 333], np.int32)
+    kv = np.array([900, 333], np.int32)
+    V = np.full((B, H, nv), 2**31 - 1, np.int32)
+    S = np.full((B, H, ns), -(2**31), np.int32)
+    vc = rng.integers(1, nv + 1, H).astype(np.int32)
+    sc = rng.integers(1, ns + 1, H).astype(np.int32)
+    for b in range(B):
+        for h in range(H):
+            V[b, h] = np.sort(rng.choice(int(kv[b]), nv, replace=False))
+            S[b, h] = np.sort(rng.choice(int(kv[b]), ns, replace=False))[::-1]
+            S[b, h, -1] = 0   # the main diagonal
+    mismatches = 0
+    args = [arrays.put(x, "int32") for x in (q, kv, V, S)]
+    counts = [arrays.put(x, "int32") for x in (vc, sc)]
+    for causal in (True, False):
+        got = convert_vertical_slash_indexes(*args, ctx, 64, 64, causal)
+        got_mh = convert_vertical_slash_indexes_mergehead(*args, *counts, ctx, 64, 64, causal)
+        arrays.sync()
+        want = ref.convert_vertical_slash_indexes(q, kv, V, S, ctx, 64, 64, causal)
+        want_mh, defined = ref.convert_vertical_slash_indexes_mergehead(
+            q, kv, V, S, vc, sc, ctx, 64, 64, causal, return_defined=True)
+        for g, w in zip(got, want):
+            mismatches += int(np.sum(arrays.get(g) != w))
+        for g, w, d in zip(got_mh, want_mh, defined):
+            mismatches += int(np.sum(arrays.get(g)[d] != w[d]))
+    return f"[{B},{H},{ns}]", float(mismatches), mismatches == 0
+
+
 CHECKS = {"merge_attn_states": check_merge_attn_states,
           "paged_attention_v1/v2": check_paged_attention,
           "top_k_per_row_prefill/decode": check_top_k_per_row,
-          "reshape_and_cache": check_reshape_and_cache}
+          "reshape_and_cache": check_reshape_and_cache,
+          "convert_vertical_slash_*": check_vertical_slash}
+CHECK_DTYPES = {"convert_vertical_slash_*": ("int32",)}  # index ops: one run, not one per dtype
 
 
 def run_selftest(stream=None) -> int:
@@ -190,7 +226,7 @@ def run_selftest(stream=None) -> int:
     print("-" * len(header), file=stream)
     failures = 0
     for op, check in CHECKS.items():
-        for dtype in arrays.dtypes():
+        for dtype in CHECK_DTYPES.get(op, arrays.dtypes()):
             t0 = time.perf_counter()
             try:
                 shape, err, ok = check(arrays, dtype, rng)

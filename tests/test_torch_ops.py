@@ -124,7 +124,30 @@ def topk_args(decode, rows=4, cols=700, top_k=64, device="cpu", seed=0):
     return (logits, starts, ends, idx, rows, cols, 1, top_k)
 
 
+def vs_args(mergehead, B=2, H=3, ctx=300, nv=8, ns=12, bm=64, device="cpu", seed=0):
+    """convert_vertical_slash_indexes(_mergehead) arguments in the torch op's order."""
+    g = torch.Generator().manual_seed(seed)
+    rows = -(-ctx // bm)
+    q = torch.tensor([ctx, ctx // 2], dtype=torch.int32)[:B]
+    kv = q + torch.tensor([40, 0], dtype=torch.int32)[:B]
+    vert = torch.stack([torch.stack([torch.sort(torch.randperm(int(kv[b]), generator=g)[:nv])[0]
+                                     for _ in range(H)]) for b in range(B)]).int()
+    slash = torch.stack([torch.stack([torch.sort(torch.randperm(int(kv[b]), generator=g)[:ns],
+                                                 descending=True)[0] for _ in range(H)])
+                         for b in range(B)]).int()
+    slash[..., -1] = 0
+    outs = (torch.zeros(B, H, rows, dtype=torch.int32), torch.zeros(B, H, rows, ns, dtype=torch.int32),
+            torch.zeros(B, H, rows, dtype=torch.int32), torch.zeros(B, H, rows, nv, dtype=torch.int32))
+    ins = (q, kv, vert, slash)
+    if mergehead:
+        ins += (torch.tensor([nv, nv // 2, 1][:H], dtype=torch.int32),
+                torch.tensor([ns, 3, ns // 2][:H], dtype=torch.int32))
+    return tuple(t.to(device) for t in outs + ins) + (ctx, bm, bm, True)
+
+
 CPU_CASES = {
+    "convert_vertical_slash_indexes": lambda: vs_args(False),
+    "convert_vertical_slash_indexes_mergehead": lambda: vs_args(True),
     "top_k_per_row_prefill": lambda: topk_args(False),
     "top_k_per_row_decode": lambda: topk_args(True),
     "merge_attn_states": lambda: merge_args(),
@@ -196,6 +219,9 @@ GPU_CASES = {
     "reshape_and_cache": lambda: cache_args(tokens=40, H=4, D=128, BS=16, NB=8, dtype=torch.bfloat16,
                                             device="cuda"),
     "top_k_per_row_prefill": lambda: topk_args(False, cols=9000, top_k=2048, device="cuda"),
+    "convert_vertical_slash_indexes": lambda: vs_args(False, ctx=2000, nv=64, ns=300, device="cuda"),
+    "convert_vertical_slash_indexes_mergehead": lambda: vs_args(True, ctx=2000, nv=64, ns=300,
+                                                                device="cuda"),
     "top_k_per_row_decode": lambda: topk_args(True, cols=40000, top_k=2048, device="cuda"),
 }
 

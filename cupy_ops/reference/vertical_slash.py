@@ -59,6 +59,7 @@ _INT32_MIN = -(2**31)
 __all__ = [
     "convert_vertical_slash_indexes",
     "convert_vertical_slash_indexes_mergehead",
+    "check_arguments",
     "defined_entries",
     "layout_to_dense_mask",
     "vertical_slash_pattern_mask",
@@ -166,6 +167,16 @@ def convert_vertical_slash_indexes_mergehead(q_seqlens, kv_seqlens, vertical_ind
     if return_defined:
         return tuple(outputs), defined
     return tuple(outputs)
+
+
+def check_arguments(op, q_seqlens, kv_seqlens, vertical_indexes, slash_indexes,
+                    vertical_indices_count, slash_indices_count, context_size, block_size_M,
+                    block_size_N, causal=True, *, mergehead):
+    """Raise exactly what the reference ops raise for these (NumPy) arguments, values included;
+    the GPU op's ``validate=True`` runs it on host copies. Counts are None for the plain op."""
+    _validate(op, q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, vertical_indices_count,
+              slash_indices_count, context_size, block_size_M, block_size_N, causal,
+              mergehead=mergehead)
 
 
 def num_rows(context_size, block_size_M):
