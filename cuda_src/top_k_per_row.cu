@@ -367,13 +367,12 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   // ---- pass 0: slice -> shared memory (raw fp32 bits), then keys and the coarse histogram
   __syncthreads();  // hist zeroed
   {
-    const int groups_per_warp = cw / GROUP;
-    for (int g = tid; g < NW * groups_per_warp; g += THREADS) {
-      const int w = g / groups_per_warp, o = g - w * groups_per_warp;
-      const int i = w * seg + o * GROUP;
-      if (i >= n) continue;
+    // Each warp stages the cached part of its own segment (no index division).
+    for (int o = lane; o < cw / GROUP; o += 32) {
+      const int i = seg_first + o * GROUP;
+      if (i >= seg_end) break;
       const int p0 = pos0 + i;
-      float* dst = reinterpret_cast<float*>(cache + w * cw + o * GROUP);
+      float* dst = reinterpret_cast<float*>(cache + warp * cw + o * GROUP);
       if constexpr (sizeof(T) == 4) {
         if (vec && p0 >= 0 && p0 + GROUP <= L) {
           cp_async<16>(dst, base + p0);  // many in flight per thread, no registers held
@@ -401,20 +400,21 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
     }
     cp_async_wait<0>();
     __syncthreads();
-    for (int j0 = tid; j0 < NW * cw; j0 += 4 * THREADS) {
+    u32* mine = cache + warp * cw;
+    const int cached_here = min(cw, seg_end - seg_first);
+    for (int r0 = lane; r0 < cached_here; r0 += 4 * 32) {
       u32 k[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int j = j0 + u * THREADS;
-        k[u] = j < NW * cw ? order_key(__uint_as_float(cache[j])) : 0u;
+        const int r = r0 + u * 32;
+        k[u] = r < cached_here ? order_key(__uint_as_float(mine[r])) : 0u;
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int j = j0 + u * THREADS;
-        if (j < NW * cw) {
-          cache[j] = k[u];
-          const int w = j / cw;
-          if (slice.valid(w * seg + (j - w * cw))) atomicAdd(&hist[coarse_bin(k[u])], 1u);
+        const int r = r0 + u * 32;
+        if (r < cached_here) {
+          mine[r] = k[u];
+          if (slice.valid(seg_first + r)) atomicAdd(&hist[coarse_bin(k[u])], 1u);
         }
       }
     }
