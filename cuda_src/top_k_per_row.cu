@@ -290,7 +290,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
     const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
     const int* __restrict__ row_b, long long row_b_stride,
     int* __restrict__ out, long long out_stride0, int out_stride1,
-    int num_rows, int top_k, int mode, int next_n, int cache_elems) {
+    int num_rows, int top_k, int mode, int next_n, int cache_elems, int use_masks) {
   static_assert(C == 1 || C == 2 || C == 4 || C == 8, "portable cluster sizes");
   static_assert(THREADS % 32 == 0 && THREADS <= 1024 && BINS % THREADS == 0, "whole warps");
   constexpr int NW = THREADS / 32;
@@ -308,6 +308,8 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   u32* sum = hist + BINS;                             // [BINS] cluster sums / all candidates
   u32* cand = C > 1 ? sum + BINS : sum;               // [CAND_CAP] this CTA's candidates
   u32* cache = C > 1 ? cand + CAND_CAP : sum + BINS;  // [cache_elems] keys (16-byte aligned)
+  // [n / 32] {above, in} per step, when the host had room for them (use_masks)
+  uint2* step_masks = reinterpret_cast<uint2*>(cache + cache_elems);
   __shared__ unsigned char cand_warp[CAND_CAP];       // the warp whose segment holds cand[i]
   __shared__ u32 buf[33];
   __shared__ BinChoice choice;
@@ -436,12 +438,14 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   // ---- gather: per-warp counts above / inside the threshold bin, candidate list
   {
     u32 n_above = 0, n_in = 0;
-    auto gather = [&](u32 k, bool ok, int) {
+    auto gather = [&](u32 k, bool ok, int i) {
       const bool above = ok && k > hi0;
       const bool in = ok && k >= lo0 && !above;
-      n_above += above;
-      n_in += in;
+      const u32 ma = __ballot_sync(0xffffffffu, above);
       const u32 m = __ballot_sync(0xffffffffu, in);
+      n_above += __popc(ma);
+      n_in += __popc(m);
+      if (use_masks && lane == 0 && i < seg_end) step_masks[i >> 5] = make_uint2(ma, m);  // lane 0: the step start
       if (listed && m) {  // rare: one atomic per warp step with candidates
         u32 at = 0;
         if (lane == 0) at = atomicAdd(&cand_count, __popc(m));
@@ -454,8 +458,6 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
     };
     if (all_cached) sweep_segment<true, 4>(slice, seg_first, seg_end, gather);
     else sweep_segment<false, 4>(slice, seg_first, seg_end, gather);
-    n_above = __reduce_add_sync(0xffffffffu, n_above);
-    n_in = __reduce_add_sync(0xffffffffu, n_in);
     if (lane == 0) {
       warp_gt[warp] = n_above;
       warp_in[warp] = n_in;
@@ -545,14 +547,44 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   __syncthreads();
   TOPK_MARK(5);
 
-  // ---- write: selected positions in ascending order
-  {
+  // ---- write: selected positions in ascending order. The gather's step masks say which lanes
+  // are above the threshold bin (selected) and which are inside it (compare with T); only the
+  // latter read their key again, and steps with neither are skipped.
+  if (use_masks) {
     u32 slot = warp_base[warp], ties_left = warp_take[warp];
     const u32 lanes_before = (1u << lane) - 1u;
-    auto write = [&](u32 k, bool ok, int i) {
+    for (int i0 = seg_first; i0 < seg_end; i0 += 32) {
+      const uint2 mm = step_masks[i0 >> 5];
+      u32 take = mm.x;
+      if (mm.y) {  // lanes inside the threshold bin
+        const int i = i0 + lane;
+        const u32 k = (mm.y >> lane & 1u) ? (all_cached ? slice.template key<true>(i, warp)
+                                                          : slice.template key<false>(i, warp))
+                                           : 0u;
+        const bool in = mm.y >> lane & 1u;
+        take |= __ballot_sync(0xffffffffu, in && k > th.key);
+        const u32 eqm = __ballot_sync(0xffffffffu, in && k == th.key);
+        if (eqm) {  // ties, taken in column order while the quota lasts
+          const u32 rank = __popc(eqm & lanes_before);
+          if ((eqm >> lane & 1u) && rank < ties_left) take |= 1u << lane;
+          take = __reduce_or_sync(0xffffffffu, take);
+          ties_left -= min(ties_left, static_cast<u32>(__popc(eqm)));
+        }
+      }
+      if (take >> lane & 1u) {
+        const u32 at = slot + __popc(take & lanes_before);
+        if (at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i0 + lane;
+      }
+      slot += __popc(take);
+    }
+  }
+  else {  // no room for masks (very long slices): compare every key
+    u32 slot = warp_base[warp], ties_left = warp_take[warp];
+    const u32 lanes_before = (1u << lane) - 1u;
+    sweep_segment<false, 4>(slice, seg_first, seg_end, [&](u32 k, bool ok, int i) {
       bool take = ok && k > th.key;
       const u32 eqm = __ballot_sync(0xffffffffu, ok && k == th.key);
-      if (eqm) {  // rare: ties in this step, taken in column order while the quota lasts
+      if (eqm) {
         take = take || ((eqm >> lane & 1u) && __popc(eqm & lanes_before) < ties_left);
         ties_left -= min(ties_left, static_cast<u32>(__popc(eqm)));
       }
@@ -560,9 +592,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
       const u32 at = slot + __popc(m & lanes_before);
       if (take && at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i;
       slot += __popc(m);
-    };
-    if (all_cached) sweep_segment<true, 4>(slice, seg_first, seg_end, write);
-    else sweep_segment<false, 4>(slice, seg_first, seg_end, write);
+    });
   }
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others

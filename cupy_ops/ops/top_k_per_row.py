@@ -21,6 +21,7 @@ INT32_MAX = 2**31 - 1
 MODE = {"prefill": 0, "decode": 1, "decode_2d": 2}  # the kernel's MODE_* constants
 BINS, CAND_CAP, GROUP = 4096, 4096, 4                # the kernel's constants
 MIN_COLS_PER_CTA = 4096  # a CTA with fewer columns spends more on cluster barriers than it saves
+MAX_MASK_BYTES = 32 * 1024  # step masks for slices up to 128K elements; longer ones go without
 STATIC_SMEM_SLACK = 6144  # the kernel's static shared memory (4.5 KB: candidate warp tags, counters)
 
 
@@ -264,10 +265,24 @@ def launch_shape(num_rows: int, num_cols: int, sm_count: int, arch: int) -> int:
     return cluster
 
 
-def smem_bytes(cluster: int, cache_elems: int) -> int:
-    """Dynamic shared memory: histogram, cluster sums, candidate list, cached keys."""
+def smem_bytes(cluster: int, cache_elems: int, num_cols: int = 0, threads: int = THREADS) -> int:
+    """Dynamic shared memory: histogram, cluster sums, candidate list, cached keys, and (where
+    they fit, see use_step_masks) two 32-bit masks per 32-element step of the longest slice:
+    the gather's notes that let the write skip most keys."""
     words = 2 * BINS + (CAND_CAP if cluster > 1 else 0)
-    return 4 * (words + cache_elems)
+    return 4 * (words + cache_elems) + mask_bytes(cluster, num_cols, threads)
+
+
+def mask_bytes(cluster: int, num_cols: int, threads: int = THREADS) -> int:
+    steps = (threads // 32) * _segment(cluster, num_cols, threads) // 32
+    return 8 * steps if 8 * steps <= MAX_MASK_BYTES else 0
+
+
+def _segment(cluster: int, num_cols: int, threads: int = THREADS) -> int:
+    """Elements per warp segment (a multiple of 32) of the longest slice of a num_cols row."""
+    warps = threads // 32
+    slice_elems = GROUP * -(-(-(-num_cols // GROUP) + 1) // cluster)  # +1: an unaligned start
+    return 32 * -(-slice_elems // (32 * warps))
 
 
 def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool = False,
@@ -279,10 +294,10 @@ def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool 
     two CTAs per SM.
     """
     warps = threads // 32
-    slice_elems = GROUP * -(-(-(-num_cols // GROUP) + 1) // cluster)  # +1: an unaligned start
-    need = warps * 32 * -(-slice_elems // (32 * warps))
+    need = warps * _segment(cluster, num_cols, threads)
     budget = max_smem // 2 if many_rows else max_smem
-    room = (budget - STATIC_SMEM_SLACK - smem_bytes(cluster, 0)) // 4 // (GROUP * warps) * GROUP * warps
+    room = (budget - STATIC_SMEM_SLACK - smem_bytes(cluster, 0, num_cols, threads)) // 4
+    room = room // (GROUP * warps) * GROUP * warps
     return max(0, min(need, room))
 
 
@@ -310,9 +325,10 @@ def _plan(op, logits, ranges, indices, scalars, validate):
             r0.ptr, r0_strides[0], r0_strides[1],
             r1.ptr, r1.strides[0],
             a.indices.ptr, a.indices.strides[0], a.indices.strides[1],
-            a.num_rows, a.top_k, a.mode, max(1, a.next_n), cache_elems)
+            a.num_rows, a.top_k, a.mode, max(1, a.next_n), cache_elems,
+            int(mask_bytes(cluster, num_cols) > 0))
     return _interop.LaunchPlan(PARAMS, kernel, a.logits, (a.num_rows * cluster,), (variant.threads,),
-                               args, smem_bytes(cluster, cache_elems))
+                               args, smem_bytes(cluster, cache_elems, num_cols))
 
 
 # top_k_per_row_kernel's parameter types, line by line as in the .cu signature.
@@ -321,7 +337,7 @@ PARAMS = _interop.KernelParams((
     "ptr", "i64", "i64",           # row_a (starts / seq_lens), its strides
     "ptr", "i64",                  # row_b (ends), its stride
     "ptr", "i64", "i32",           # out, out_stride0, out_stride1
-    "i32", "i32", "i32", "i32", "i32",  # num_rows, top_k, mode, next_n, cache_elems
+    "i32", "i32", "i32", "i32", "i32", "i32",  # num_rows, top_k, mode, next_n, cache_elems, use_masks
 ))
 
 
