@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
+import ctypes
 import sys
 from functools import lru_cache
 
@@ -66,12 +66,6 @@ def name(device: int) -> str:
 _loaded_modules: list = []
 
 
-def _unload_modules() -> None:
-    # At exit, while CuPy's driver bindings still work: left to interpreter teardown, each
-    # module's __dealloc__ runs after the bindings are gone and prints a TypeError.
-    _loaded_modules.clear()
-
-
 def load_function(device: int, binary: bytes, symbol: str):
     """Load a cubin/PTX into ``device``'s context (never implicitly GPU 0) and get one kernel."""
     cupy = require_cupy("cupy_ops")
@@ -86,9 +80,11 @@ def load_function(device: int, binary: bytes, symbol: str):
         static = driver.funcGetAttribute(driver.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn.ptr)
         driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                 max_dynamic_smem(device) - static)
-    if not _loaded_modules:
-        atexit.register(_unload_modules)  # registered after CuPy's, so it runs before them
-    _loaded_modules.append(module)  # modules live as long as the process, like their functions
+    # Modules live as long as the process, like their functions. Deliberately never freed: at
+    # interpreter teardown a module's __dealloc__ would run after CuPy's driver bindings are
+    # gone and print a TypeError per module; the driver releases them with the context.
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(module))
+    _loaded_modules.append(module)
     return fn
 
 
