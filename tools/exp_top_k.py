@@ -29,7 +29,6 @@ _cache = {}
 def kernel(family, variant, device):
     if family is not m.FAMILY:
         return _orig(family, variant, device)
-    variant = m.Variant(variant.dtype, variant.cluster, args.threads)
     if variant not in _cache:
         expr = family.name_expression(variant)
         opts = list(_runtime.compile_options(_device.arch(device)))
@@ -42,6 +41,7 @@ def kernel(family, variant, device):
 
 
 m._runtime.get_kernel = kernel
+m.threads_for = lambda *a: args.threads
 if args.cluster:
     m.launch_shape = lambda *a: args.cluster
 

@@ -254,6 +254,11 @@ def _validate_values(a: _Args) -> None:
 # --------------------------------------------------------------------------------------------
 # Plans
 
+def threads_for(num_rows: int, num_cols: int, cluster: int) -> int:
+    """Threads per CTA."""
+    return THREADS
+
+
 def launch_shape(num_rows: int, num_cols: int, sm_count: int, arch: int) -> int:
     """CTAs per row: grow the cluster while the grid fills less than one wave of SMs."""
     cluster = 1
@@ -312,9 +317,11 @@ def _plan(op, logits, ranges, indices, scalars, validate):
     device = a.logits.device
     num_cols = a.logits.shape[1]
     cluster = launch_shape(a.num_rows, num_cols, _device.sm_count(device), _device.arch(device))
+    threads = threads_for(a.num_rows, num_cols, cluster)
     cache_elems = cache_elems_for(cluster, num_cols, _device.max_dynamic_smem(device),
-                                  many_rows=a.num_rows >= 2 * _device.sm_count(device))
-    variant = Variant(a.logits.dtype, cluster)
+                                  many_rows=a.num_rows >= 2 * _device.sm_count(device),
+                                  threads=threads)
+    variant = Variant(a.logits.dtype, cluster, threads)
     kernel = _runtime.get_kernel(FAMILY, variant, device)
     lo, hi = a.logits.extent()
     extent = (hi - a.logits.ptr) // a.logits.itemsize if hi > lo else 0
@@ -326,9 +333,9 @@ def _plan(op, logits, ranges, indices, scalars, validate):
             r1.ptr, r1.strides[0],
             a.indices.ptr, a.indices.strides[0], a.indices.strides[1],
             a.num_rows, a.top_k, a.mode, max(1, a.next_n), cache_elems,
-            int(mask_bytes(cluster, num_cols) > 0))
+            int(mask_bytes(cluster, num_cols, threads) > 0))
     return _interop.LaunchPlan(PARAMS, kernel, a.logits, (a.num_rows * cluster,), (variant.threads,),
-                               args, smem_bytes(cluster, cache_elems, num_cols))
+                               args, smem_bytes(cluster, cache_elems, num_cols, threads))
 
 
 # top_k_per_row_kernel's parameter types, line by line as in the .cu signature.
