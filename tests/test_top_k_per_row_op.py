@@ -122,13 +122,20 @@ def test_cache_size(cluster, cols, many_rows, want):
     assert op_module.cache_elems_for(cluster, cols, 232448, many_rows) == want
 
 
+def test_threads_per_cta():
+    assert op_module.threads_for(64, 131072, 2) == 1024
+    assert op_module.threads_for(128, 8192, 1) == 512
+    assert op_module.threads_for(1, 32768, 8) == 512
+
+
 def test_shared_memory_budget_fits_the_device_limit():
     for cluster in op_module.CLUSTERS:
         for cols in (100, 8192, 131072, 10**6):
-            for many in (False, True):
-                elems = op_module.cache_elems_for(cluster, cols, 232448, many)
+            for many, threads in ((False, 512), (True, 512), (False, 1024)):
+                elems = op_module.cache_elems_for(cluster, cols, 232448, many, threads)
                 budget = 232448 // (2 if many else 1)
-                assert op_module.smem_bytes(cluster, elems, cols) <= budget - op_module.STATIC_SMEM_SLACK
-                assert elems % (op_module.GROUP * 16) == 0
+                assert (op_module.smem_bytes(cluster, elems, cols, threads)
+                        <= budget - op_module.STATIC_SMEM_SLACK)
+                assert elems % (op_module.GROUP * threads // 32) == 0
                 if cols <= 20000:
                     assert elems * cluster >= cols  # short rows are held entirely
