@@ -290,7 +290,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
     const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
     const int* __restrict__ row_b, long long row_b_stride,
     int* __restrict__ out, long long out_stride0, int out_stride1,
-    int num_rows, int top_k, int mode, int next_n, int cache_elems, int use_masks) {
+    int num_rows, int top_k, int mode, int next_n, int cache_elems, int mask_steps) {
   static_assert(C == 1 || C == 2 || C == 4 || C == 8, "portable cluster sizes");
   static_assert(THREADS % 32 == 0 && THREADS <= 1024 && BINS % THREADS == 0, "whole warps");
   constexpr int NW = THREADS / 32;
@@ -308,7 +308,8 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   u32* sum = hist + BINS;                             // [BINS] cluster sums / all candidates
   u32* cand = C > 1 ? sum + BINS : sum;               // [CAND_CAP] this CTA's candidates
   u32* cache = C > 1 ? cand + CAND_CAP : sum + BINS;  // [cache_elems] keys (16-byte aligned)
-  // [n / 32] {above, in} per step, when the host had room for them (use_masks)
+  // {above, in} per 32-element step, where the host had room for all of this CTA's steps (the
+  // host sizes for rows of logits.shape[1] columns; clamped garbage ranges can be longer)
   uint2* step_masks = reinterpret_cast<uint2*>(cache + cache_elems);
   __shared__ unsigned char cand_warp[CAND_CAP];       // the warp whose segment holds cand[i]
   __shared__ u32 buf[33];
@@ -365,6 +366,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   const int cw = min(seg, cache_elems / NW / GROUP * GROUP);
   const Slice<T> slice{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, L - pos0)), seg, cw, cache};
   const bool all_cached = cw >= seg;
+  const bool use_masks = NW * (seg / 32) <= mask_steps;
 
   // ---- pass 0: slice -> shared memory (raw fp32 bits), then keys and the coarse histogram
   __syncthreads();  // hist zeroed

@@ -337,7 +337,7 @@ def _plan(op, logits, ranges, indices, scalars, validate):
             r1.ptr, r1.strides[0],
             a.indices.ptr, a.indices.strides[0], a.indices.strides[1],
             a.num_rows, a.top_k, a.mode, max(1, a.next_n), cache_elems,
-            int(mask_bytes(cluster, num_cols, threads) > 0))
+            mask_bytes(cluster, num_cols, threads) // 8)
     return _interop.LaunchPlan(PARAMS, kernel, a.logits, (a.num_rows * cluster,), (variant.threads,),
                                args, smem_bytes(cluster, cache_elems, num_cols, threads))
 
@@ -348,7 +348,7 @@ PARAMS = _interop.KernelParams((
     "ptr", "i64", "i64",           # row_a (starts / seq_lens), its strides
     "ptr", "i64",                  # row_b (ends), its stride
     "ptr", "i64", "i32",           # out, out_stride0, out_stride1
-    "i32", "i32", "i32", "i32", "i32", "i32",  # num_rows, top_k, mode, next_n, cache_elems, use_masks
+    "i32", "i32", "i32", "i32", "i32", "i32",  # num_rows, top_k, mode, next_n, cache_elems, mask_steps
 ))
 
 
