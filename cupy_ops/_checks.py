@@ -150,3 +150,13 @@ def check_no_overlap(op: str, out_name: str, out, inputs: Mapping[str, object],
 
 def _where(device: int | None) -> str:
     return "the host (CPU)" if device is None else f"cuda:{device}"
+
+
+def check_numpy_int32(op: str, name: str, arr) -> None:
+    """A NumPy int32 array (the reference implementations' index inputs)."""
+    import numpy as np
+    if not isinstance(arr, np.ndarray):
+        fail(op, f"{name} must be a NumPy int32 array; got {type(arr).__name__}",
+             kind=CupyOpsTypeError)
+    if arr.dtype != np.int32:
+        fail(op, f"{name}.dtype must be int32; got {arr.dtype.name}", kind=CupyOpsTypeError)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import CupyOpsTypeError, check_int, fail
+from .._checks import CupyOpsTypeError, check_int, check_numpy_int32, fail
 
 MAX_TOP_K = 4096        # project limit; vLLM has no explicit bound (spec §2 "Supported topK")
 _INT32_MAX = 2**31 - 1  # vLLM passes stride0/stride1 as 32-bit ints (spec §1)
@@ -93,7 +93,7 @@ def top_k_per_row_prefill(logits, row_starts, row_ends, num_rows, stride0, strid
     _check_nan_rank(op, nan_rank)
     _check_logits(op, logits)
     for name, arr in (("row_starts", row_starts), ("row_ends", row_ends)):
-        _check_index_array(op, name, arr)
+        check_numpy_int32(op, name, arr)
         if arr.ndim != 1:
             fail(op, f"{name} must have 1 dimension [num_rows]; got shape {arr.shape}")
         if arr.shape[0] < num_rows:
@@ -153,7 +153,7 @@ def top_k_per_row_decode(logits, next_n, seq_lens, num_rows, stride0, stride1, t
     next_n = check_int(op, "next_n", next_n, 1, _INT32_MAX)
     _check_nan_rank(op, nan_rank)
     _check_logits(op, logits)
-    _check_index_array(op, "seq_lens", seq_lens)
+    check_numpy_int32(op, "seq_lens", seq_lens)
     ends = decode_row_ends(next_n, seq_lens, num_rows, op=op)
     starts = np.zeros(num_rows, dtype=np.int64)
     return _select(op, logits, starts, ends, num_rows, stride0, stride1, top_k, nan_rank)
@@ -488,14 +488,6 @@ def _check_logits(op, logits):
                   f"got {logits.dtype.name}", kind=CupyOpsTypeError)
     if logits.ndim != 2:
         fail(op, f"logits must have 2 dimensions [num_rows, num_cols]; got shape {logits.shape}")
-
-
-def _check_index_array(op, name, arr):
-    if not isinstance(arr, np.ndarray):
-        fail(op, f"{name} must be a NumPy int32 array; got {type(arr).__name__}",
-              kind=CupyOpsTypeError)
-    if arr.dtype != np.int32:
-        fail(op, f"{name}.dtype must be int32; got {arr.dtype.name}", kind=CupyOpsTypeError)
 
 
 def _check_nonnegative(op, name, values):

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import CupyOpsTypeError, check_int, fail
+from .._checks import CupyOpsTypeError, check_int, check_numpy_int32, fail
 
 _INT32_MAX = 2**31 - 1
 _INT32_MIN = -(2**31)
@@ -466,7 +466,7 @@ def _validate(op, q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, vertic
         arrays += [("vertical_indices_count", vertical_indices_count),
                    ("slash_indices_count", slash_indices_count)]
     for name, arr in arrays:
-        _check_int32_array(op, name, arr)
+        check_numpy_int32(op, name, arr)
     if slash_indexes.ndim != 3:
         fail(op, f"slash_indexes must have 3 dimensions [B, H, NNZ_S]; "
                   f"got shape {slash_indexes.shape}")
@@ -543,14 +543,6 @@ def _check_each(op, name, values, bad, reason):
         index = ", ".join(map(str, where))
         fail(op, f"{name}[{index}]={int(values[where])} {reason} "
                   f"({hits.shape[0]} such entr{'y' if hits.shape[0] == 1 else 'ies'})")
-
-
-def _check_int32_array(op, name, arr):
-    if not isinstance(arr, np.ndarray):
-        fail(op, f"{name} must be a NumPy int32 array; got {type(arr).__name__}",
-              kind=CupyOpsTypeError)
-    if arr.dtype != np.int32:
-        fail(op, f"{name}.dtype must be int32; got {arr.dtype.name}", kind=CupyOpsTypeError)
 
 
 def _check_bool(op, name, value):
