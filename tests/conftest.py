@@ -59,3 +59,17 @@ def nvrtc_available():
 # On CI the compile tests must run: missing NVRTC there is a broken install step, not a skip.
 requires_nvrtc = pytest.mark.skipif(not nvrtc_available() and not os.environ.get("CI"),
                                     reason="NVRTC (cupy-cuda12x + cuda-toolkit[nvrtc,cudart]) not installed")
+
+
+@pytest.fixture(scope="module")
+def torch():
+    """torch, imported only by the tests that use it (GPU test modules)."""
+    import torch as t
+    return t
+
+
+def precompile(*families, jobs=8):
+    """Compile every variant of ``families`` for GPU 0 up front, in parallel, so that GPU test
+    timings measure the tests (GPU test modules call it from an autouse module fixture)."""
+    from cupy_ops import _device, _runtime
+    _runtime.precompile(list(families), _device.arch(0), everything=True, jobs=jobs)

@@ -14,7 +14,7 @@ import cupy_ops
 from cupy_ops.ops import merge_attn_states as op_module
 from cupy_ops.reference.merge_attn_states import merge_attn_states as ref_merge
 
-from .conftest import requires_gpu
+from .conftest import precompile, requires_gpu
 
 pytestmark = requires_gpu
 
@@ -22,17 +22,9 @@ UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 TINY = {"float32": 1e-38, "float16": 6e-8, "bfloat16": 1e-38}
 
 
-@pytest.fixture(scope="module")
-def torch():
-    import torch as t
-    return t
-
-
 @pytest.fixture(scope="module", autouse=True)
 def prebuilt():
-    """Compile every variant once up front (parallel), so test timings measure tests."""
-    from cupy_ops import _device, _runtime
-    _runtime.precompile([op_module.FAMILY], _device.arch(0), everything=True, jobs=8)
+    precompile(op_module.FAMILY, jobs=8)
 
 
 def tdtype(torch, name):

@@ -22,7 +22,7 @@ import cupy_ops
 from cupy_ops.ops import paged_attention as pa
 from cupy_ops.reference import paged_attention as ref
 
-from .conftest import requires_gpu
+from .conftest import precompile, requires_gpu
 
 pytestmark = requires_gpu
 
@@ -30,16 +30,9 @@ U = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 FP8_TORCH = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 
 
-@pytest.fixture(scope="module")
-def torch():
-    import torch as t
-    return t
-
-
 @pytest.fixture(scope="module", autouse=True)
 def prebuilt():
-    from cupy_ops import _device, _runtime
-    _runtime.precompile([pa.FAMILY, pa.MMA_FAMILY, pa.MMA_PARTS_FAMILY, pa.REDUCE_FAMILY], _device.arch(0), everything=True, jobs=16)
+    precompile(pa.FAMILY, pa.MMA_FAMILY, pa.MMA_PARTS_FAMILY, pa.REDUCE_FAMILY, jobs=16)
 
 
 class Case:

@@ -13,23 +13,16 @@ from cupy_ops.ops import reshape_and_cache as rc
 from cupy_ops.reference.paged_attention import fp8_to_float64
 from cupy_ops.reference.reshape_and_cache import reshape_and_cache as reference
 
-from .conftest import requires_gpu
+from .conftest import precompile, requires_gpu
 
 pytestmark = requires_gpu
 
 FP8 = {"fp8": "e4m3", "fp8_e4m3": "e4m3", "fp8_e5m2": "e5m2"}
 
 
-@pytest.fixture(scope="module")
-def torch():
-    import torch as t
-    return t
-
-
 @pytest.fixture(scope="module", autouse=True)
 def prebuilt():
-    from cupy_ops import _device, _runtime
-    _runtime.precompile([rc.FAMILY], _device.arch(0), everything=True, jobs=4)
+    precompile(rc.FAMILY, jobs=4)
 
 
 def _make(torch, dtype, kv, tokens, heads, head_size, block_size, num_blocks, seed, strided=False):

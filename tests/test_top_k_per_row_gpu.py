@@ -15,23 +15,16 @@ import cupy_ops
 from cupy_ops.ops import top_k_per_row as op_module
 from cupy_ops.reference import top_k_per_row as ref
 
-from .conftest import requires_gpu
+from .conftest import precompile, requires_gpu
 
 pytestmark = requires_gpu
 
 POISON = -7
 
 
-@pytest.fixture(scope="module")
-def torch():
-    import torch as t
-    return t
-
-
 @pytest.fixture(scope="module", autouse=True)
 def prebuilt():
-    from cupy_ops import _device, _runtime
-    _runtime.precompile([op_module.FAMILY], _device.arch(0), everything=True, jobs=8)
+    precompile(op_module.FAMILY, jobs=8)
 
 
 @pytest.fixture(params=[None, 1, 2, 4, 8], ids=["auto", "C1", "C2", "C4", "C8"])

@@ -15,7 +15,7 @@ import cupy_ops
 from cupy_ops.ops import vertical_slash as op_module
 from cupy_ops.reference import vertical_slash as ref
 
-from .conftest import requires_gpu
+from .conftest import precompile, requires_gpu
 
 pytestmark = requires_gpu
 
@@ -25,17 +25,9 @@ plain = cupy_ops.convert_vertical_slash_indexes
 mergehead = cupy_ops.convert_vertical_slash_indexes_mergehead
 
 
-@pytest.fixture(scope="module")
-def torch():
-    import torch as t
-    return t
-
-
 @pytest.fixture(scope="module", autouse=True)
 def prebuilt():
-    """Compile every variant once up front (parallel), so test timings measure tests."""
-    from cupy_ops import _device, _runtime
-    _runtime.precompile([op_module.FAMILY], _device.arch(0), everything=True, jobs=8)
+    precompile(op_module.FAMILY, jobs=8)
 
 
 @pytest.fixture
