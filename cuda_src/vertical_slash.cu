@@ -18,18 +18,34 @@
 //    slash k the range end is the one value in [e_k, e_k + BLOCK) congruent to a modulo BLOCK.
 //    Otherwise slash k starts a new range anchored at e_k (the previous one ends at hi_{k-1}).
 //    A new range needs e_k - e_{k-1} > BLOCK, hence a raw gap S[k-1] - S[k] > BLOCK: only these
-//    "jump" indices (few in practice) are tested, 32 at a time with a ballot.
+//    "jump" indices are candidates.
+//  * Chain (v2). With unclamped segment ends the test e_k > hi_{k-1} + BLOCK reads, in slash
+//    values, S[a] - S[k] > BLOCK * ceil((S[a] - S[k-1]) / BLOCK) + BLOCK: it does not depend on F.
+//    Only a tile's first range can have clamped ends (e = BLOCK for slashes within BLOCK of F);
+//    every later anchor lies more than 2 * BLOCK left of F. So the thread block links, once per
+//    head, each jump to the jump that starts the range after the one it anchors (next[]); a tile
+//    finds its first new range by ballot over the candidates (32 per round, usually one round)
+//    and then follows next[] with one shared load per range.
 //  * Verticals. A vertical is a column iff it lies in a gap before a range ([end of the previous
 //    range, lo)); in non-causal mode also when it lies right of the last range (and < kv). The
 //    columns of a gap are a contiguous slice of V (two lower bounds).
 //  * Blocks of a range [lo, hi): lo, lo + BLOCK, ... below min(hi, kv); none when lo >= kv.
 //
-// Grid: 1-D, block id = (b * num_heads + h) * row_chunks + chunk. A thread block serves one (b, h)
-// and the tiles r = chunk + i * row_chunks (strided, so that cheap early tiles and costly late
-// causal tiles mix); each warp builds one tile at a time with warp-wide searches and writes.
+// Grid: 1-D, block id = (b * num_heads + h) * row_chunks + chunk; the host sizes row_chunks so
+// that the grid is one wave. A thread block serves one (b, h) and the tiles
+// r = chunk + i * row_chunks (strided, so that cheap early tiles and costly late causal tiles
+// mix); each warp builds one tile at a time. Ranges are emitted 32 at a time, lane i holding
+// range i: per-lane binary searches for the column slices, warp scans for the output positions,
+// then block offsets written in whole 32-entry chunks of the row (each lane finds the range that
+// owns its entry from a 32-bit mask of range starts) and column slices copied by the warp.
+// Why (v1 -> v2): v1 resolved ranges one at a time (ballot, shuffle, two 32-ary vertical
+// searches, a short store; ~1400 cycles of dependent latency per range per warp). At ctx 131072
+// with uniform slashes a late tile has ~90 ranges (48 on average), so that serial chain, not
+// the bytes, set the time (1167 us for 267 MB); v2 spends ~25 warp instructions per range.
 // With STAGED the block first copies the head's slash and vertical rows to shared memory and
-// lists the jump indices there; without it (rows too long for shared memory) it reads the rows
-// from global memory and tests every slash index as a possible jump.
+// lists the jumps and their links there; without it (rows too long for shared memory) it reads
+// the rows from global memory, tests every slash index as a possible jump and finds each next
+// anchor by ballot.
 //
 // Template parameters:
 //   BLOCK      block_size_M == block_size_N: 32, 64 or 128
@@ -39,6 +55,7 @@
 //              start < q, entries below the counts). false: the plain op; every entry of the
 //              four outputs is written, zeros where no value is defined.
 //   STAGED     rows in shared memory: 4 * (2 * nnz_s + nnz_v) bytes of dynamic shared memory
+//              (S, V as int32; jumps and next[] as uint16, so nnz_s <= 65535)
 //   THREADS    threads per block (whole warps)
 // Runtime arguments: num_heads (H), n_rows = ceil(context_size / BLOCK), nnz_v / nnz_s (row
 // lengths of the index buffers and of the outputs), row_chunks (thread blocks per (b, h)).
@@ -57,23 +74,29 @@
 namespace cupy_ops {
 namespace vertical_slash {
 
-// One (b, h)'s index rows, in shared or global memory, and its jump list.
+constexpr unsigned short kUnknown = 0xFFFF;  // next[j] not resolved while staging
+constexpr int kNextScan = 32;                 // candidates a staging thread tests per anchor
+
+// One (b, h)'s index rows, in shared or global memory, and (STAGED) its jump list and chain.
 template <bool STAGED>
 struct IndexRows {
-  const int* slash;  // S, descending
-  const int* vert;   // V, ascending
-  const int* jumps;  // STAGED: ascending k in [1, ns) with S[k-1] - S[k] > BLOCK
+  const int* slash;             // S, descending
+  const int* vert;              // V, ascending
+  const unsigned short* jumps;  // STAGED: ascending k in [1, ns) with S[k-1] - S[k] > BLOCK
+  const unsigned short* next;   // STAGED: next[j] = the jump index starting the range after the
+                                // one anchored at jumps[j]; n_jumps if none; kUnknown: not staged
   int ns, nv, n_jumps;
 
   __device__ __forceinline__ long long s(int k) const { return STAGED ? slash[k] : __ldg(slash + k); }
-  __device__ __forceinline__ long long v(int i) const { return STAGED ? vert[i] : __ldg(vert + i); }
+  __device__ __forceinline__ int v32(int i) const { return STAGED ? vert[i] : __ldg(vert + i); }
+  __device__ __forceinline__ long long v(int i) const { return v32(i); }
   // Slash index of candidate j. Without a jump list every index 1..ns-1 is a candidate.
-  __device__ __forceinline__ int jump(int j) const { return STAGED ? jumps[j] : j + 1; }
+  __device__ __forceinline__ int jump(int j) const { return STAGED ? static_cast<int>(jumps[j]) : j + 1; }
 
   // Candidates j whose slash index lies in (k_after, k_before): [x, y).
   __device__ __forceinline__ int2 jumps_between(int k_after, int k_before) const {
     if (STAGED) {
-      const int* js = jumps;
+      const unsigned short* js = jumps;
       const int first = warp_partition_point(0, n_jumps, [&](int j) { return js[j] <= k_after; });
       return make_int2(first, warp_partition_point(first, n_jumps, [&](int j) { return js[j] < k_before; }));
     }
@@ -82,8 +105,92 @@ struct IndexRows {
   }
 };
 
-// Writes one tile's layout: ranges arrive left to right, each with the columns of the gap
-// before it. Counts are warp-uniform; lanes write consecutive entries.
+// Whether the slash with value s_here starts a new range after the range anchored at slash value
+// s_anchor, whose last absorbed slash is s_before (spec §4 in slash coordinates: with unclamped
+// segment ends e = F - s the test e_here > range_end(e_anchor, e_before) + BLOCK does not depend
+// on the tile's frontier F). Holds for every range anchor after a tile's first one (they lie
+// more than 2 * BLOCK left of F, so no later segment end is clamped).
+template <int BLOCK>
+__device__ __forceinline__ bool starts_range(long long s_anchor, long long s_before, long long s_here) {
+  const long long d = s_anchor - s_before;
+  const long long grow = d > 0 ? (d + BLOCK - 1) / BLOCK * BLOCK : 0;
+  return s_anchor - s_here > grow + BLOCK;
+}
+
+// The anchor after the one at candidate j (candidates below j_end only): the staged chain, or
+// a ballot scan of the following candidates, 32 at a time (rows not staged, or staging gave up).
+template <int BLOCK, bool STAGED>
+__device__ __forceinline__ int next_anchor(const IndexRows<STAGED>& rows, int j, int j_end) {
+  if (STAGED) {
+    const int n = rows.next[j];
+    if (n != kUnknown) return n < j_end ? n : j_end;
+  }
+  const long long s_anchor = rows.s(rows.jump(j));
+  for (int j0 = j + 1; j0 < j_end; j0 += 32) {
+    const int c = j0 + lane_id();
+    bool starts = false;
+    if (c < j_end) {
+      const int k = rows.jump(c);
+      starts = starts_range<BLOCK>(s_anchor, rows.s(k - 1), rows.s(k));
+    }
+    const unsigned hits = __ballot_sync(kFullWarp, starts);
+    if (hits) return j0 + __ffs(hits) - 1;
+  }
+  return j_end;
+}
+
+__device__ __forceinline__ unsigned warp_or(unsigned x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_or_sync(kFullWarp, x);
+#else
+  for (int d = 16; d > 0; d >>= 1) x |= __shfl_xor_sync(kFullWarp, x, d);
+  return x;
+#endif
+}
+
+__device__ __forceinline__ int warp_exclusive_sum(int x, int& total) {
+  const int lane = lane_id();
+  int inc = x;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int t = __shfl_up_sync(kFullWarp, inc, d);
+    if (lane >= d) inc += t;
+  }
+  total = __shfl_sync(kFullWarp, inc, 31);
+  return inc - x;
+}
+
+__device__ __forceinline__ int warp_inclusive_max(int x) {
+  const int lane = lane_id();
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int t = __shfl_up_sync(kFullWarp, x, d);
+    if (lane >= d && t > x) x = t;
+  }
+  return x;
+}
+
+// Per lane: the first i with V[i] >= lo and the first with V[i] >= hi (sorted V; in [0, nv] for
+// any V). Branch-free binary searches with a warp-uniform trip count, interleaved for ILP.
+template <bool STAGED>
+__device__ __forceinline__ void lower_bounds(const IndexRows<STAGED>& rows, long long lo, long long hi,
+                                             int& at_lo, int& at_hi) {
+  constexpr long long kMax = 2147483647LL, kMin = -2147483647LL - 1;
+  const int key_lo = static_cast<int>(lo > kMax ? kMax : (lo < kMin ? kMin : lo));
+  const int key_hi = static_cast<int>(hi > kMax ? kMax : (hi < kMin ? kMin : hi));
+  int a = 0, b = 0, n = rows.nv;
+  while (n > 1) {
+    const int half = n >> 1;
+    a = rows.v32(a + half) < key_lo ? a + half : a;
+    b = rows.v32(b + half) < key_hi ? b + half : b;
+    n -= half;
+  }
+  at_lo = lo > kMax ? rows.nv : a + (rows.v32(a) < key_lo ? 1 : 0);
+  at_hi = hi > kMax ? rows.nv : b + (rows.v32(b) < key_hi ? 1 : 0);
+}
+
+// Writes one tile's layout: batches of up to 32 ranges arrive left to right, lane i holding
+// range i, each with the columns of the gap before it. Counts are warp-uniform.
 template <int BLOCK, bool STAGED>
 struct TileWriter {
   int* offsets;          // the tile's block_offset row (capacity cap_s)
@@ -93,36 +200,77 @@ struct TileWriter {
   int n_blocks, n_columns;
   int v_next;            // first vertical at or right of the previous range's end
 
-  __device__ __forceinline__ void add_columns(const IndexRows<STAGED>& rows, int begin, int end) {
-    const int room = cap_v - n_columns;
-    const int count = end - begin < room ? end - begin : room;
-    for (int i = lane_id(); i < count; i += 32) columns[n_columns + i] = static_cast<int>(rows.v(begin + i));
-    n_columns += count;
-  }
-
-  __device__ __forceinline__ void range(const IndexRows<STAGED>& rows, long long lo, long long hi) {
-    // Columns: the verticals in [previous end, lo). Verticals in [lo, hi) are covered.
-    const int gap_end = warp_partition_point(v_next, rows.nv, [&](int i) { return rows.v(i) < lo; });
-    add_columns(rows, v_next, gap_end);
-    v_next = warp_partition_point(gap_end, rows.nv, [&](int i) { return rows.v(i) < hi; });
-    // Blocks: lo, lo + BLOCK, ... below min(hi, kv).
-    const long long top = hi < kv ? hi : kv;
-    if (lo < kv && top > lo) {
-      const long long n = (top - lo + BLOCK - 1) / BLOCK;
-      const int room = cap_s - n_blocks;
-      const int count = n < room ? static_cast<int>(n) : room;
-      for (int i = lane_id(); i < count; i += 32) {
-        offsets[n_blocks + i] = static_cast<int>(lo + static_cast<long long>(i) * BLOCK);
-      }
-      n_blocks += count;
+  // Lanes [0, count) hold ranges [lo, hi), ascending. Serially this is, per range: columns =
+  // V[v_next, max(v_next, lb(lo))), v_next = max(that end, lb(hi)); blocks lo, lo + BLOCK, ...
+  // below min(hi, kv), none when lo >= kv; both capped by the row capacity.
+  __device__ __forceinline__ void ranges(const IndexRows<STAGED>& rows, long long lo, long long hi,
+                                         int count) {
+    const int lane = lane_id();
+    const bool valid = lane < count;
+    int at_lo, at_hi;
+    lower_bounds(rows, lo, hi, at_lo, at_hi);
+    if (!valid) at_lo = at_hi = 0;
+    // Columns: v_next after range i is the running max of v_next and every lb up to range i.
+    const int at_range = at_lo > at_hi ? at_lo : at_hi;
+    const int after = warp_inclusive_max(at_range > v_next ? at_range : v_next);
+    int before = __shfl_up_sync(kFullWarp, after, 1);
+    if (lane == 0) before = v_next;
+    const int gap = valid && at_lo > before ? at_lo - before : 0;
+    int n_gap_total;
+    const int col_pos = warp_exclusive_sum(gap, n_gap_total);
+    const int col_room = cap_v - n_columns - col_pos;
+    const int n_cols = gap < col_room ? gap : (col_room > 0 ? col_room : 0);
+    for (unsigned m = __ballot_sync(kFullWarp, n_cols > 0); m; m &= m - 1) {
+      const int i = __ffs(m) - 1;
+      const int src = __shfl_sync(kFullWarp, before, i);
+      const int cnt = __shfl_sync(kFullWarp, n_cols, i);
+      int* dst = columns + n_columns + __shfl_sync(kFullWarp, col_pos, i);
+      for (int t = lane; t < cnt; t += 32) dst[t] = rows.v32(src + t);
     }
+    const int col_room0 = cap_v - n_columns;
+    n_columns += n_gap_total < col_room0 ? n_gap_total : col_room0;
+    v_next = __shfl_sync(kFullWarp, after, 31);
+
+    // Blocks. For valid input lo ascends, so the ranges that emit nothing (lo >= kv, or the row
+    // is full) come last; anything else is cut there too, so that the emitting ranges are a prefix.
+    const long long top = hi < kv ? hi : kv;
+    const long long nb64 = valid && lo < kv && top > lo ? (top - lo + BLOCK - 1) / BLOCK : 0;  // < 2^26
+    int nb = static_cast<int>(nb64);
+    int n_total;
+    const int pos = warp_exclusive_sum(nb, n_total);  // <= 32 * 2^26: fits unsigned, see below
+    const unsigned room = static_cast<unsigned>(cap_s - n_blocks);
+    const unsigned upos = static_cast<unsigned>(pos);
+    nb = upos >= room ? 0 : static_cast<int>(static_cast<unsigned>(nb) < room - upos ? static_cast<unsigned>(nb) : room - upos);
+    const unsigned empty = __ballot_sync(kFullWarp, nb == 0);   // lanes >= count included
+    const int emitting = empty ? __ffs(empty) - 1 : 32;         // lanes [0, emitting) emit
+    if (lane >= emitting) nb = 0;
+    const int total_at_last = __shfl_sync(kFullWarp, pos + nb, emitting > 0 ? emitting - 1 : 0);
+    const int total = emitting > 0 ? total_at_last : 0;
+    // Entry p (tile-relative) of the range starting at entry P with offset lo is
+    // lo + (p - P) * BLOCK = base + p * BLOCK, computed mod 2^32 (the result fits).
+    const unsigned base = static_cast<unsigned>(lo) - static_cast<unsigned>(n_blocks + pos) * BLOCK;
+    const unsigned le_mask = (2u << lane) - 1u;
+    int started = 0;
+    for (int p0 = 0; p0 < total; p0 += 32) {
+      const unsigned d = static_cast<unsigned>(pos - p0);
+      const unsigned starts = warp_or(nb > 0 && d < 32u ? 1u << d : 0u);
+      const int owner = started + __popc(starts & le_mask) - 1;
+      const unsigned b = __shfl_sync(kFullWarp, base, owner);
+      const int p = p0 + lane;
+      if (p < total) offsets[n_blocks + p] = static_cast<int>(b + static_cast<unsigned>(n_blocks + p) * BLOCK);
+      started += __popc(starts);
+    }
+    n_blocks += total;
   }
 
   // Non-causal: verticals right of the last range that are keys (< kv) are columns too.
   __device__ __forceinline__ void tail(const IndexRows<STAGED>& rows) {
     const long long limit = kv;
     const int end = warp_partition_point(v_next, rows.nv, [&](int i) { return rows.v(i) < limit; });
-    add_columns(rows, v_next, end);
+    const int room = cap_v - n_columns;
+    const int count = end - v_next < room ? end - v_next : room;
+    for (int i = lane_id(); i < count; i += 32) columns[n_columns + i] = rows.v32(v_next + i);
+    n_columns += count;
     v_next = end;
   }
 };
@@ -151,40 +299,58 @@ __device__ __forceinline__ void build_tile(const IndexRows<STAGED>& rows, TileWr
   if (k0 == rows.ns) k0 = rows.ns - 1;
   if (rows.s(k0) > frontier) {
     const long long lo = CAUSAL ? frontier : kv;   // "no slash" range
-    out.range(rows, lo, lo + BLOCK);
+    out.ranges(rows, lo, lo + BLOCK, 1);
   } else {
-    long long anchor = seg_end(k0);
-    long long lo = anchor - BLOCK;
+    const long long anchor = seg_end(k0);
     // Non-causal: slashes below start would give segments at or past kv; the scan stops there.
     const int k_end = CAUSAL ? rows.ns
                              : warp_partition_point(k0 + 1, rows.ns, [&](int k) { return rows.s(k) >= start; });
     const int2 cands = rows.jumps_between(k0, k_end);
+    // The first range (its segment ends may be clamped at BLOCK): its end is decided by the first
+    // candidate that starts a new range, found 32 candidates per ballot.
+    int hit = cands.y;
+    long long hi0 = 0;
     for (int j0 = cands.x; j0 < cands.y; j0 += 32) {
       const int j = j0 + lane;
-      const bool candidate = j < cands.y;
-      long long e_here = 0, e_before = 0;
-      if (candidate) {
+      bool starts = false;
+      long long end_before = 0;
+      if (j < cands.y) {
         const int k = rows.jump(j);
-        e_here = seg_end(k);
-        e_before = seg_end(k - 1);
+        end_before = range_end<BLOCK>(anchor, seg_end(k - 1));
+        starts = seg_end(k) > end_before + BLOCK;
       }
-      // Resolve the new ranges among these 32 candidates in order: each ballot finds the next
-      // one given the current anchor; candidates after it are re-tested against the new anchor.
-      int done = -1;
-      for (;;) {
-        const bool starts = candidate && lane > done &&
-                            e_here > range_end<BLOCK>(anchor, e_before) + BLOCK;
-        const unsigned hits = __ballot_sync(kFullWarp, starts);
-        if (hits == 0) break;
+      const unsigned hits = __ballot_sync(kFullWarp, starts);
+      if (hits) {
         const int f = __ffs(hits) - 1;
-        const long long end_before = range_end<BLOCK>(anchor, __shfl_sync(kFullWarp, e_before, f));
-        out.range(rows, lo, end_before);
-        anchor = __shfl_sync(kFullWarp, e_here, f);
-        lo = anchor - BLOCK;
-        done = f;
+        hit = j0 + f;
+        hi0 = __shfl_sync(kFullWarp, end_before, f);
+        break;
       }
     }
-    out.range(rows, lo, range_end<BLOCK>(anchor, seg_end(k_end - 1)));
+    if (hit == cands.y) hi0 = range_end<BLOCK>(anchor, seg_end(k_end - 1));
+    // Later ranges follow the chain of anchors (frontier independent, see starts_range); lane i
+    // of a batch takes range i. Lane 0 of the first batch holds the first range.
+    long long lo = anchor - BLOCK, hi = hi0;
+    int count = 1, first_chain = 1, j = hit, my_j = 0;
+    for (;;) {
+      for (; count < 32 && j < cands.y; ++count) {
+        if (lane == count) my_j = j;
+        j = next_anchor<BLOCK, STAGED>(rows, j, cands.y);
+      }
+      const int j_after = __shfl_down_sync(kFullWarp, my_j, 1);
+      if (lane >= first_chain && lane < count) {
+        const int k = rows.jump(my_j);
+        const int next = lane + 1 < count ? j_after : j;
+        const int k_next = next < cands.y ? rows.jump(next) : k_end;
+        const long long a = seg_end(k);
+        lo = a - BLOCK;
+        hi = range_end<BLOCK>(a, seg_end(k_next - 1));
+      }
+      out.ranges(rows, lo, hi, count);
+      if (j >= cands.y) break;
+      count = 0;
+      first_chain = 0;
+    }
   }
   if (!CAUSAL) out.tail(rows);
 }
@@ -209,12 +375,16 @@ __device__ __forceinline__ void copy_to_shared(int* dst, const int* src, int n) 
   }
 }
 
-// Copies the rows to shared memory and lists the jump indices (ascending). Every thread of the
+// Copies the rows to shared memory, lists the jump indices (ascending) and links each jump to
+// the jump that starts the range after the one it anchors (the chain). Every thread of the
 // block calls it. Each warp compacts one contiguous slice of 1..ns-1; slices are concatenated
-// in order through per-warp totals.
+// in order through per-warp totals. Each thread then links its jumps by testing up to
+// kNextScan following candidates (a new range usually starts within a few); a link it cannot
+// resolve is kUnknown and the tiles that reach it scan for it by ballot (bounded work for any
+// input). Needs ns <= 65535 (16-bit indices; the host stages only rows that short).
 template <int BLOCK, int THREADS>
-__device__ int stage_rows(int* s_slash, int* s_vert, int* s_jumps, const int* slash_row,
-                          const int* vert_row, int ns, int nv) {
+__device__ int stage_rows(int* s_slash, int* s_vert, unsigned short* s_jumps, unsigned short* s_next,
+                          const int* slash_row, const int* vert_row, int ns, int nv) {
   constexpr int WARPS = THREADS / 32;
   __shared__ int warp_jumps[WARPS];
   copy_to_shared<THREADS>(s_slash, slash_row, ns);
@@ -243,8 +413,22 @@ __device__ int stage_rows(int* s_slash, int* s_vert, int* s_jumps, const int* sl
     const int k = k0 + lane;
     const bool hit = k < end && is_jump(k);
     const unsigned hits = __ballot_sync(kFullWarp, hit);
-    if (hit) s_jumps[pos + lanes_below(hits)] = k;
+    if (hit) s_jumps[pos + lanes_below(hits)] = static_cast<unsigned short>(k);
     pos += __popc(hits);
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < total; j += THREADS) {
+    const long long s_anchor = s_slash[s_jumps[j]];
+    const int stop = j + 1 + kNextScan < total ? j + 1 + kNextScan : total;
+    int next = stop < total ? kUnknown : total;
+    for (int c = j + 1; c < stop; ++c) {
+      const int k = s_jumps[c];
+      if (starts_range<BLOCK>(s_anchor, s_slash[k - 1], s_slash[k])) {
+        next = c;
+        break;
+      }
+    }
+    s_next[j] = static_cast<unsigned short>(next);
   }
   __syncthreads();
   return total;
@@ -289,17 +473,20 @@ __global__ void __launch_bounds__(THREADS) vertical_slash_kernel(
     extern __shared__ int smem[];
     int* s_slash = smem;
     int* s_vert = smem + nnz_s;
-    int* s_jumps = s_vert + nnz_v;
+    unsigned short* s_jumps = reinterpret_cast<unsigned short*>(s_vert + nnz_v);
+    unsigned short* s_next = s_jumps + nnz_s;
     rows.slash = s_slash;
     rows.vert = s_vert;
     rows.jumps = s_jumps;
-    rows.n_jumps = chunk < tiles ? stage_rows<BLOCK, THREADS>(s_slash, s_vert, s_jumps, slash_row,
+    rows.next = s_next;
+    rows.n_jumps = chunk < tiles ? stage_rows<BLOCK, THREADS>(s_slash, s_vert, s_jumps, s_next, slash_row,
                                                               vert_row, rows.ns, rows.nv)
                                  : 0;  // block-uniform: only zero rows to write
   } else {
     rows.slash = slash_row;
     rows.vert = vert_row;
     rows.jumps = nullptr;
+    rows.next = nullptr;
     rows.n_jumps = 0;
   }
 

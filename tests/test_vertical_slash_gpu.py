@@ -230,6 +230,38 @@ def test_long_context_sampled_tiles(torch, near_diagonal):
         assert np.array_equal(got_mh[3][0, h, r, :nc], got[3][0, h, r, :nc])
 
 
+def test_many_ranges_per_tile_sampled(torch):
+    """ctx 131072 with uniform slashes (mean gap 22): late tiles have ~90 ranges, so the range
+    chain (staged links, unresolved-link scans) and the 32-range batches are exercised; sampled
+    tiles vs the reference loop, staged vs global-memory kernel on every count and sampled row."""
+    rng = np.random.default_rng(131)
+    H, ctx = 2, 131072
+    q, kv, V, S = _bench_like_inputs(rng, H, ctx, 1000, 6000, False)
+    args = dev(torch, q, kv, V, S)
+    counts = dev(torch, i32([1000, 700]), i32([6000, 5000]))
+    got = [host(g) for g in mergehead(*args, *counts, ctx, 64, 64)]
+    op_module._PLANS.clear()
+    saved = op_module._smem_limit
+    op_module._smem_limit = lambda device: 0
+    try:
+        got_global = [host(g) for g in mergehead(*args, *counts, ctx, 64, 64)]
+    finally:
+        op_module._smem_limit = saved
+        op_module._PLANS.clear()
+    np.testing.assert_array_equal(got_global[0], got[0])
+    np.testing.assert_array_equal(got_global[2], got[2])
+    nv, ns = (1000, 700), (6000, 5000)
+    for h, r in [(0, 2047), (1, 2047), (0, 1024), (1, 0)] + [
+            (int(rng.integers(H)), int(rng.integers(2048))) for _ in range(6)]:
+        blocks, cols = ref._tile(V[0, h, :nv[h]].tolist(), S[0, h, :ns[h]].tolist(), ctx, ctx, r,
+                                 64, 64, True)
+        bc, cc = got[0][0, h, r], got[2][0, h, r]
+        assert got[1][0, h, r, :bc].tolist() == list(blocks), (h, r)
+        assert got[3][0, h, r, :cc].tolist() == list(cols), (h, r)
+        assert got_global[1][0, h, r, :bc].tolist() == list(blocks), (h, r)
+        assert got_global[3][0, h, r, :cc].tolist() == list(cols), (h, r)
+
+
 # ------------------------------------------------------------------------------ frameworks, streams, graphs
 
 def test_allocates_outputs_with_the_inputs_framework_and_device(torch):

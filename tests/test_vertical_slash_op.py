@@ -183,6 +183,9 @@ def test_chosen_variants_are_in_the_table():
         assert op_module.FAMILY.contains(v)
     assert op_module.choose_variant(64, True, True, 1000, 6000, 227 * 1024).staged
     assert not op_module.choose_variant(64, True, True, 1000, 60000, 227 * 1024).staged
+    # 16-bit slash indices in the staged kernel
+    assert not op_module.choose_variant(64, True, True, 1, 65536, 1 << 30).staged
+    assert op_module.choose_variant(64, True, True, 1, 65535, 1 << 30).staged
 
 
 @pytest.mark.parametrize("B,H,rows", [(1, 32, 512), (1, 32, 2048), (1, 32, 64), (3, 1, 1), (64, 64, 7)])
@@ -190,7 +193,10 @@ def test_launch_geometry(B, H, rows):
     chunks, grid = op_module.launch_geometry(B, H, rows, 132)
     assert grid == B * H * chunks and 1 <= chunks <= max(1, -(-rows // (op_module.THREADS // 32)))
     if (B, H, rows) == (1, 32, 512):
-        assert chunks == 17
+        assert chunks == 16     # 512 blocks: one wave of 4 per SM (528 slots), not 544
+    slots = op_module.BLOCKS_PER_SM * 132
+    assert grid <= max(slots, B * H)
+    assert op_module.launch_geometry(1, 32, 2048, 132, blocks_per_sm=2) == (8, 256)
 
 
 # ------------------------------------------------------------------------------ the kernel's closed form
@@ -232,6 +238,68 @@ def closed_form_tile(V, S, q, kv, r, block, causal):
     return blocks, cols
 
 
+def chained_tile(V, S, q, kv, r, block, causal, next_scan=32):
+    """The staged kernel's per-tile computation, written serially: the tile's first range ends at
+    the first candidate that starts a new range (segment ends clamped at block); later anchors
+    follow a frontier-independent chain linked once per head (``next_scan`` candidates tested
+    per anchor while staging, a scan of the remaining candidates for links left unknown)."""
+    ns = len(S)
+    start = r * block
+    frontier = (kv - q if causal else kv) + start + block
+    seg_end = lambda k: max(frontier - S[k], block)                        # noqa: E731
+    range_end = lambda a, e: a + -(-max(e - a, 0) // block) * block        # noqa: E731
+    jumps = [k for k in range(1, ns) if S[k - 1] - S[k] > block]
+
+    def starts_range(s_anchor, s_before, s_here):                          # slash coordinates
+        d = s_anchor - s_before
+        return s_anchor - s_here > (-(-d // block) * block if d > 0 else 0) + block
+
+    def link(j, stop):
+        return next((c for c in range(j + 1, stop)
+                     if starts_range(S[jumps[j]], S[jumps[c] - 1], S[jumps[c]])), None)
+
+    staged = []
+    for j in range(len(jumps)):
+        stop = min(j + 1 + next_scan, len(jumps))
+        found = link(j, stop)
+        staged.append(found if found is not None else (None if stop < len(jumps) else len(jumps)))
+    ranges = []
+    k0 = next((k for k in range(ns) if S[k] < frontier), ns - 1)
+    if S[k0] > frontier:
+        lo = frontier if causal else kv
+        ranges.append((lo, lo + block))
+    else:
+        anchor = seg_end(k0)
+        k_end = ns if causal else next((k for k in range(k0 + 1, ns) if S[k] < start), ns)
+        cands = [j for j, k in enumerate(jumps) if k0 < k < k_end]
+        j_end = cands[-1] + 1 if cands else 0
+        hit = next((j for j in cands
+                    if seg_end(jumps[j]) > range_end(anchor, seg_end(jumps[j] - 1)) + block), None)
+        if hit is None:
+            ranges.append((anchor - block, range_end(anchor, seg_end(k_end - 1))))
+        else:
+            ranges.append((anchor - block, range_end(anchor, seg_end(jumps[hit] - 1))))
+            j = hit
+            while j is not None:
+                nxt = staged[j] if staged[j] is not None else link(j, j_end)
+                nxt = nxt if nxt is not None and nxt < j_end else None
+                k_next = jumps[nxt] if nxt is not None else k_end
+                a = seg_end(jumps[j])
+                ranges.append((a - block, range_end(a, seg_end(k_next - 1))))
+                j = nxt
+    blocks, cols, v_next = [], [], 0
+    for lo, hi in ranges:
+        gap_end = max(v_next, bisect.bisect_left(V, lo))
+        cols.extend(V[v_next:gap_end])
+        v_next = max(gap_end, bisect.bisect_left(V, hi))
+        if lo < kv:
+            blocks.extend(range(lo, min(hi, kv), block))
+    if not causal:
+        end = max(v_next, bisect.bisect_left(V, kv, v_next))
+        cols.extend(V[v_next:end])
+    return blocks, cols
+
+
 @pytest.mark.parametrize("block", [32, 64, 128])
 def test_closed_form_equals_the_serial_merge(block):
     rng = np.random.default_rng(block)
@@ -248,5 +316,7 @@ def test_closed_form_equals_the_serial_merge(block):
         for r in range(-(-q // block)):
             want = ref._tile(V, S, q, kv, r, block, block, causal)
             assert closed_form_tile(V, S, q, kv, r, block, causal) == (list(want[0]), list(want[1]))
+            assert chained_tile(V, S, q, kv, r, block, causal) == (list(want[0]), list(want[1]))
+            assert chained_tile(V, S, q, kv, r, block, causal, next_scan=1) == (list(want[0]), list(want[1]))
             tiles += 1
     assert tiles > 300

@@ -20,8 +20,10 @@ BLOCK_SIZES = (32, 64, 128)   # block_size_M == block_size_N; vLLM always uses 6
 THREADS = 256                 # 8 warps: one query tile per warp at a time
 # Thread blocks per SM the geometry aims for. Each block copies its head's index rows to shared
 # memory once, so fewer, longer blocks save that copy; 4 per SM keep 32 warps resident
-# (52 KB of shared memory per block at NNZ_S 6000, NNZ_V 1000).
+# (52 KB of shared memory per block at NNZ_S 6000, NNZ_V 1000). The plan caps it at what one
+# SM really holds (occupancy query), so that the grid is a single wave.
 BLOCKS_PER_SM = 4
+MAX_STAGED_NNZ_S = 65535      # the staged kernel keeps slash indices in 16 bits
 SMEM_RESERVED_BYTES = 1024    # the kernel's static shared memory (per-warp totals), rounded up
 INT32_MAX = 2**31 - 1
 
@@ -323,16 +325,19 @@ def choose_variant(block: int, causal: bool, mergehead: bool, nnz_v: int, nnz_s:
                    smem_limit: int) -> Variant:
     """The staged kernel whenever a head's rows fit in shared memory (2 * NNZ_S + NNZ_V up to
     about 57 000 on H100's 227 KB); the global-memory kernel for longer rows."""
-    return Variant(block, bool(causal), bool(mergehead), smem_bytes(nnz_v, nnz_s) <= smem_limit)
+    staged = smem_bytes(nnz_v, nnz_s) <= smem_limit and nnz_s <= MAX_STAGED_NNZ_S
+    return Variant(block, bool(causal), bool(mergehead), staged)
 
 
 def launch_geometry(batch: int, heads: int, n_rows: int, sm_count: int,
-                    threads: int = THREADS) -> tuple[int, int]:
-    """(row_chunks, grid): each (b, h) gets row_chunks thread blocks, enough for BLOCKS_PER_SM
-    blocks per SM in all, but never fewer tiles per block than warps. B1 H32 ctx 32768 on 132
-    SMs: 17 blocks per head of 30 or 31 tiles each (544 blocks)."""
+                    threads: int = THREADS, blocks_per_sm: int = BLOCKS_PER_SM) -> tuple[int, int]:
+    """(row_chunks, grid): each (b, h) gets row_chunks thread blocks, as many as fit in one
+    wave of blocks_per_sm blocks per SM (rounded down: every block does the same amount of
+    work, so a partial second wave would cost nearly a whole block time), but never fewer tiles
+    per block than warps. B1 H32 ctx 32768 on 132 SMs at 4 blocks per SM: 16 blocks per head of
+    32 tiles each (512 blocks; rounding up gave 544 > 528 slots and a second wave)."""
     warps = threads // 32
-    wanted = -(-BLOCKS_PER_SM * sm_count // max(batch * heads, 1))
+    wanted = max(1, blocks_per_sm) * sm_count // max(batch * heads, 1)
     row_chunks = max(1, min(wanted, -(-n_rows // warps)))
     return row_chunks, batch * heads * row_chunks
 
@@ -370,9 +375,11 @@ def _plan(op, arrays, scalars):
     if a.batch * a.heads * a.n_rows == 0:
         return _EmptyPlan(where, a.out_shapes())
     variant = choose_variant(a.block, a.causal, a.mergehead, a.nnz_v, a.nnz_s, _smem_limit(a.device))
-    row_chunks, grid = launch_geometry(a.batch, a.heads, a.n_rows, _device.sm_count(a.device))
     kernel = _runtime.get_kernel(FAMILY, variant, a.device)
     smem = smem_bytes(a.nnz_v, a.nnz_s) if variant.staged else 0
+    per_sm = min(BLOCKS_PER_SM, _device.resident_blocks(kernel, THREADS, smem))
+    row_chunks, grid = launch_geometry(a.batch, a.heads, a.n_rows, _device.sm_count(a.device),
+                                       blocks_per_sm=per_sm)
     return _GpuPlan(a, kernel, where, grid, smem, row_chunks)
 
 
