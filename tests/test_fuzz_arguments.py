@@ -16,13 +16,16 @@ from hypothesis import strategies as st  # noqa: E402
 import cupy_ops  # noqa: E402
 from cupy_ops import CupyOpsTypeError, CupyOpsValueError  # noqa: E402
 from cupy_ops.reference import paged_attention as paged_ref  # noqa: E402
+from cupy_ops.reference import top_k_per_row as topk_ref  # noqa: E402
+from cupy_ops.reference import vertical_slash as vs_ref  # noqa: E402
 from cupy_ops.reference.merge_attn_states import merge_attn_states as merge_ref  # noqa: E402
 
 SETTINGS = settings(max_examples=400, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 FLOATS = ["float16", "float32", "float64", "int32", "int8"]
 MERGE_ARGS = ("output", "prefix_output", "prefix_lse", "suffix_output", "suffix_lse", "output_lse")
-RAN = {"merge_ok": 0, "merge_err": 0, "paged_ok": 0, "paged_err": 0}
+RAN = {"merge_ok": 0, "merge_err": 0, "paged_ok": 0, "paged_err": 0, "topk_ok": 0, "topk_err": 0,
+       "vs_ok": 0, "vs_err": 0}
 
 
 def _array(rng, shape, dtype, layout):
@@ -172,7 +175,180 @@ def test_paged_attention_v1_arguments(call):
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
 
 
+TOPK_ALWAYS_BAD = ("logits_dtype", "logits_rank", "range_dtype", "indices_dtype", "indices_narrow",
+                   "num_rows_big", "num_rows_negative", "top_k_zero", "top_k_huge", "stride_huge",
+                   "not_an_array", "float_scalar")
+TOPK_MUTATIONS = ["logits_dtype", "logits_rank", "range_dtype", "range_short", "indices_dtype",
+                  "indices_narrow", "indices_rows", "num_rows_big", "num_rows_negative", "top_k_zero",
+                  "top_k_huge", "stride_huge", "end_before_start", "end_past_logits",
+                  "negative_start", "not_an_array", "float_scalar", "aliasing"]
+
+
+@st.composite
+def topk_calls(draw):
+    R = draw(st.integers(0, 4))
+    N = draw(st.integers(1, 300))
+    K = draw(st.integers(1, 80))
+    decode = draw(st.booleans())
+    next_n = draw(st.integers(1, 3))
+    mutation = draw(st.sampled_from([None] * 10 + TOPK_MUTATIONS))
+    transposed = draw(st.integers(0, 4)) == 0
+    seed = draw(st.integers(0, 2**31))
+    return R, N, K, decode, next_n, mutation, transposed, seed
+
+
+@SETTINGS
+@given(topk_calls())
+def test_top_k_per_row_arguments(call):
+    R, N, K, decode, next_n, mutation, transposed, seed = call
+    rng = np.random.default_rng(seed)
+    op = "top_k_per_row_decode" if decode else "top_k_per_row_prefill"
+    logits = rng.standard_normal((N, R)).astype(np.float32).T if transposed else \
+        rng.standard_normal((R, N)).astype(np.float32)
+    starts = rng.integers(0, N + 1, R).astype(np.int32)
+    ends = (starts + rng.integers(0, N + 1, R)).clip(max=N).astype(np.int32)
+    batch = -(-R // next_n)
+    seq_lens = rng.integers(0, N + 1, max(batch, 0)).astype(np.int32)
+    idx = np.full((R, K), -7, np.int32)
+    num_rows, s0, s1, k = R, logits.strides[0] // 4, logits.strides[1] // 4, K
+    if mutation == "logits_dtype":
+        logits = logits.astype(np.float64)
+    elif mutation == "logits_rank":
+        logits = logits.reshape(-1)
+    elif mutation == "range_dtype":
+        starts, seq_lens = starts.astype(np.int64), seq_lens.astype(np.int64)
+    elif mutation == "range_short" and R:
+        starts, seq_lens = starts[:-1], seq_lens[:0]
+    elif mutation == "indices_dtype":
+        idx = idx.astype(np.int64)
+    elif mutation == "indices_narrow":
+        idx = idx[:, :-1]
+    elif mutation == "indices_rows" and R:
+        idx = idx[:-1]
+    elif mutation == "num_rows_big":
+        num_rows = R + 1
+    elif mutation == "num_rows_negative":
+        num_rows = -1
+    elif mutation == "top_k_zero":
+        k = 0
+    elif mutation == "top_k_huge":
+        k = 5000
+    elif mutation == "stride_huge":
+        s0 = 2**31
+    elif mutation == "end_before_start" and R and not decode:
+        starts[0], ends[0] = 5, 2
+    elif mutation == "end_past_logits" and R:
+        ends[0], seq_lens[0] = N + 3, N + 3
+    elif mutation == "negative_start" and R:
+        starts[0], seq_lens[0] = -1, -1
+    elif mutation == "not_an_array":
+        idx = idx.tolist()
+    elif mutation == "float_scalar":
+        s1 = 1.0
+    elif mutation == "aliasing" and R and not decode:
+        starts = idx[:, 0]
+    ranges = (seq_lens,) if decode else (starts, ends)
+    head = (logits, next_n) if decode else (logits,)
+    try:
+        if decode:
+            cupy_ops.top_k_per_row_decode(logits, next_n, seq_lens, idx, num_rows, s0, s1, k)
+        else:
+            cupy_ops.top_k_per_row_prefill(logits, starts, ends, idx, num_rows, s0, s1, k)
+    except (CupyOpsValueError, CupyOpsTypeError) as exc:
+        msg = str(exc)
+        assert msg.startswith(op + ": "), msg
+        assert isinstance(exc, RuntimeError)
+        RAN["topk_err"] += 1
+        return
+    assert mutation not in TOPK_ALWAYS_BAD, f"mutation {mutation} was accepted"
+    RAN["topk_ok"] += 1
+    del head, ranges
+    # Accepted: the reference (which validates everything) must accept it too, with this answer.
+    if decode:
+        want = topk_ref.top_k_per_row_decode(logits, next_n, seq_lens, num_rows, s0, s1, k)
+    else:
+        want = topk_ref.top_k_per_row_prefill(logits, starts, ends, num_rows, s0, s1, k)
+    np.testing.assert_array_equal(idx[:num_rows, :k], want)
+
+
+@st.composite
+def vs_calls(draw):
+    B = draw(st.integers(1, 2))
+    H = draw(st.integers(1, 2))
+    ctx = draw(st.integers(1, 300))
+    nv, ns = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    bm = draw(st.sampled_from([32, 64, 128]))
+    mergehead = draw(st.booleans())
+    mutation = draw(st.sampled_from(
+        [None] * 8 + ["dtype", "bm_ne_bn", "bm_odd", "rank", "nnz_zero", "ctx_small", "unsorted",
+                      "vertical_past_kv", "count_zero", "causal_type", "batch_mismatch"]))
+    seed = draw(st.integers(0, 2**31))
+    return B, H, ctx, nv, ns, bm, mergehead, mutation, seed
+
+
+@SETTINGS
+@given(vs_calls())
+def test_vertical_slash_arguments(call):
+    B, H, ctx, nv, ns, bm, mergehead, mutation, seed = call
+    rng = np.random.default_rng(seed)
+    op = "convert_vertical_slash_indexes_mergehead" if mergehead else "convert_vertical_slash_indexes"
+    q = rng.integers(1, ctx + 1, B).astype(np.int32)
+    kv = q + rng.integers(0, 20, B).astype(np.int32)
+    v = np.sort(np.stack([[rng.integers(0, int(kv[b]), nv) for _ in range(H)] for b in range(B)]),
+                -1).astype(np.int32)
+    sl = -np.sort(-np.stack([[rng.integers(0, int(kv[b]), ns) for _ in range(H)] for b in range(B)]),
+                  -1).astype(np.int32)
+    vc = rng.integers(1, nv + 1, H).astype(np.int32)
+    sc = rng.integers(1, ns + 1, H).astype(np.int32)
+    bn, causal = bm, True
+    if mutation == "dtype":
+        v = v.astype(np.int64)
+    elif mutation == "bm_ne_bn":
+        bn = bm * 2
+    elif mutation == "bm_odd":
+        bm = bn = 48
+    elif mutation == "rank":
+        sl = sl[0]
+    elif mutation == "nnz_zero":
+        v = v[..., :0]
+    elif mutation == "ctx_small":
+        ctx = int(q.max()) - 1
+    elif mutation == "unsorted" and ns > 1:
+        sl = sl[..., ::-1].copy()
+    elif mutation == "vertical_past_kv":
+        v[..., -1] = kv.max() + 5
+    elif mutation == "count_zero":
+        vc[0] = 0
+    elif mutation == "causal_type":
+        causal = "yes"
+    elif mutation == "batch_mismatch":
+        kv = np.concatenate([kv, kv])
+    extra = (vc, sc) if mergehead else ()
+    fn = cupy_ops.convert_vertical_slash_indexes_mergehead if mergehead else \
+        cupy_ops.convert_vertical_slash_indexes
+    try:
+        got = fn(q, kv, v, sl, *extra, ctx, bm, bn, causal)
+    except (CupyOpsValueError, CupyOpsTypeError) as exc:
+        msg = str(exc)
+        assert msg.startswith(op + ": "), msg
+        assert isinstance(exc, RuntimeError)
+        RAN["vs_err"] += 1
+        return
+    assert mutation not in ("dtype", "bm_ne_bn", "bm_odd", "rank", "nnz_zero", "ctx_small",
+                            "causal_type", "batch_mismatch"), f"mutation {mutation} was accepted"
+    RAN["vs_ok"] += 1
+    # Accepted: the reference (which validates every value it reads) must agree, bit for bit.
+    ref = vs_ref.convert_vertical_slash_indexes_mergehead if mergehead else \
+        vs_ref.convert_vertical_slash_indexes
+    want = ref(q, kv, v, sl, *extra, ctx, bm, bn, causal)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_fuzzing_exercised_both_outcomes():
-    """Runs after the two fuzz tests (file order): both accepted and rejected calls occurred."""
+    """Runs after the fuzz tests (file order): both accepted and rejected calls occurred."""
+    print("fuzzed calls:", RAN)
     assert RAN["merge_ok"] > 10 and RAN["merge_err"] > 10, RAN
     assert RAN["paged_ok"] > 10 and RAN["paged_err"] > 10, RAN
+    assert RAN["topk_ok"] > 10 and RAN["topk_err"] > 10, RAN
+    assert RAN["vs_ok"] > 10 and RAN["vs_err"] > 10, RAN
