@@ -1,9 +1,13 @@
-"""Command line: info, precompile, selftest, bench.
+"""Command line: info, precompile, selftest, bench, cache clear.
 
     python -m cupy_ops info
     python -m cupy_ops precompile [--op OP ...] [--arch 90] [--all] [-j N]
     python -m cupy_ops selftest
     python -m cupy_ops bench {merge_attn_states,paged_attention,top_k_per_row,vertical_slash} [--quick] [--json PATH]
+    python -m cupy_ops cache clear
+
+Errors print one line (``cupy_ops: error: ...``) and exit with status 2; ``--debug`` (before the
+command) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cupy_ops")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, GPUs, NVRTC, kernel cache")
     pre = sub.add_parser("precompile", help="compile kernel variants into the disk cache")
@@ -29,8 +34,22 @@ def main(argv=None) -> int:
                                       "vertical_slash"])
     bench.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     bench.add_argument("--json", help="also write the numbers to this file")
+    cache = sub.add_parser("cache", help="the kernel cache on disk")
+    cache.add_argument("action", choices=["clear"], help="clear: delete every cached kernel")
     args = parser.parse_args(argv)
+    if args.debug:
+        return _run(args)
+    try:
+        return _run(args)
+    except (RuntimeError, ValueError, TypeError, OSError) as exc:  # our errors derive from these
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"cupy_ops: error: {first} (--debug for the traceback)", file=sys.stderr)
+        return 2
 
+
+def _run(args) -> int:
+    if args.command == "cache":
+        return _cache_clear()
     if args.command == "info":
         from ._info import print_info
         print_info()
@@ -44,6 +63,17 @@ def main(argv=None) -> int:
         from ._bench import run_bench
         return run_bench(args.op, quick=args.quick, json_path=args.json)
     return 2
+
+
+def _cache_clear() -> int:
+    from . import _runtime
+    root = _runtime.cache_dir()
+    files = [p for p in root.glob("*") if p.is_file() and p.suffix in (".cubin", ".cu")]
+    freed = sum(p.stat().st_size for p in files)
+    for p in files:
+        p.unlink()
+    print(f"removed {len(files)} cached kernel files ({freed / 2**20:.1f} MiB) from {root}")
+    return 0
 
 
 def _precompile(args) -> int:

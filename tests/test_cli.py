@@ -53,3 +53,20 @@ def test_selftest_passes_on_this_machine():
 def test_bench_without_gpu_says_so():
     out = cli("bench", "merge_attn_states", "--quick")
     assert out.returncode != 0 and "needs a CUDA GPU" in (out.stdout + out.stderr)
+
+
+@requires_nvrtc
+def test_cache_clear_removes_the_kernels(tmp_cache):
+    assert cli("precompile", "--op", "merge_attn_states", "--arch", "90", "-j", "2").returncode == 0
+    (tmp_cache / "unrelated.txt").write_text("keep me")
+    out = cli("cache", "clear")
+    assert out.returncode == 0 and "removed 3 cached kernel files" in out.stdout, out.stdout + out.stderr
+    assert not list(tmp_cache.glob("*.cubin")) and (tmp_cache / "unrelated.txt").exists()
+
+
+def test_errors_are_one_line_unless_debug(tmp_cache):
+    out = cli("precompile", "--op", "merge_attn_states", "--arch", "9")
+    assert out.returncode == 2
+    assert out.stderr.startswith("cupy_ops: error: ") and "Traceback" not in out.stderr, out.stderr
+    debug = cli("--debug", "precompile", "--op", "merge_attn_states", "--arch", "9")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
