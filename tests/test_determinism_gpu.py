@@ -3,7 +3,6 @@ calls, on another stream, and while other work runs concurrently (issue #7)."""
 
 import pytest
 
-
 from .conftest import requires_gpu
 from .test_torch_ops import GPU_CASES  # importing it registers torch.ops.cupy_ops.*
 
