@@ -3,7 +3,7 @@
     python -m cupy_ops info
     python -m cupy_ops precompile [--op OP ...] [--arch 90] [--all] [-j N]
     python -m cupy_ops selftest
-    python -m cupy_ops bench {merge_attn_states,paged_attention,top_k_per_row,vertical_slash} [--quick] [--json PATH]
+    python -m cupy_ops bench {merge_attn_states,paged_attention,top_k_per_row,vertical_slash} [--quick] [--json PATH] [--plot PNG]
     python -m cupy_ops cache clear
 
 Errors print one line (``cupy_ops: error: ...``) and exit with status 2; ``--debug`` (before the
@@ -34,6 +34,7 @@ def main(argv=None) -> int:
                                       "vertical_slash"])
     bench.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     bench.add_argument("--json", help="also write the numbers to this file")
+    bench.add_argument("--plot", help="also draw them into this PNG (needs matplotlib)")
     cache = sub.add_parser("cache", help="the kernel cache on disk")
     cache.add_argument("action", choices=["clear"], help="clear: delete every cached kernel")
     args = parser.parse_args(argv)
@@ -61,7 +62,7 @@ def _run(args) -> int:
         return run_selftest()
     if args.command == "bench":
         from ._bench import run_bench
-        return run_bench(args.op, quick=args.quick, json_path=args.json)
+        return run_bench(args.op, quick=args.quick, json_path=args.json, plot_path=args.plot)
     return 2
 
 

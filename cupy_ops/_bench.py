@@ -428,38 +428,43 @@ def print_vertical_slash(rows, copy_gbs, out=sys.stdout):
               f"{vl[0]:>8} {vl[1]:>8}", file=out)
 
 
-def run_bench(op: str, quick: bool = False, json_path: str | None = None) -> int:
+def run_bench(op: str, quick: bool = False, json_path: str | None = None,
+              plot_path: str | None = None) -> int:
+    import importlib.util
+    if plot_path and importlib.util.find_spec("matplotlib") is None:  # fail before the GPU work
+        raise RuntimeError("--plot needs matplotlib (pip install matplotlib)")
     copy_gbs = copy_bandwidth_gbs()
+    rows, extra = _run_bench(op, quick, copy_gbs)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"copy_gbs": copy_gbs, **extra, "rows": rows}, f, indent=1)
+    if plot_path:
+        from ._plot import plot
+        plot(op, rows, plot_path, _torch().cuda.get_device_name())
+        print(f"plot written to {plot_path}")
+    return 0
+
+
+def _run_bench(op: str, quick: bool, copy_gbs: float) -> tuple[list[dict], dict]:
+    """Run and print one op's benchmark; returns its rows and extra facts for the JSON."""
     if op == "merge_attn_states":
         rows = bench_merge(MERGE_QUICK if quick else MERGE_SIZES, copy_gbs)
         host_us = merge_host_overhead_us()
         print_merge(rows, copy_gbs, host_us)
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump({"copy_gbs": copy_gbs, "host_us": host_us, "rows": rows}, f, indent=1)
-        return 0
+        return rows, {"host_us": host_us}
     if op == "paged_attention":
         rows = bench_paged(copy_gbs, PAGED_CONFIGS[:2] if quick else None)
         host = paged_host_overhead_us()
         print_paged(rows, copy_gbs, host=host)
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump({"copy_gbs": copy_gbs, "host_us": host, "rows": rows}, f, indent=1)
-        return 0
+        return rows, {"host_us": host}
     if op == "top_k_per_row":
         from ._bench_top_k import QUICK, bench_top_k, host_overhead_us, print_top_k
         rows = bench_top_k(copy_gbs, QUICK if quick else None)
         host = host_overhead_us()
         print_top_k(rows, copy_gbs, host)
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump({"copy_gbs": copy_gbs, "host_us": host, "rows": rows}, f, indent=1)
-        return 0
+        return rows, {"host_us": host}
     if op == "vertical_slash":
         rows = bench_vertical_slash(copy_gbs, VS_QUICK if quick else None)
         print_vertical_slash(rows, copy_gbs)
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump({"copy_gbs": copy_gbs, "rows": rows}, f, indent=1)
-        return 0
+        return rows, {}
     raise SystemExit(f"no benchmark for {op}")
