@@ -6,14 +6,16 @@
 // T is selected, plus the first `take` keys equal to T in position order. T is found by radix
 // selection on 32-bit order keys:
 //
-//   pass 0   the slice is copied to shared memory with cp.async (as much as fits; the rest is
-//            re-read from global/L2 by the later sweeps), converted to keys in place, and a
-//            12-bit coarse digit is histogrammed.
+//   pass 0   each warp copies the head of its segment of the slice to shared memory with
+//            cp.async (as much as fits; the rest is re-read from L2 by the later sweeps, the
+//            same share in every warp), converts it to keys in place, and a 12-bit coarse digit
+//            is histogrammed.
 //            With C > 1 the histograms are summed across the cluster through distributed
 //            shared memory. The threshold bin is where the K-th largest key falls.
-//   gather   one sweep: each warp counts its keys above the threshold bin and appends the keys
-//            inside it (usually tens to a few hundred) to a candidate list, tagged with the
-//            warp; with C > 1 every CTA then pulls all CTAs' lists.
+//   gather   one sweep: each warp counts its keys above the threshold bin, appends the keys
+//            inside it (usually tens to a few hundred) to a candidate list tagged with the warp,
+//            and notes per 32-element step which lanes are above / inside the bin (two masks,
+//            where shared memory has room); with C > 1 every CTA then pulls all CTAs' lists.
 //   refine   8-bit radix passes over the candidate list, CTA-local (no cluster barriers), until
 //            the threshold is exact or a bin is taken whole; the candidates then complete each
 //            warp's counts of keys above / equal to the threshold without another sweep. If the
@@ -21,12 +23,13 @@
 //            passes run over the whole slices with cluster-summed histograms instead, and a
 //            counting sweep follows: slower, same answer.
 //   output   warp and CTA offsets from those counts (exchanged across the cluster), then one
-//            writing sweep: selected positions in ascending column order.
+//            writing sweep: selected positions in ascending column order; with the step masks
+//            only lanes inside the threshold bin look at their key again.
 //
 // The ordered sweeps give each warp one contiguous segment of the slice, walked 32 elements at a
-// time, so column order is (CTA, warp, step, lane). Every sweep is a short loop over shared
-// memory: this kernel runs once per row, so most of its instructions are fetched cold, and
-// code size (unrolled or register-resident variants) costs more than the data movement.
+// time, so column order is (CTA, warp, step, lane). The phases are short and latency bound (a
+// few dependent shared-memory and vote steps per element at ~16 warps per SM); docs/perf.md has
+// the measured history, including the designs that did not pay (register-resident keys).
 //
 // The output is deterministic: the selected set (ties at T broken by lowest column) and its
 // order (ascending column) do not depend on timing; only histogram counts use atomics.
