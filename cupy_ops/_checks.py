@@ -12,6 +12,7 @@ attributes (``dtype`` as a dtype name string, ``shape``, ``strides`` in elements
 from __future__ import annotations
 
 import numbers
+import os
 from typing import Iterable, Mapping, Sequence
 
 
@@ -160,3 +161,13 @@ def check_numpy_int32(op: str, name: str, arr) -> None:
              kind=CupyOpsTypeError)
     if arr.dtype != np.int32:
         fail(op, f"{name}.dtype must be int32; got {arr.dtype.name}", kind=CupyOpsTypeError)
+
+
+def validation_requested(op: str, validate) -> bool:
+    """An op's ``validate=`` keyword: None means the CUPY_OPS_VALIDATE environment variable."""
+    if validate is None:
+        return os.environ.get("CUPY_OPS_VALIDATE", "") not in ("", "0")
+    if not isinstance(validate, bool) and type(validate).__name__ != "bool_":
+        fail(op, f"validate must be a bool or None; got {type(validate).__name__}",
+             kind=CupyOpsTypeError)
+    return bool(validate)

@@ -321,6 +321,21 @@ def fingerprint(objs, extra=()):
     return (tuple(parts), extra)
 
 
+def planned(plans: "PlanCache", arrays, scalars: tuple, build, cached: bool = True):
+    """The launch plan of a call, from ``plans`` or built by ``build()`` and remembered.
+
+    Keyed by the arrays' fingerprint and the scalars *with their types*, so that a call with
+    ``2.0`` (or ``causal=1``) never reuses the plan built for ``2`` (``True``) and so skips the
+    type check that would reject it. ``cached=False`` (value validation on) always builds.
+    """
+    key = fingerprint(arrays, (scalars, tuple(map(type, scalars)))) if cached else None
+    plan = plans.get(key)
+    if plan is None:
+        plan = build()
+        plans.put(key, plan)
+    return plan
+
+
 class LaunchPlan:
     """One kernel launch with every argument fixed except the stream, read at each run."""
 

@@ -100,3 +100,20 @@ def test_plan_cache_tolerates_unhashable_keys():
     assert cache.get(((1, 2), ())) is None
     cache.put(((1, 2), ()), "plan")
     assert cache.get(((1, 2), ())) == "plan"
+
+
+def test_planned_keys_scalars_with_their_types():
+    """A call with 2.0 (or causal=1) must not reuse the plan validated for 2 (or True)."""
+    from cupy_ops import _interop
+    plans, built = _interop.PlanCache(), []
+
+    def build(tag):
+        built.append(tag)
+        return tag
+
+    assert _interop.planned(plans, (), (2, True), lambda: build("int")) == "int"
+    assert _interop.planned(plans, (), (2, True), lambda: build("again")) == "int"   # cached
+    assert _interop.planned(plans, (), (2.0, True), lambda: build("float")) == "float"
+    assert _interop.planned(plans, (), (2, 1), lambda: build("one")) == "one"
+    assert _interop.planned(plans, (), (2, True), lambda: build("nocache"), cached=False) == "nocache"
+    assert built == ["int", "float", "one", "nocache"]

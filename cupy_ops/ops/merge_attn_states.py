@@ -98,12 +98,8 @@ def merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_l
     CupyOpsValueError (ValueError, RuntimeError): wrong shape, stride, device or overlap.
     """
     arrays = (output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse)
-    key = _interop.fingerprint(arrays, bool(lse_base2))
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _plan(*arrays, lse_base2=bool(lse_base2))
-        _PLANS.put(key, plan)
-    plan.run()
+    _interop.planned(_PLANS, arrays, (bool(lse_base2),),
+                     lambda: _plan(*arrays, lse_base2=bool(lse_base2))).run()
 
 
 _PLANS = _interop.PlanCache()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 
 import numpy as np
 
@@ -202,8 +201,7 @@ def _call(op, out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache,
     (num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len, alibi_slopes,
      kv_cache_dtype, k_scale, v_scale, tp_rank, bs_local, bs_vert, bs_block, bs_step,
      validate) = scalars_and_rest
-    if validate is None:
-        validate = os.environ.get("CUPY_OPS_VALIDATE", "") not in ("", "0")
+    validate = C.validation_requested(op, validate)
     arrays = (out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, block_tables,
               seq_lens, alibi_slopes, k_scale, v_scale)
     scalars = (op, num_kv_heads, scale, block_size, max_seq_len, kv_cache_dtype, tp_rank, bs_local,
@@ -212,12 +210,8 @@ def _call(op, out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache,
     # the fingerprint there (two fewer tensors to inspect per call).
     unquantized = isinstance(kv_cache_dtype, str) and KV_KINDS.get(kv_cache_dtype) == "auto"
     keyed = arrays[:10] if unquantized else arrays
-    key = None if validate else _interop.fingerprint(keyed, scalars)
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _plan(arrays, scalars, validate)
-        _PLANS.put(key, plan)
-    plan.run()
+    _interop.planned(_PLANS, keyed, scalars, lambda: _plan(arrays, scalars, validate),
+                     cached=not validate).run()
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 
 import numpy as np
 
@@ -66,15 +65,10 @@ def reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, kv_cache
     one instead of writing out of bounds. Two tokens with one slot leave either token's values.
     NumPy arrays and torch CPU tensors run the exact reference (cupy_ops.reference.reshape_and_cache).
     """
-    if validate is None:
-        validate = os.environ.get("CUPY_OPS_VALIDATE", "") not in ("", "0")
+    validate = C.validation_requested(OP, validate)
     arrays = (key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale)
-    key_ = None if validate else _interop.fingerprint(arrays, kv_cache_dtype)
-    plan = _PLANS.get(key_)
-    if plan is None:
-        plan = _plan(arrays, kv_cache_dtype, validate)
-        _PLANS.put(key_, plan)
-    plan.run()
+    _interop.planned(_PLANS, arrays, (kv_cache_dtype,),
+                     lambda: _plan(arrays, kv_cache_dtype, validate), cached=not validate).run()
 
 
 _PLANS = _interop.PlanCache()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 
 import numpy as np
 
@@ -138,15 +137,11 @@ top_k_per_row_decode.__doc__ += _DOC_COMMON
 
 
 def _run(op, logits, ranges, indices, num_rows, stride0, stride1, top_k, next_n, validate):
-    if validate is None:
-        validate = os.environ.get("CUPY_OPS_VALIDATE", "") not in ("", "0")
+    validate = C.validation_requested(op, validate)
     scalars = (num_rows, stride0, stride1, top_k, next_n)
-    key = None if validate else _interop.fingerprint((logits,) + ranges + (indices,), (op,) + scalars)
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _plan(op, logits, ranges, indices, scalars, bool(validate))
-        _PLANS.put(key, plan)
-    plan.run()
+    _interop.planned(_PLANS, (logits,) + ranges + (indices,), (op,) + scalars,
+                     lambda: _plan(op, logits, ranges, indices, scalars, validate),
+                     cached=not validate).run()
 
 
 _PLANS = _interop.PlanCache()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import types
 
 import numpy as np
@@ -177,19 +176,10 @@ _PLANS = _interop.PlanCache()
 
 
 def _call(op, inputs, scalars, out, validate):
-    if validate is None:
-        validate = os.environ.get("CUPY_OPS_VALIDATE", "") not in ("", "0")
-    elif not isinstance(validate, (bool, np.bool_)):
-        C.fail(op, f"validate must be a bool or None; got {type(validate).__name__}",
-               kind=C.CupyOpsTypeError)
+    validate = C.validation_requested(op, validate)
     outs = _out_tuple(op, out)
     arrays = inputs + (outs if outs is not None else (None,) * 4)
-    # Scalars keyed with their types: causal=1 must fail validation, not hit causal=True's plan.
-    key = _interop.fingerprint(arrays, (op,) + tuple((type(s), s) for s in scalars))
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _plan(op, arrays, scalars)
-        _PLANS.put(key, plan)
+    plan = _interop.planned(_PLANS, arrays, (op,) + tuple(scalars), lambda: _plan(op, arrays, scalars))
     if validate and isinstance(plan, (_GpuPlan, _EmptyPlan)):
         _validate_values(op, inputs, scalars)
     return plan.run(outs)
