@@ -374,6 +374,24 @@ class SequencePlan:
             launch.run_on(stream)
 
 
+class HostPlan:
+    """A call on host arrays: runs ``fn(*args, *run_args)`` (the op's NumPy reference). Never
+    cached by the ops: host arrays have no fingerprint, and the reference reads the values."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def run(self, *run_args):
+        return self.fn(*self.args, *run_args)
+
+
+def host_scalar(info: ArrayInfo | None, default: float = 1.0) -> float:
+    """The first element of a host array as a float (fp8 scale tensors); ``default`` for None."""
+    return default if info is None else float(to_numpy(info).reshape(-1)[0])
+
+
 class NoOpPlan:
     """A validated call with nothing to compute (an empty dimension)."""
 

@@ -111,7 +111,7 @@ def _plan(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_l
                                                 suffix_lse, output_lse)
     num_tokens, num_heads, head_size = out.shape
     if out.device is None:
-        return _ReferencePlan(out, pre, plse, suf, slse, olse, lse_base2)
+        return _interop.HostPlan(_run_reference, out, pre, plse, suf, slse, olse, lse_base2)
     if num_tokens == 0 or num_heads == 0 or head_size == 0:
         return _interop.NoOpPlan()
     variant = choose_variant(out, pre, suf, lse_base2)
@@ -231,18 +231,10 @@ def _kernel_args(out, olse, pre, plse, suf, slse, vecs_per_head, tokens_per_bloc
     )
 
 
-class _ReferencePlan:
-    """Host arrays: the float64 reference, rounded into the caller's outputs (never cached)."""
-
-    def __init__(self, out, pre, plse, suf, slse, olse, lse_base2):
-        self.arrays = (out, pre, plse, suf, slse, olse)
-        self.lse_base2 = lse_base2
-
-    def run(self) -> None:
-        out, pre, plse, suf, slse, olse = self.arrays
-        n = _interop.to_numpy
-        merged, lse = reference.merge_attn_states(n(pre), n(plse), n(suf), n(slse),
-                                                  lse_base2=self.lse_base2)
-        _interop.write_host(out, merged)
-        if olse is not None:
-            _interop.write_host(olse, lse)
+def _run_reference(out, pre, plse, suf, slse, olse, lse_base2) -> None:
+    """Host arrays: the float64 reference, rounded into the caller's outputs."""
+    n = _interop.to_numpy
+    merged, lse = reference.merge_attn_states(n(pre), n(plse), n(suf), n(slse), lse_base2=lse_base2)
+    _interop.write_host(out, merged)
+    if olse is not None:
+        _interop.write_host(olse, lse)

@@ -477,7 +477,7 @@ def _plan(arrays, scalars, validate):
     if validate or a.query.device is None:
         _validate_values(a)  # host arrays: free to check, and the reference needs valid values
     if a.query.device is None:
-        return _ReferencePlan(a)
+        return _interop.HostPlan(_run_reference, a)
     if a.num_seqs == 0 or a.num_heads == 0:
         return _interop.NoOpPlan()
     device = a.query.device
@@ -592,38 +592,31 @@ def _decode_args(a: _Args, target, pitch, split, tile) -> tuple:
     )
 
 
-class _ReferencePlan:
-    """Host arrays: the float64 reference, rounded into the caller's outputs (never cached)."""
-
-    def __init__(self, a: _Args):
-        self.a = a
-
-    def run(self) -> None:
-        a = self.a
-        n = _interop.to_numpy
-        kc, vc = a.key_cache, a.value_cache
-        key = _interop.host_bytes(kc) if a.kv != "auto" else n(kc)
-        val = _interop.host_bytes(vc) if a.kv != "auto" else n(vc)
-        kv_dtype = "auto" if a.kv == "auto" else ("fp8_e4m3" if a.kv == "e4m3" else "fp8_e5m2")
-        tp_rank, bs_local, bs_vert, bs_block, bs_step = a.sparse
-        args = (n(a.query), key, val, a.num_kv_heads, a.scale, n(a.block_tables), n(a.seq_lens),
-                a.block_size, a.max_seq_len, None if a.alibi is None else n(a.alibi), kv_dtype,
-                1.0 if a.k_scale is None else float(n(a.k_scale).reshape(-1)[0]),
-                1.0 if a.v_scale is None else float(n(a.v_scale).reshape(-1)[0]),
-                tp_rank, bs_local, bs_vert, bs_block, bs_step)
-        if a.op == OP_V1:
-            _interop.write_host(a.out, reference.paged_attention(*args))
-            return
-        parts = reference.paged_attention_v2_partials(*args, partition_size=PARTITION_SIZE)
-        defined = parts.defined
-        pad = a.partitions - defined.shape[2]
-        for info, value in ((a.exp_sums, parts.exp_sums), (a.max_logits, parts.max_logits),
-                            (a.tmp_out, parts.tmp_out)):
-            current = n(info).astype(np.float64)
-            mask = np.pad(defined, ((0, 0), (0, 0), (0, pad)))
-            widened = np.pad(value, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (value.ndim - 3))
-            if value.ndim == 4:
-                mask = mask[..., None]
-            _interop.write_host(info, np.where(mask, widened, current))
-        _interop.write_host(a.out, reference.paged_attention_v2_reduce(
-            parts.exp_sums, parts.max_logits, parts.tmp_out, n(a.seq_lens), PARTITION_SIZE))
+def _run_reference(a: _Args) -> None:
+    """Host arrays: the float64 reference, rounded into the caller's outputs."""
+    n = _interop.to_numpy
+    kc, vc = a.key_cache, a.value_cache
+    key = _interop.host_bytes(kc) if a.kv != "auto" else n(kc)
+    val = _interop.host_bytes(vc) if a.kv != "auto" else n(vc)
+    kv_dtype = "auto" if a.kv == "auto" else ("fp8_e4m3" if a.kv == "e4m3" else "fp8_e5m2")
+    tp_rank, bs_local, bs_vert, bs_block, bs_step = a.sparse
+    args = (n(a.query), key, val, a.num_kv_heads, a.scale, n(a.block_tables), n(a.seq_lens),
+            a.block_size, a.max_seq_len, None if a.alibi is None else n(a.alibi), kv_dtype,
+            _interop.host_scalar(a.k_scale), _interop.host_scalar(a.v_scale),
+            tp_rank, bs_local, bs_vert, bs_block, bs_step)
+    if a.op == OP_V1:
+        _interop.write_host(a.out, reference.paged_attention(*args))
+        return
+    parts = reference.paged_attention_v2_partials(*args, partition_size=PARTITION_SIZE)
+    defined = parts.defined
+    pad = a.partitions - defined.shape[2]
+    for info, value in ((a.exp_sums, parts.exp_sums), (a.max_logits, parts.max_logits),
+                        (a.tmp_out, parts.tmp_out)):
+        current = n(info).astype(np.float64)
+        mask = np.pad(defined, ((0, 0), (0, 0), (0, pad)))
+        widened = np.pad(value, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (value.ndim - 3))
+        if value.ndim == 4:
+            mask = mask[..., None]
+        _interop.write_host(info, np.where(mask, widened, current))
+    _interop.write_host(a.out, reference.paged_attention_v2_reduce(
+        parts.exp_sums, parts.max_logits, parts.tmp_out, n(a.seq_lens), PARTITION_SIZE))

@@ -146,7 +146,7 @@ def _plan(arrays, kv_cache_dtype, validate):
             C.fail(OP, f"slot_mapping[{t}] = {int(slots[t])} is outside the cache (num_blocks * "
                        f"block_size = {num_slots})")
     if k.device is None:
-        return _ReferencePlan(k, v, kc, vc, sm, ks, vs, kv_cache_dtype)
+        return _interop.HostPlan(_run_reference, k, v, kc, vc, sm, ks, vs, kv_cache_dtype)
     num_tokens, (_, num_heads, head_size) = sm.shape[0], k.shape
     if num_tokens == 0 or num_heads * head_size == 0 or num_slots == 0:
         return _interop.NoOpPlan()
@@ -186,24 +186,17 @@ def _kernel_args(k, v, kc, vc, sm, ks, vs, num_slots) -> tuple:
     )
 
 
-class _ReferencePlan:
-    """Host arrays: the exact reference, written into the caller's caches (never cached)."""
-
-    def __init__(self, k, v, kc, vc, sm, ks, vs, kv_cache_dtype):
-        self.arrays = (k, v, kc, vc, sm, ks, vs)
-        self.kv_cache_dtype = kv_cache_dtype
-
-    def run(self) -> None:
-        k, v, kc, vc, sm, ks, vs = self.arrays
-        n = _interop.to_numpy
-        fp8 = KV_KINDS[self.kv_cache_dtype] != "auto"
-        cache = _interop.host_bytes if fp8 else n
-        scale = (lambda s: float(n(s).reshape(-1)[0])) if fp8 else (lambda s: 1.0)
-        new_k, new_v = reference.reshape_and_cache(
-            n(k), n(v), cache(kc), cache(vc), n(sm), self.kv_cache_dtype, scale(ks), scale(vs))
-        for info, value in ((kc, new_k), (vc, new_v)):
-            if fp8:
-                np.copyto(_interop.host_bytes(info), value)
-            else:
-                _interop.write_host(info, value)
+def _run_reference(k, v, kc, vc, sm, ks, vs, kv_cache_dtype) -> None:
+    """Host arrays: the exact reference, written into the caller's caches."""
+    n = _interop.to_numpy
+    fp8 = KV_KINDS[kv_cache_dtype] != "auto"
+    cache = _interop.host_bytes if fp8 else n
+    scale = _interop.host_scalar if fp8 else (lambda s: 1.0)
+    new_k, new_v = reference.reshape_and_cache(
+        n(k), n(v), cache(kc), cache(vc), n(sm), kv_cache_dtype, scale(ks), scale(vs))
+    for info, value in ((kc, new_k), (vc, new_v)):
+        if fp8:
+            np.copyto(_interop.host_bytes(info), value)
+        else:
+            _interop.write_host(info, value)
 

@@ -310,7 +310,7 @@ def _plan(op, logits, ranges, indices, scalars, validate):
     if validate or a.logits.device is None:
         _validate_values(a)
     if a.logits.device is None:
-        return _ReferencePlan(a)
+        return _interop.HostPlan(_run_reference, a)
     if a.num_rows == 0:
         return _interop.NoOpPlan()
     device = a.logits.device
@@ -347,19 +347,13 @@ PARAMS = _interop.KernelParams((
 ))
 
 
-class _ReferencePlan:
-    """Host arrays: the NumPy reference, written into the caller's indices (never cached)."""
-
-    def __init__(self, a: _Args):
-        self.a = a
-
-    def run(self) -> None:
-        a = self.a
-        n = _interop.to_numpy
-        if a.op == OP_PREFILL:
-            result = reference.top_k_per_row_prefill(
-                n(a.logits), n(a.ranges[0]), n(a.ranges[1]), a.num_rows, a.stride0, a.stride1, a.top_k)
-        else:
-            result = reference.top_k_per_row_decode(
-                n(a.logits), a.next_n, n(a.ranges[0]), a.num_rows, a.stride0, a.stride1, a.top_k)
-        _interop.to_numpy(a.indices)[:a.num_rows, :a.top_k] = result  # a view of the caller's array
+def _run_reference(a: _Args) -> None:
+    """Host arrays: the NumPy reference, written into the caller's indices."""
+    n = _interop.to_numpy
+    if a.op == OP_PREFILL:
+        result = reference.top_k_per_row_prefill(
+            n(a.logits), n(a.ranges[0]), n(a.ranges[1]), a.num_rows, a.stride0, a.stride1, a.top_k)
+    else:
+        result = reference.top_k_per_row_decode(
+            n(a.logits), a.next_n, n(a.ranges[0]), a.num_rows, a.stride0, a.stride1, a.top_k)
+    n(a.indices)[:a.num_rows, :a.top_k] = result  # a view of the caller's array

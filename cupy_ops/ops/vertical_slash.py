@@ -360,7 +360,7 @@ def _kernel_args(out_ptrs, a: _Args, row_chunks: int) -> tuple:
 def _plan(op, arrays, scalars):
     a = _validate(op, arrays, scalars)
     if a.device is None:
-        return _ReferencePlan(a, scalars)
+        return _interop.HostPlan(_run_reference, a, scalars)
     where = types.SimpleNamespace(framework=a.inputs[0].framework, device=a.device)
     if a.batch * a.heads * a.n_rows == 0:
         return _EmptyPlan(where, a.out_shapes())
@@ -414,27 +414,21 @@ class _EmptyPlan:
         return tuple(_interop.empty_like_framework(self.where, s, "int32").obj for s in self.shapes)
 
 
-class _ReferencePlan:
-    """Host arrays: the NumPy reference (validates every value), never cached."""
-
-    def __init__(self, a: _Args, scalars):
-        self.a, self.scalars = a, scalars
-
-    def run(self, outs):
-        a = self.a
-        host = [None if x is None else _interop.to_numpy(x) for x in a.inputs]
-        if a.mergehead:
-            values, defined = reference.convert_vertical_slash_indexes_mergehead(
-                *host, *self.scalars, return_defined=True)
-        else:
-            values = reference.convert_vertical_slash_indexes(*host[:4], *self.scalars)
-            defined = None
-        if outs is not None:
-            for info, value, mask in zip(a.outs, values, defined or (None,) * 4):
-                # to_numpy views the caller's int32 memory (NumPy or torch CPU): write through it.
-                np.copyto(_interop.to_numpy(info), value, where=True if mask is None else mask)
-            return outs
-        if a.inputs[0].framework == "torch":
-            import torch
-            return tuple(torch.from_numpy(v) for v in values)
-        return tuple(values)
+def _run_reference(a: _Args, scalars, outs):
+    """Host arrays: the NumPy reference (validates every value)."""
+    host = [None if x is None else _interop.to_numpy(x) for x in a.inputs]
+    if a.mergehead:
+        values, defined = reference.convert_vertical_slash_indexes_mergehead(
+            *host, *scalars, return_defined=True)
+    else:
+        values = reference.convert_vertical_slash_indexes(*host[:4], *scalars)
+        defined = None
+    if outs is not None:
+        for info, value, mask in zip(a.outs, values, defined or (None,) * 4):
+            # to_numpy views the caller's int32 memory (NumPy or torch CPU): write through it.
+            np.copyto(_interop.to_numpy(info), value, where=True if mask is None else mask)
+        return outs
+    if a.inputs[0].framework == "torch":
+        import torch
+        return tuple(torch.from_numpy(v) for v in values)
+    return tuple(values)
