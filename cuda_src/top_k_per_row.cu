@@ -315,7 +315,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   // host sizes for rows of logits.shape[1] columns; clamped garbage ranges can be longer)
   uint2* step_masks = reinterpret_cast<uint2*>(cache + cache_elems);
   __shared__ unsigned char cand_warp[CAND_CAP];       // the warp whose segment holds cand[i]
-  __shared__ u32 buf[33];
+  __shared__ u32 buf[32];  // per-warp partial sums of find_bin
   __shared__ BinChoice choice;
   __shared__ u32 cand_count, warp_gt[NW], warp_in[NW], warp_eq[NW], warp_base[NW], warp_take[NW];
   __shared__ u32 published[2];  // this CTA's {count above T, count equal T}, read by others

@@ -243,10 +243,14 @@ def _validate_values(a: _Args) -> None:
         r = int(bad[0])
         C.fail(a.op, f"rowEnds[{r}] ({ends[r]}) must be >= rowStarts[{r}] ({starts[r]})")
     lg = a.logits
-    lo, hi = lg.extent()
-    reference.check_candidate_addresses(a.op, lg.shape, lg.strides,
-                                        (0, (hi - lg.ptr) // lg.itemsize if hi > lo else 0),
+    reference.check_candidate_addresses(a.op, lg.shape, lg.strides, (0, _extent_elems(lg)),
                                         starts, ends, a.stride0, a.stride1)
+
+
+def _extent_elems(info) -> int:
+    """Elements from logits' first element to the end of its memory (strides are >= 0)."""
+    lo, hi = info.extent()
+    return (hi - info.ptr) // info.itemsize if hi > lo else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,19 +319,17 @@ def _plan(op, logits, ranges, indices, scalars, validate):
         return _interop.NoOpPlan()
     device = a.logits.device
     num_cols = a.logits.shape[1]
-    cluster = launch_shape(a.num_rows, num_cols, _device.sm_count(device), _device.arch(device))
+    sm_count = _device.sm_count(device)
+    cluster = launch_shape(a.num_rows, num_cols, sm_count, _device.arch(device))
     threads = threads_for(a.num_rows, num_cols, cluster)
     cache_elems = cache_elems_for(cluster, num_cols, _device.max_dynamic_smem(device),
-                                  many_rows=a.num_rows >= 2 * _device.sm_count(device),
-                                  threads=threads)
+                                  many_rows=a.num_rows >= 2 * sm_count, threads=threads)
     variant = Variant(a.logits.dtype, cluster, threads)
     kernel = _runtime.get_kernel(FAMILY, variant, device)
-    lo, hi = a.logits.extent()
-    extent = (hi - a.logits.ptr) // a.logits.itemsize if hi > lo else 0
     r0 = a.ranges[0]
     r1 = a.ranges[1] if len(a.ranges) > 1 else a.ranges[0]
     r0_strides = tuple(r0.strides) + (0,) * (2 - len(r0.strides))
-    args = (a.logits.ptr, extent, a.stride0, a.stride1,
+    args = (a.logits.ptr, _extent_elems(a.logits), a.stride0, a.stride1,
             r0.ptr, r0_strides[0], r0_strides[1],
             r1.ptr, r1.strides[0],
             a.indices.ptr, a.indices.strides[0], a.indices.strides[1],
