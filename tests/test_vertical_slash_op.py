@@ -201,15 +201,25 @@ def test_launch_geometry(B, H, rows):
 
 # ------------------------------------------------------------------------------ the kernel's closed form
 
-def closed_form_tile(V, S, q, kv, r, block, causal):
-    """The per-tile computation of cuda_src/vertical_slash.cu, written serially: ranges from
-    the jump indices only, columns as slices of V between ranges."""
+def _tile_geometry(S, q, kv, r, block, causal):
+    """What both tile models below start from: the tile's frontier, segment and range ends, the
+    jump indices (raw slash gap > block), the first slash below the frontier (k0) and the end of
+    the slashes that matter (k_end)."""
     ns = len(S)
     start = r * block
     frontier = (kv - q if causal else kv) + start + block
     seg_end = lambda k: max(frontier - S[k], block)                        # noqa: E731
     range_end = lambda a, e: a + -(-max(e - a, 0) // block) * block        # noqa: E731
     jumps = [k for k in range(1, ns) if S[k - 1] - S[k] > block]
+    k0 = next((k for k in range(ns) if S[k] < frontier), ns - 1)
+    k_end = ns if causal else next((k for k in range(k0 + 1, ns) if S[k] < start), ns)
+    return ns, frontier, seg_end, range_end, jumps, k0, k_end
+
+
+def closed_form_tile(V, S, q, kv, r, block, causal):
+    """The per-tile computation of cuda_src/vertical_slash.cu, written serially: ranges from
+    the jump indices only, columns as slices of V between ranges."""
+    ns, frontier, seg_end, range_end, jumps, k0, k_end = _tile_geometry(S, q, kv, r, block, causal)
     blocks, cols, v_next = [], [], 0
 
     def emit(lo, hi):
@@ -220,13 +230,11 @@ def closed_form_tile(V, S, q, kv, r, block, causal):
         if lo < kv:
             blocks.extend(range(lo, min(hi, kv), block))
 
-    k0 = next((k for k in range(ns) if S[k] < frontier), ns - 1)
     if S[k0] > frontier:
         lo = frontier if causal else kv
         emit(lo, lo + block)
     else:
         anchor = seg_end(k0)
-        k_end = ns if causal else next((k for k in range(k0 + 1, ns) if S[k] < start), ns)
         for k in jumps:
             if k0 < k < k_end and seg_end(k) > range_end(anchor, seg_end(k - 1)) + block:
                 emit(anchor - block, range_end(anchor, seg_end(k - 1)))
@@ -243,12 +251,7 @@ def chained_tile(V, S, q, kv, r, block, causal, next_scan=32):
     the first candidate that starts a new range (segment ends clamped at block); later anchors
     follow a frontier-independent chain linked once per head (``next_scan`` candidates tested
     per anchor while staging, a scan of the remaining candidates for links left unknown)."""
-    ns = len(S)
-    start = r * block
-    frontier = (kv - q if causal else kv) + start + block
-    seg_end = lambda k: max(frontier - S[k], block)                        # noqa: E731
-    range_end = lambda a, e: a + -(-max(e - a, 0) // block) * block        # noqa: E731
-    jumps = [k for k in range(1, ns) if S[k - 1] - S[k] > block]
+    ns, frontier, seg_end, range_end, jumps, k0, k_end = _tile_geometry(S, q, kv, r, block, causal)
 
     def starts_range(s_anchor, s_before, s_here):                          # slash coordinates
         d = s_anchor - s_before
@@ -264,13 +267,11 @@ def chained_tile(V, S, q, kv, r, block, causal, next_scan=32):
         found = link(j, stop)
         staged.append(found if found is not None else (None if stop < len(jumps) else len(jumps)))
     ranges = []
-    k0 = next((k for k in range(ns) if S[k] < frontier), ns - 1)
     if S[k0] > frontier:
         lo = frontier if causal else kv
         ranges.append((lo, lo + block))
     else:
         anchor = seg_end(k0)
-        k_end = ns if causal else next((k for k in range(k0 + 1, ns) if S[k] < start), ns)
         cands = [j for j, k in enumerate(jumps) if k0 < k < k_end]
         j_end = cands[-1] + 1 if cands else 0
         hit = next((j for j in cands
