@@ -28,6 +28,23 @@ RAN = {"merge_ok": 0, "merge_err": 0, "paged_ok": 0, "paged_err": 0, "topk_ok": 
        "vs_ok": 0, "vs_err": 0}
 
 
+def _rejected(op, kind, call, must_name=()):
+    """Run call(): True if it raised our documented error (message starts with the op's name,
+    names one of ``must_name`` when given, also a RuntimeError), False if it returned. Counts
+    both outcomes in RAN under ``kind``."""
+    try:
+        call()
+    except (CupyOpsValueError, CupyOpsTypeError) as exc:
+        msg = str(exc)
+        assert msg.startswith(op + ": "), msg
+        assert not must_name or any(n in msg for n in must_name), msg
+        assert isinstance(exc, RuntimeError)
+        RAN[kind + "_err"] += 1
+        return True
+    RAN[kind + "_ok"] += 1
+    return False
+
+
 def _array(rng, shape, dtype, layout):
     """A random array of `shape`, possibly a strided or reversed view."""
     base = rng.standard_normal(tuple(max(n, 0) for n in shape)) * 3
@@ -76,16 +93,10 @@ def test_merge_attn_states_arguments(call):
     if not_an_array:
         args[not_an_array] = args[not_an_array].tolist()
     inputs = {n: (None if a is None or isinstance(a, list) else a.copy()) for n, a in args.items()}
-    try:
-        cupy_ops.merge_attn_states(*(args[n] for n in MERGE_ARGS))
-    except (CupyOpsValueError, CupyOpsTypeError) as exc:
-        msg = str(exc)
-        assert msg.startswith("merge_attn_states: "), msg
-        assert any(n in msg for n in MERGE_ARGS) or "num_heads" in msg, msg
-        assert isinstance(exc, RuntimeError)
-        RAN["merge_err"] += 1
+    if _rejected("merge_attn_states", "merge",
+                 lambda: cupy_ops.merge_attn_states(*(args[n] for n in MERGE_ARGS)),
+                 must_name=MERGE_ARGS + ("num_heads",)):
         return
-    RAN["merge_ok"] += 1
     out = args["output"]
     want, want_lse = merge_ref(inputs["prefix_output"], inputs["prefix_lse"], inputs["suffix_output"],
                                inputs["suffix_lse"])
@@ -158,19 +169,12 @@ def test_paged_attention_v1_arguments(call):
         seq_lens[0] = -5
     elif mutation == "bad_block_id" and S and blocks[0]:
         table[0, 0] = nb + 7
-    try:
-        cupy_ops.paged_attention_v1(out, q, kc, vc, kw["num_kv_heads"], kw["scale"], table, seq_lens,
-                                    kw["block_size"], kw["max_seq_len"], kw["alibi_slopes"],
-                                    kw["kv_cache_dtype"])
-    except (CupyOpsValueError, CupyOpsTypeError) as exc:
-        msg = str(exc)
-        assert msg.startswith("paged_attention_v1: "), msg
-        assert isinstance(exc, RuntimeError)
-        RAN["paged_err"] += 1
+    if _rejected("paged_attention_v1", "paged", lambda: cupy_ops.paged_attention_v1(
+            out, q, kc, vc, kw["num_kv_heads"], kw["scale"], table, seq_lens, kw["block_size"],
+            kw["max_seq_len"], kw["alibi_slopes"], kw["kv_cache_dtype"])):
         return
     assert mutation is None or mutation in ("negative_len", "bad_block_id"), \
         f"mutation {mutation} was accepted"
-    RAN["paged_ok"] += 1
     want = paged_ref.paged_attention(q, kc, vc, Hkv, 0.3, table, seq_lens, BS, max(lens + [0]))
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
 
@@ -247,22 +251,15 @@ def test_top_k_per_row_arguments(call):
         s1 = 1.0
     elif mutation == "aliasing" and R and not decode:
         starts = idx[:, 0]
-    ranges = (seq_lens,) if decode else (starts, ends)
-    head = (logits, next_n) if decode else (logits,)
-    try:
-        if decode:
-            cupy_ops.top_k_per_row_decode(logits, next_n, seq_lens, idx, num_rows, s0, s1, k)
-        else:
-            cupy_ops.top_k_per_row_prefill(logits, starts, ends, idx, num_rows, s0, s1, k)
-    except (CupyOpsValueError, CupyOpsTypeError) as exc:
-        msg = str(exc)
-        assert msg.startswith(op + ": "), msg
-        assert isinstance(exc, RuntimeError)
-        RAN["topk_err"] += 1
+    if decode:
+        call = lambda: cupy_ops.top_k_per_row_decode(logits, next_n, seq_lens, idx,  # noqa: E731
+                                                     num_rows, s0, s1, k)
+    else:
+        call = lambda: cupy_ops.top_k_per_row_prefill(logits, starts, ends, idx,  # noqa: E731
+                                                      num_rows, s0, s1, k)
+    if _rejected(op, "topk", call):
         return
     assert mutation not in TOPK_ALWAYS_BAD, f"mutation {mutation} was accepted"
-    RAN["topk_ok"] += 1
-    del head, ranges
     # Accepted: the reference (which validates everything) must accept it too, with this answer.
     if decode:
         want = topk_ref.top_k_per_row_decode(logits, next_n, seq_lens, num_rows, s0, s1, k)
@@ -326,17 +323,11 @@ def test_vertical_slash_arguments(call):
     extra = (vc, sc) if mergehead else ()
     fn = cupy_ops.convert_vertical_slash_indexes_mergehead if mergehead else \
         cupy_ops.convert_vertical_slash_indexes
-    try:
-        got = fn(q, kv, v, sl, *extra, ctx, bm, bn, causal)
-    except (CupyOpsValueError, CupyOpsTypeError) as exc:
-        msg = str(exc)
-        assert msg.startswith(op + ": "), msg
-        assert isinstance(exc, RuntimeError)
-        RAN["vs_err"] += 1
+    got = []
+    if _rejected(op, "vs", lambda: got.extend(fn(q, kv, v, sl, *extra, ctx, bm, bn, causal))):
         return
     assert mutation not in ("dtype", "bm_ne_bn", "bm_odd", "rank", "nnz_zero", "ctx_small",
                             "causal_type", "batch_mismatch"), f"mutation {mutation} was accepted"
-    RAN["vs_ok"] += 1
     # Accepted: the reference (which validates every value it reads) must agree, bit for bit.
     ref = vs_ref.convert_vertical_slash_indexes_mergehead if mergehead else \
         vs_ref.convert_vertical_slash_indexes
