@@ -265,9 +265,7 @@ def build_variant(family: KernelFamily, variant, arch: int) -> Compiled:
     """Binary for one variant: from the disk cache, else NVRTC (then cached)."""
     if not family.contains(variant):
         raise ValueError(f"{family.op}: variant {variant} is not in the kernel table")
-    expr = family.name_expression(variant)
-    options = compile_options(arch)
-    path = cache_dir() / f"{family.op}-{cache_key(expr, options)}.cubin"
+    expr, options, path = _cache_entry(family, variant, arch)
     cached = _read_cached(path, expr)
     if cached is not None:
         stats.disk_hits += 1
@@ -279,6 +277,13 @@ def build_variant(family: KernelFamily, variant, arch: int) -> Compiled:
     stats.compiled += 1
     _write_cached(path, expr, compiled)
     return compiled
+
+
+def _cache_entry(family: KernelFamily, variant, arch: int) -> tuple[str, tuple, Path]:
+    """A variant's name expression, compile options and disk-cache file."""
+    expr = family.name_expression(variant)
+    options = compile_options(arch)
+    return expr, options, cache_dir() / f"{family.op}-{cache_key(expr, options)}.cubin"
 
 
 def _dump_source(path: Path, source: str, expr: str, options: Sequence[str]) -> None:
@@ -335,14 +340,27 @@ def precompile(families: Iterable[KernelFamily], arch: int, *, everything: bool 
             if progress:
                 progress(fam, v)
         return len(work)
+    # Cached variants are not sent to workers (a corrupt file is still caught when loaded).
+    cached = [_cache_entry(fam, v, arch)[2].exists() for fam, v in work]
+    done = [item for item, hit in zip(work, cached) if hit]
+    work = [item for item, hit in zip(work, cached) if not hit]
+    for fam, v in done:
+        if progress:
+            progress(fam, v)
+    if not work:
+        return len(done)
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # spawn, not fork: callers (tests, notebooks) often have CUDA and torch threads running, and
+    # a forked child of a multi-threaded process can deadlock on a lock held by another thread.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = [(fam, v, pool.submit(_build_in_worker, fam.op, v, arch)) for fam, v in work]
         for fam, v, fut in futures:
             fut.result()
             if progress:
                 progress(fam, v)
-    return len(work)
+    return len(done) + len(work)
 
 
 def _build_in_worker(op: str, variant, arch: int) -> None:

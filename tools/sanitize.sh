@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # compute-sanitizer over every op's GPU tests (issue #7): memcheck, racecheck, initcheck, synccheck.
 # Usage (device machine): bash tools/sanitize.sh [pytest -k expression]   -> logs under $OUT
-# Sanitized runs are 10-100x slower: the -k default keeps one small case per op.
+# Sanitized runs are 10-100x slower: the -k default keeps a few small cases per kernel path.
 set -uo pipefail
 OUT=${OUT:-sanitize_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUPY_OPS_CACHE_DIR=${CUPY_OPS_CACHE_DIR:-/tmp/cupy_ops_cache}
-SELECT=${1:-"cupy_inputs or threads_on or current_stream or fixtures or lengths_around_k and 512 or small"}
+# One to a few small cases of every kernel path of every op (cluster sizes auto and 2 for top-k).
+SELECT=${1:-"(block_sizes or fp8_caches or v2_scratch or block_sparse or query_slice or (matches_reference and d128) or special_lse or strided_and_misaligned or lengths_around_k or tricky_values or decode_next_n or unvalidated_bad_ranges or golden_fixtures or invalid_values_without_validation or global_memory_kernel or bit_exact or threads_on) and not C1 and not C4 and not C8"}
 python3 -m cupy_ops precompile --all -j 16 2>&1 | tail -1
 rc=0
 for tool in memcheck racecheck initcheck synccheck; do
   extra=""
   [ "$tool" = memcheck ] && extra="--leak-check no"
   # --target-processes all: pytest may spawn workers; --error-exitcode makes failures visible.
-  timeout 1200 compute-sanitizer --tool "$tool" $extra --target-processes all --error-exitcode 99 \
-    python3 -m pytest -q -p no:cacheprovider -x tests -k "$SELECT" -m "not large" \
+  timeout ${TOOL_TIMEOUT:-1200} compute-sanitizer --tool "$tool" $extra --target-processes all --error-exitcode 99 \
+    python3 -m pytest -q -p no:cacheprovider tests/test_*_gpu.py -k "$SELECT" -m "not large" \
     > "$OUT/$tool.txt" 2>&1
   status=$?
   summary=$(grep -E "ERROR SUMMARY|passed|failed" "$OUT/$tool.txt" | tail -2 | tr '\n' ' ')
