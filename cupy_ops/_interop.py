@@ -309,10 +309,11 @@ def fingerprint(objs, extra=()):
         if o is None:
             parts.append(None)
         elif tensor_type is not None and isinstance(o, tensor_type):
-            device = o.get_device()  # -1 on the host
-            if device < 0:
+            if not o.is_cuda:
                 return None
-            parts.append((o.data_ptr(), o.shape, o.stride(), o.dtype, device))
+            # No device index: CUDA's unified addressing gives every device allocation of a
+            # process its own address range, so the pointer already tells the device.
+            parts.append((o.data_ptr(), o.shape, o.stride(), o.dtype))
         else:
             cupy = sys.modules.get("cupy")
             if cupy is None or not isinstance(o, cupy.ndarray):
