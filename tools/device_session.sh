@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
-#   precompile pytest_gpu pytest_large selftest host_time wheel sanitize launch
+#   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
+#   paged_floor
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
 # step in $OUT/summary.txt; each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -13,8 +14,9 @@ step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; local rc=$?
   echo "$name: rc=$rc $((SECONDS - t0))s $(tail -1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"; }
 wheel() { rm -rf /tmp/whl /tmp/wv && python3 -m pip wheel --no-deps --no-build-isolation -q -w /tmp/whl . &&
-  python3 -m venv --without-pip --system-site-packages /tmp/wv &&
+  python3 -m venv --without-pip /tmp/wv &&
   site=$(/tmp/wv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") &&
+  python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$site/machine_packages.pth" &&
   python3 -m pip install -q --no-deps --no-index --target "$site" /tmp/whl/*.whl &&
   cd /tmp && env -u PYTHONPATH /tmp/wv/bin/python -c "import cupy_ops; print(cupy_ops.__file__)" &&
   env -u PYTHONPATH /tmp/wv/bin/python -m cupy_ops selftest; }
@@ -30,3 +32,7 @@ step host_time 40 python3 tools/exp_host_time.py
 step launch 40 python3 tools/exp_launch.py
 step wheel 60 bash -c "$(declare -f wheel); wheel"
 step sanitize 480 env OUT="$OUT/sanitize" TOOL_TIMEOUT=115 bash tools/sanitize.sh
+step initcheck 120 env OUT="$OUT/initcheck" TOOLS=initcheck TOOL_TIMEOUT=110 bash tools/sanitize.sh
+step paged_floor 200 python3 tools/exp_paged_floor.py
+
+step racecheck 300 env OUT="$OUT/racecheck" TOOLS=racecheck TOOL_TIMEOUT=290 bash tools/sanitize.sh
