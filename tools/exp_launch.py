@@ -53,7 +53,7 @@ def main():
                           (buf.data.ptr,) + (0,) * 30 + (0.0,) * 3),
         "one 272-byte struct": ("packed", ["i64"] * 34, (0,) * 34),
     }
-    for name, (fn, types, values) in cases.items():
+    for name, (fn, param_types, values) in cases.items():
         kernel = types.SimpleNamespace(ptr=mod.get_function(fn).kernel.ptr)  # what LaunchPlan reads
         if fn == "packed":  # the struct is one parameter: pass a pointer to its 272 bytes
             params = _interop.KernelParams(["i64"] * 34)
@@ -64,7 +64,7 @@ def main():
             plan.args.address = ptrs.ctypes.data
             keep = (packed, ptrs)  # noqa: F841
         else:
-            plan = _interop.LaunchPlan(_interop.KernelParams(types), kernel, Info, (1,), (32,), values)
+            plan = _interop.LaunchPlan(_interop.KernelParams(param_types), kernel, Info, (1,), (32,), values)
         print(f"{name:22s} {per_launch_us(plan):6.2f} us", flush=True)
         if fn == "packed":
             del keep
