@@ -210,6 +210,203 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
   }
 }
 
+// 8-warp variant of paged_decode_mma_kernel (same arguments, grid and outputs; blockDim 256).
+// Warp w owns tokens [16 (w % 4), +16) of every 64-token tile and half of the head dimension
+// (w / 4): QK^T over its half gives a partial S that the warp pair (w, w ^ 4) exchanges through
+// shared memory (one 64-thread named barrier per tile), both run the same online softmax, and
+// each computes O += P V for its half. Twice the warps per SM of the 4-warp kernel at half the
+// registers per thread, for the same shared memory plus 8 KB: more loads and mma chains in
+// flight to hide latency (docs/perf.md, p7).
+template <typename T, typename KV, typename O, int DMAX, int STAGES>
+__global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode_mma8_kernel(
+    O* out, float* exp_sums, float* max_logits,
+    const T* query, const KV* key_cache, const KV* value_cache,
+    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
+    const float* k_scale_ptr, const float* v_scale_ptr,
+    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
+    int tile_tokens, int split_tokens, int num_partitions,
+    long long q_stride_seq, long long q_stride_head,
+    long long k_stride_block, long long k_stride_head,
+    long long v_stride_block, long long v_stride_head,
+    long long block_tables_stride, int max_table_tokens,
+    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
+    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
+    int part_tokens) {
+  static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
+  constexpr bool IS_FP8 = sizeof(KV) == 1;
+  using MT = typename pick_type<IS_FP8, __half, T>::type;
+  constexpr int ELEM = static_cast<int>(sizeof(KV));
+  constexpr int KH = DMAX / 32;   // k-steps (16 dims) per head half
+  constexpr int NH = DMAX / 16;   // output n-tiles (8 dims) per head half
+  constexpr int TILE = 64;        // tile_tokens must equal this (the host passes it)
+  static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
+
+  const DecodeCta cta(16, group, seq_lens, max_table_tokens, split_tokens);
+  if (exp_sums != nullptr && cta.begin >= cta.seq_len) return;
+  const int seq = cta.seq, kv_head = cta.kv_head, head0 = cta.head0, heads_here = cta.heads_here;
+  const int split = cta.split, seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tg = warp & 3, half = warp >> 2;  // token group, head half
+  const int gq = lane >> 2, tq = lane & 3;    // mma fragment coordinates
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tile_bytes = TILE * head_size * ELEM;
+  float* x_s = reinterpret_cast<float*>(smem);               // [8 warps][32 lanes][8] partial S
+  unsigned char* k_s = smem + 8 * 32 * 8 * 4;
+  unsigned char* v_s = k_s + STAGES * tile_bytes;
+  const KvTiles<KV> tiles{k_s, v_s,
+                          reinterpret_cast<const unsigned char*>(key_cache + kv_head * k_stride_head),
+                          reinterpret_cast<const unsigned char*>(value_cache + kv_head * v_stride_head),
+                          block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
+                          log2_bs, head_size, TILE, end};
+  auto all_blocks = [](int) { return true; };
+
+  const MmaRows<T, KV, MT, KH> rows(cta, query, q_stride_seq, q_stride_head, alibi_slopes, k_scale_ptr,
+                                    v_scale_ptr, scale, head_size, gq, tq, half * KH * 16);
+  const auto& qa = rows.qa;
+  const float* slope = rows.slope;
+  const float s_scale = rows.s_scale, v_scale = rows.v_scale;
+
+  float o[NH][4];
+#pragma unroll
+  for (int n = 0; n < NH; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_run[2] = {-PA_FLT_MAX, -PA_FLT_MAX}, l_run[2] = {0.0f, 0.0f};
+
+  const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < num_tiles) tiles.load(begin + s * TILE, s, all_blocks);
+    cp_async_commit();
+  }
+  const int rb = TILE * ELEM;  // V row bytes
+  float* mine = x_s + (warp * 32 + lane) * 8;
+  const float* other = x_s + ((warp ^ 4) * 32 + lane) * 8;
+  for (int it = 0; it < num_tiles; ++it) {
+    const int stage = it % STAGES;
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    cp_async_commit();
+    const int tile_begin = begin + it * TILE;
+    const int valid = min(TILE, end - tile_begin);
+    if (valid < TILE) tiles.clear_tail(stage, valid);
+    const unsigned char* ks = k_s + stage * tile_bytes;
+    const unsigned char* vs = v_s + stage * tile_bytes;
+    const int tw = tg * 16;  // this warp's first token in the tile
+    if (tw < valid) {        // the same for both warps of a pair: they reach the barrier together
+      float s[2][4];
+      qk_16_tokens<KV, MT, KH, TILE>(s, qa, ks, tw, head_size, gq, tq, half * KH);
+      // Exchange partial S with the other half's warp (same tokens); a + b == b + a exactly,
+      // so both warps hold the same S and run the same softmax.
+#pragma unroll
+      for (int i = 0; i < 8; ++i) mine[i] = s[i >> 2][i & 3];
+      asm volatile("bar.sync %0, 64;" ::"r"(1 + tg) : "memory");
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s[i >> 2][i & 3] += other[i];
+      float mx[2] = {-PA_FLT_MAX, -PA_FLT_MAX};
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int t = tw + nt * 8 + tq * 2 + (i & 1);
+          const int row = i >> 1;
+          float v = s[nt][i] * s_scale + slope[row] * static_cast<float>(tile_begin + t - seq_len + 1);
+          if (t >= valid) v = neg_inf();
+          s[nt][i] = v;
+          mx[row] = fmaxf(mx[row], v);
+        }
+#pragma unroll
+      for (int row = 0; row < 2; ++row) {
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 1));
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 2));
+        const float m_new = fmaxf(m_run[row], mx[row]);
+        if (m_new != m_run[row]) {
+          const float alpha = __expf(m_run[row] - m_new);
+          m_run[row] = m_new;
+          l_run[row] *= alpha;
+#pragma unroll
+          for (int n = 0; n < NH; ++n) {
+            o[n][row * 2] *= alpha;
+            o[n][row * 2 + 1] *= alpha;
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = __expf(s[nt][i] - m_run[i >> 1]);
+          s[nt][i] = p;
+          l_run[i >> 1] += p;
+        }
+      const unsigned pa[4] = {pack2<MT>(s[0][0], s[0][1]), pack2<MT>(s[0][2], s[0][3]),
+                              pack2<MT>(s[1][0], s[1][1]), pack2<MT>(s[1][2], s[1][3])};
+      const int tb = (tw + tq * 2) * ELEM;
+      const int tb8 = tb + 8 * ELEM;
+      const unsigned char* v0 = vs + gq * rb + v_swizzle(gq, tb & ~15, rb) + (tb & 15);
+      const unsigned char* v1 = vs + gq * rb + v_swizzle(gq, tb8 & ~15, rb) + (tb8 & 15);
+#pragma unroll
+      for (int j = 0; j < NH; ++j) {
+        const int n = half * NH + j;
+        if (n * 8 >= head_size) break;
+        const unsigned b0 = load_pair<KV, MT>(v0 + n * 8 * rb);
+        const unsigned b1 = load_pair<KV, MT>(v1 + n * 8 * rb);
+        mma16816<MT>(o[j], pa, b0, b1);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Merge the 4 token groups: each publishes (m, l, O) for its 16 rows (O by head half).
+#pragma unroll
+  for (int row = 0; row < 2; ++row) {
+    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 1);
+    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 2);
+  }
+  float* m_s = reinterpret_cast<float*>(smem);       // [4][16]
+  float* l_s = m_s + 4 * 16;                           // [4][16]
+  float* o_s = l_s + 4 * 16;                           // [4][16][head_size]
+  if (tq == 0 && half == 0) {
+    m_s[tg * 16 + gq] = m_run[0];
+    m_s[tg * 16 + gq + 8] = m_run[1];
+    l_s[tg * 16 + gq] = l_run[0];
+    l_s[tg * 16 + gq + 8] = l_run[1];
+  }
+#pragma unroll
+  for (int j = 0; j < NH; ++j) {
+    const int n = half * NH + j;
+    if (n * 8 >= head_size) break;
+    const int d = n * 8 + tq * 2;
+    float* base = o_s + (tg * 16) * head_size;
+    base[gq * head_size + d] = o[j][0];
+    base[gq * head_size + d + 1] = o[j][1];
+    base[(gq + 8) * head_size + d] = o[j][2];
+    base[(gq + 8) * head_size + d + 1] = o[j][3];
+  }
+  __syncthreads();
+  for (int i = tid; i < heads_here * head_size; i += PA_THREADS8) {
+    const int r = i / head_size, d = i - r * head_size;
+    float mx = -PA_FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
+    float l = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float wt = expf(m_s[w * 16 + r] - mx);
+      l += l_s[w * 16 + r] * wt;
+      acc += o_s[(w * 16 + r) * head_size + d] * wt;
+    }
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] =
+        from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    if (exp_sums != nullptr && d == 0) {
+      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
+      exp_sums[idx] = l;
+      max_logits[idx] = mx;
+    }
+  }
+}
+
 // Tensor-core kernel that fills several partitions per CTA (v2), same arguments as
 // paged_decode_mma_kernel; no block-sparse. The CTA's 16 query-head rows (the GQA group, zero-padded) are the
 // M dimension of mma.sync m16n8k16. Per 64-token tile: warp w computes S = Q K^T for tokens

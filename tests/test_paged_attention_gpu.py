@@ -32,7 +32,8 @@ FP8_TORCH = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "f
 
 @pytest.fixture(scope="module", autouse=True)
 def prebuilt():
-    precompile(pa.FAMILY, pa.MMA_FAMILY, pa.MMA_PARTS_FAMILY, pa.REDUCE_FAMILY, jobs=16)
+    precompile(pa.FAMILY, pa.MMA8_FAMILY if pa.MMA8 else pa.MMA_FAMILY, pa.MMA_PARTS_FAMILY,
+               pa.REDUCE_FAMILY, jobs=16)
 
 
 class Case:

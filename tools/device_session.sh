@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
-#   paged_floor
+#   paged_floor paged8_tests paged_warps
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
 # step in $OUT/summary.txt; each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -34,5 +34,7 @@ step wheel 60 bash -c "$(declare -f wheel); wheel"
 step sanitize 480 env OUT="$OUT/sanitize" TOOL_TIMEOUT=115 bash tools/sanitize.sh
 step initcheck 120 env OUT="$OUT/initcheck" TOOLS=initcheck TOOL_TIMEOUT=110 bash tools/sanitize.sh
 step paged_floor 200 python3 tools/exp_paged_floor.py
+step paged8_tests 200 env CUPY_OPS_PAGED_WARPS=8 python3 -m pytest -q -p no:cacheprovider -x tests/test_paged_attention_gpu.py
+step paged_warps 200 python3 tools/exp_paged_warps.py
 
 step racecheck 300 env OUT="$OUT/racecheck" TOOLS=racecheck TOOL_TIMEOUT=290 bash tools/sanitize.sh

@@ -29,10 +29,11 @@ __device__ __forceinline__ void load_q_fragments(unsigned (&qa)[KSTEPS][4], cons
 
 // S (unscaled) of the 16 tokens [tw, tw + 16) of a K tile ([D/X][tile][X] in shared memory):
 // two n-tiles of 8 tokens; even and odd k-steps run as two independent mma chains.
+// kk0: the first k-step (16 dims) of qa; a warp may hold only part of the head dimension.
 template <typename KV, typename MT, int KSTEPS, int TILE>
 __device__ __forceinline__ void qk_16_tokens(float (&s)[2][4], const unsigned (&qa)[KSTEPS][4],
                                              const unsigned char* ks, int tw, int head_size,
-                                             int gq, int tq) {
+                                             int gq, int tq, int kk0 = 0) {
   constexpr int ELEM = static_cast<int>(sizeof(KV));
   constexpr int X = 16 / ELEM;
   constexpr int CHUNKS_PER_KSTEP = 16 / X;  // 2 (16-bit) or 1 (fp8)
@@ -46,10 +47,10 @@ __device__ __forceinline__ void qk_16_tokens(float (&s)[2][4], const unsigned (&
   const unsigned char* k0 = ks + (tw + gq) * 16 + tq * 2 * ELEM;
 #pragma unroll
   for (int kk = 0; kk < KSTEPS; ++kk) {
-    if (kk * 16 >= head_size) break;
+    if ((kk0 + kk) * 16 >= head_size) break;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-      const unsigned char* k = k0 + (kk * CHUNKS_PER_KSTEP * TILE + nt * 8) * 16;
+      const unsigned char* k = k0 + ((kk0 + kk) * CHUNKS_PER_KSTEP * TILE + nt * 8) * 16;
       const unsigned b0 = load_pair<KV, MT>(k);
       const unsigned b1 = load_pair<KV, MT>(CHUNKS_PER_KSTEP == 2 ? k + TILE * 16 : k + 8 * ELEM);
       mma16816<MT>((kk & 1) ? s_odd[nt] : s[nt], qa[kk], b0, b1);
@@ -72,12 +73,13 @@ struct MmaRows {
 
   __device__ MmaRows(const DecodeCta& cta, const T* query, long long q_stride_seq, long long q_stride_head,
                      const float* alibi_slopes, const float* k_scale_ptr, const float* v_scale_ptr,
-                     float scale, int head_size, int gq, int tq) {
+                     float scale, int head_size, int gq, int tq, int d0 = 0) {
     constexpr bool IS_FP8 = sizeof(KV) == 1;
     s_scale = scale * (IS_FP8 ? __ldg(k_scale_ptr) : 1.0f);
     v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
-    load_q_fragments<T, MT, KSTEPS>(qa, query + cta.seq * q_stride_seq + cta.head0 * q_stride_head,
-                                    q_stride_head, cta.heads_here, head_size, gq, tq);
+    // d0: the first dimension this thread's fragments hold (a warp may own part of the head).
+    load_q_fragments<T, MT, KSTEPS>(qa, query + cta.seq * q_stride_seq + cta.head0 * q_stride_head + d0,
+                                    q_stride_head, cta.heads_here, head_size - d0, gq, tq);
 #pragma unroll
     for (int row = 0; row < 2; ++row) {
       const int r = gq + row * 8;

@@ -15,6 +15,7 @@
 namespace cupy_ops {
 
 constexpr int PA_THREADS = 128;
+constexpr int PA_THREADS8 = 256;  // paged_decode_mma8_kernel
 constexpr float PA_FLT_MAX = 3.402823466e38f;
 
 // Copy `bytes` (1..16, a power of two) global -> shared; cp.async where the size allows it.

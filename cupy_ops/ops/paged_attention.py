@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 
 import numpy as np
 
@@ -107,6 +108,14 @@ MMA_PARTS_FAMILY = _runtime.KernelFamily(
     op="paged_attention_mma_parts", source="paged_attention_mma.cu",
     template="cupy_ops::paged_decode_mma_parts_kernel", variants=MMA_VARIANTS,
     common=tuple(v for v in MMA_COMMON if v.out != "float32"))
+# v1 with 8 warps: warp pairs split the head dimension of the same 16 tokens (twice the warps per
+# SM at half the registers). Chosen when MMA8 is true (see docs/perf.md, p7).
+MMA8_FAMILY = _runtime.KernelFamily(
+    op="paged_attention_mma8", source="paged_attention_mma.cu",
+    template="cupy_ops::paged_decode_mma8_kernel", variants=MMA_VARIANTS, common=MMA_COMMON)
+MMA8_THREADS = 256       # PA_THREADS8 in the kernel
+MMA8_EXCHANGE_BYTES = 8 * 32 * 8 * 4  # partial S of every lane of the 8 warps
+MMA8 = os.environ.get("CUPY_OPS_PAGED_WARPS", "4") == "8"
 REDUCE_VARIANTS = tuple(ReduceVariant(d, t) for d in DTYPES for t in dict.fromkeys((d, "float32")))
 REDUCE_FAMILY = _runtime.KernelFamily(
     op="paged_attention_reduce", source="paged_attention.cu", template="cupy_ops::paged_reduce_kernel",
@@ -437,11 +446,14 @@ def tile_tokens(head_size: int, cache_elem: int) -> int:
     return max(t, 16 // cache_elem, 16)
 
 
-def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool = False) -> int:
+def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool = False,
+               eight_warps: bool = False) -> int:
     if isinstance(variant, MmaVariant):
         stages = variant.stages * 2 * MMA_TILE * head_size * cache_elem
         if parts:
             return 16 * (MMA_TILE + 4) * 4 + stages  # + S of one tile, rows padded (S_PITCH)
+        if eight_warps:
+            stages += MMA8_EXCHANGE_BYTES
         merge = (2 * 4 * 16 + 4 * 16 * head_size) * 4  # the warps' (m, l, O), reusing the stages
         return max(stages, merge)
     gt = variant.group_tile
@@ -491,10 +503,20 @@ def _plan(arrays, scalars, validate):
     ctas_per_split = a.num_kv_heads * chunks_per_group
     sm_count = _device.sm_count(device)
 
+    eight = mma and MMA8
+
+    def family_of(parts: bool):
+        if not mma:
+            return FAMILY, THREADS
+        if parts:
+            return MMA_PARTS_FAMILY, THREADS
+        return (MMA8_FAMILY, MMA8_THREADS) if eight else (MMA_FAMILY, THREADS)
+
     def wave_split(granule: int, parts: bool = False) -> int:
-        fam = (MMA_PARTS_FAMILY if parts else MMA_FAMILY) if mma else FAMILY
-        slots = _device.resident_blocks(_runtime.get_kernel(fam, probe, device), THREADS,
-                                        smem_bytes(probe, a.head_size, tile, cache_elem, parts))
+        fam, threads = family_of(parts)
+        slots = _device.resident_blocks(_runtime.get_kernel(fam, probe, device), threads,
+                                        smem_bytes(probe, a.head_size, tile, cache_elem, parts,
+                                                   eight and not parts))
         return v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, granule, slots * sm_count)
 
     # v2 with several partitions on tensor cores: CTAs fill several partitions each, split by
@@ -512,9 +534,9 @@ def _plan(arrays, scalars, validate):
         direct = splits == 1
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
     variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse)
-    family = (MMA_PARTS_FAMILY if parts else MMA_FAMILY) if mma else FAMILY
+    family, threads = family_of(parts)
     kernel = _runtime.get_kernel(family, variant, device)
-    smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts)
+    smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts)
     launches = []
     workspace = None
     if direct:
@@ -532,7 +554,7 @@ def _plan(arrays, scalars, validate):
     pitch = a.partitions if a.op == OP_V2 else splits  # partial results per (seq, head)
     args = _decode_args(a, target, pitch, split, tile)
     if mma:
-        launches.append(_interop.LaunchPlan(MMA_DECODE_PARAMS, kernel, a.query, grid, (THREADS,),
+        launches.append(_interop.LaunchPlan(MMA_DECODE_PARAMS, kernel, a.query, grid, (threads,),
                                             args + (part,), smem))
     else:
         launches.append(_interop.LaunchPlan(DECODE_PARAMS, kernel, a.query, grid, (THREADS,), args, smem))

@@ -1,0 +1,54 @@
+"""Device A/B: paged_attention_v1 (and v2) with the 4-warp and the 8-warp tensor-core kernel on
+the issue's benchmark shapes plus a few head sizes, same inputs, same process, alternating.
+
+    PYTHONPATH=. python3 tools/exp_paged_warps.py
+"""
+
+import torch
+
+import cupy_ops
+from cupy_ops import _bench
+from cupy_ops.ops import paged_attention as pa
+
+EXTRA = [("B64 L4096 d64", 64, 4096, 32, 8, 64, 16, "bfloat16", "auto"),
+         ("B32 L4096 d256", 32, 4096, 32, 8, 256, 16, "bfloat16", "auto"),
+         ("B64 L4096 bs32", 64, 4096, 32, 8, 128, 32, "bfloat16", "auto")]
+
+
+def main():
+    for name, B, L, Hq, Hkv, D, BS, dtype, kv in _bench.PAGED_CONFIGS + EXTRA:
+        elem = 1 if kv != "auto" else 2
+        n = _bench.rotation_count(2 * B * L * Hkv * D * elem)
+        sets = [_bench._paged_set(torch, B, L, Hq, Hkv, D, BS, dtype, kv, i) for i in range(n)]
+        outs = [torch.empty_like(s[0]) for s in sets]
+        P = -(-L // 512)
+        scratch = [(torch.empty(B, Hq, P, device="cuda"), torch.empty(B, Hq, P, device="cuda"),
+                    torch.empty(B, Hq, P, D, device="cuda", dtype=getattr(torch, dtype))) for _ in sets]
+        one = torch.ones((), device="cuda")
+
+        def v1(i):
+            q, kc, vc, table, lens = sets[i % n]
+            cupy_ops.paged_attention_v1(outs[i % n], q, kc, vc, Hkv, D ** -0.5, table, lens, BS, L,
+                                        kv_cache_dtype=kv, k_scale=one, v_scale=one)
+
+        def v2(i):
+            q, kc, vc, table, lens = sets[i % n]
+            cupy_ops.paged_attention_v2(outs[i % n], *scratch[i % n], q, kc, vc, Hkv, D ** -0.5, table,
+                                        lens, BS, L, kv_cache_dtype=kv, k_scale=one, v_scale=one)
+        res = {}
+        for rnd in range(2):
+            for eight in (False, True):
+                pa.MMA8 = eight
+                pa._PLANS.clear()
+                for vname, fn in (("v1", v1), ("v2", v2)):
+                    res.setdefault((eight, vname), []).append(_bench.gpu_time_us(fn, reps=60))
+        pa.MMA8 = False
+        pa._PLANS.clear()
+        cells = [f"{v} {'8w' if e else '4w'} {min(t):.1f}" for (e, v), t in sorted(res.items(), key=lambda x: (x[0][1], x[0][0]))]
+        print(f"{name:20s} " + " | ".join(cells), flush=True)
+        sets = outs = scratch = None
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
