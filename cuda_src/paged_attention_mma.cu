@@ -281,12 +281,28 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
   const int rb = TILE * ELEM;  // V row bytes
   float* mine = x_s + (warp * 32 + lane) * 8;
   const float* other = x_s + ((warp ^ 4) * 32 + lane) * 8;
+#ifdef CUPY_OPS_PAGED_TABLE_PREFETCH
+  // Read the block table one tile ahead: the lookup for the next prefetch is issued here and
+  // consumed an iteration later, so its latency hides behind a tile of compute.
+  const bool whole = tiles.whole_blocks();
+  long long next_phys = whole ? tiles.lookup(begin + (STAGES - 1) * TILE, all_blocks) : -1;
+#endif
   for (int it = 0; it < num_tiles; ++it) {
     const int stage = it % STAGES;
     cp_async_wait<STAGES - 2>();
     __syncthreads();
-    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    if (it + STAGES - 1 < num_tiles) {
+#ifdef CUPY_OPS_PAGED_TABLE_PREFETCH
+      if (whole)
+        tiles.load_whole_blocks_from(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, next_phys);
+      else
+#endif
+        tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    }
     cp_async_commit();
+#ifdef CUPY_OPS_PAGED_TABLE_PREFETCH
+    if (whole) next_phys = tiles.lookup(begin + (it + STAGES) * TILE, all_blocks);
+#endif
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);
     if (valid < TILE) tiles.clear_tail(stage, valid);

@@ -32,8 +32,7 @@ FP8_TORCH = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "f
 
 @pytest.fixture(scope="module", autouse=True)
 def prebuilt():
-    precompile(pa.FAMILY, pa.MMA8_FAMILY if pa.MMA8 else pa.MMA_FAMILY, pa.MMA_PARTS_FAMILY,
-               pa.REDUCE_FAMILY, jobs=16)
+    precompile(pa.FAMILY, pa.MMA_FAMILY, pa.MMA8_FAMILY, pa.MMA_PARTS_FAMILY, pa.REDUCE_FAMILY, jobs=16)
 
 
 class Case:
@@ -220,6 +219,24 @@ def test_fp8_caches_with_distinct_scales(torch, kv, dtype, D, BS):
     want = ref.paged_attention(*args, **opts)
     check_out(case, run_v1(case), want)
     check_out(case, run_v2(case)[0], want, v2=True)
+
+
+@pytest.mark.parametrize("warps", ["4", "8"])
+@pytest.mark.parametrize("kv,D,BS", [("auto", 128, 16), ("auto", 64, 8), ("auto", 80, 32),
+                                     ("auto", 256, 16), ("fp8_e4m3", 128, 16)])
+def test_both_tensor_core_kernels(torch, monkeypatch, warps, kv, D, BS):
+    """eight_warps() picks one v1 kernel per shape; each must be right on every shape."""
+    monkeypatch.setattr(pa, "MMA_WARPS", warps)
+    pa._PLANS.clear()
+    try:
+        case = Case(torch, [1000, 17, 64, 4100], 32, 8, D, BS, kv=kv, alibi=True, seed=D + BS)
+        args, opts = case.reference_args()
+        want = ref.paged_attention(*args, **opts)
+        check_out(case, run_v1(case), want)
+        out, es, ml, tmp = run_v2(case)
+        check_out(case, out, want, v2=True)
+    finally:
+        pa._PLANS.clear()
 
 
 @pytest.mark.parametrize("L", [8192, 32768])

@@ -38,11 +38,11 @@ def main():
         res = {}
         for rnd in range(2):
             for eight in (False, True):
-                pa.MMA8 = eight
+                pa.MMA_WARPS = "8" if eight else "4"
                 pa._PLANS.clear()
                 for vname, fn in (("v1", v1), ("v2", v2)):
                     res.setdefault((eight, vname), []).append(_bench.gpu_time_us(fn, reps=60))
-        pa.MMA8 = False
+        pa.MMA_WARPS = "auto"
         pa._PLANS.clear()
         cells = [f"{v} {'8w' if e else '4w'} {min(t):.1f}" for (e, v), t in sorted(res.items(), key=lambda x: (x[0][1], x[0][0]))]
         print(f"{name:20s} " + " | ".join(cells), flush=True)

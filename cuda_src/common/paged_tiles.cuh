@@ -95,8 +95,7 @@ struct KvTiles {
   // caller commits and waits). needed(blk) says whether a cache block is read at all.
   template <typename Needed>
   __device__ void load(int tile_begin, int stage, Needed needed) const {
-    const int block_size = 1 << log2_bs;
-    if (block_size <= tile_tokens && block_size * ELEM >= 16 && (tile_tokens >> log2_bs) <= static_cast<int>(blockDim.x)) {
+    if (whole_blocks()) {
       load_whole_blocks(tile_begin, stage, needed);
     } else {
       load_by_rows(tile_begin, stage, needed);
@@ -109,6 +108,27 @@ struct KvTiles {
   // reads 256-512 contiguous bytes.
   template <typename Needed>
   __device__ void load_whole_blocks(int tile_begin, int stage, Needed needed) const {
+    load_whole_blocks_from(tile_begin, stage, lookup(tile_begin, needed));
+  }
+
+  // Whether load() copies whole blocks (then lookup / load_whole_blocks_from may be used).
+  __device__ bool whole_blocks() const {
+    const int block_size = 1 << log2_bs;
+    return block_size <= tile_tokens && block_size * ELEM >= 16 && (tile_tokens >> log2_bs) <= static_cast<int>(blockDim.x);
+  }
+
+  // The physical id of the cache block this thread copies for the tile at tile_begin, or -1
+  // when it copies none. Split from the copies so a caller can read the table a tile ahead.
+  template <typename Needed>
+  __device__ long long lookup(int tile_begin, Needed needed) const {
+    const int blocks = tile_tokens >> log2_bs;
+    const int u = threadIdx.x / (blockDim.x / blocks);
+    const int t0 = tile_begin + (u << log2_bs);
+    const int blk = t0 >> log2_bs;
+    return (t0 < end && needed(blk)) ? static_cast<long long>(__ldg(table + blk)) : -1;
+  }
+
+  __device__ void load_whole_blocks_from(int tile_begin, int stage, long long looked_up) const {
     const int block_size = 1 << log2_bs;
     unsigned char* ks = k_s + stage * tile_bytes();
     unsigned char* vs = v_s + stage * tile_bytes();
@@ -117,9 +137,8 @@ struct KvTiles {
     const int per_block = blockDim.x / blocks;
     const int u = threadIdx.x / per_block;
     const int t0 = tile_begin + (u << log2_bs);     // first token of this block in the tile
-    const int blk = t0 >> log2_bs;
-    const bool live = t0 < end && needed(blk);
-    const long long phys = live ? static_cast<long long>(__ldg(table + blk)) : 0;
+    const bool live = looked_up >= 0;
+    const long long phys = live ? looked_up : 0;
     const int rb = row_bytes();
     for (int f = threadIdx.x - u * per_block; f < units; f += per_block) {
       // K word f: chunk j = f / bs of token o = f % bs. V word f: row d, tokens [ov, ov + X).

@@ -109,13 +109,26 @@ MMA_PARTS_FAMILY = _runtime.KernelFamily(
     template="cupy_ops::paged_decode_mma_parts_kernel", variants=MMA_VARIANTS,
     common=tuple(v for v in MMA_COMMON if v.out != "float32"))
 # v1 with 8 warps: warp pairs split the head dimension of the same 16 tokens (twice the warps per
-# SM at half the registers). Chosen when MMA8 is true (see docs/perf.md, p7).
+# SM at half the registers); see eight_warps() for when it runs.
 MMA8_FAMILY = _runtime.KernelFamily(
     op="paged_attention_mma8", source="paged_attention_mma.cu",
     template="cupy_ops::paged_decode_mma8_kernel", variants=MMA_VARIANTS, common=MMA_COMMON)
 MMA8_THREADS = 256       # PA_THREADS8 in the kernel
 MMA8_EXCHANGE_BYTES = 8 * 32 * 8 * 4  # partial S of every lane of the 8 warps
-MMA8 = os.environ.get("CUPY_OPS_PAGED_WARPS", "4") == "8"
+# "4" / "8" force one kernel for every shape (measurements, tests); anything else: eight_warps().
+MMA_WARPS = os.environ.get("CUPY_OPS_PAGED_WARPS", "auto")
+
+
+def eight_warps(variant) -> bool:
+    """The 8-warp v1 kernel for 16-bit caches with head sizes above 64. Measured on H100
+    (docs/perf.md, p7): B256 L1024 434 -> 403 us, d256 529 -> 399 us, B64 L4096 399 -> 396 us;
+    slower for head sizes <= 64 (221 -> 259 us: too little work per warp to pay for the S
+    exchange) and fp8 caches (288 -> 298 us: the 4-warp kernel fits 3 CTAs per SM there)."""
+    if not isinstance(variant, MmaVariant):
+        return False
+    if MMA_WARPS in ("4", "8"):
+        return MMA_WARPS == "8"
+    return variant.kv == "auto" and variant.dmax >= 128
 REDUCE_VARIANTS = tuple(ReduceVariant(d, t) for d in DTYPES for t in dict.fromkeys((d, "float32")))
 REDUCE_FAMILY = _runtime.KernelFamily(
     op="paged_attention_reduce", source="paged_attention.cu", template="cupy_ops::paged_reduce_kernel",
@@ -503,7 +516,7 @@ def _plan(arrays, scalars, validate):
     ctas_per_split = a.num_kv_heads * chunks_per_group
     sm_count = _device.sm_count(device)
 
-    eight = mma and MMA8
+    eight = eight_warps(probe)
 
     def family_of(parts: bool):
         if not mma:
