@@ -42,7 +42,8 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     long long block_tables_stride, int max_table_tokens,
     long long out_stride_seq, long long out_stride_head, long long out_stride_part,
     int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
-    int part_tokens) {
+    int part_tokens, T* final_out, long long final_stride_seq, long long final_stride_head,
+    int* split_counters) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   constexpr bool IS_FP8 = sizeof(KV) == 1;
   using MT = typename pick_type<IS_FP8, __half, T>::type;
@@ -53,7 +54,12 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
 
   const DecodeCta cta(16, group, seq_lens, max_table_tokens, split_tokens);
-  if (exp_sums != nullptr && cta.begin >= cta.seq_len) return;
+  if (exp_sums != nullptr && cta.begin >= cta.seq_len) {
+    if (split_counters != nullptr && cta.seq_len == 0 && cta.split == 0)
+      zero_empty_sequence<T, PA_THREADS>(final_out, final_stride_seq, final_stride_head, cta.seq, cta.head0,
+                                  cta.heads_here, head_size);
+    return;
+  }
   const int seq = cta.seq, kv_head = cta.kv_head, head0 = cta.head0, heads_here = cta.heads_here;
   const int split = cta.split, seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -208,6 +214,11 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
       max_logits[idx] = mx;
     }
   }
+  if (split_counters != nullptr)
+    merge_splits_if_last<T, PA_THREADS>(final_out, final_stride_seq, final_stride_head, split_counters,
+                                 exp_sums, max_logits, reinterpret_cast<const float*>(out), seq, head0,
+                                 heads_here, head_size, num_heads, num_partitions,
+                                 (seq_len + split_tokens - 1) / split_tokens, smem);
 }
 
 // 8-warp variant of paged_decode_mma_kernel (same arguments, grid and outputs; blockDim 256).
@@ -231,7 +242,8 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
     long long block_tables_stride, int max_table_tokens,
     long long out_stride_seq, long long out_stride_head, long long out_stride_part,
     int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
-    int part_tokens) {
+    int part_tokens, T* final_out, long long final_stride_seq, long long final_stride_head,
+    int* split_counters) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   constexpr bool IS_FP8 = sizeof(KV) == 1;
   using MT = typename pick_type<IS_FP8, __half, T>::type;
@@ -242,7 +254,12 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
 
   const DecodeCta cta(16, group, seq_lens, max_table_tokens, split_tokens);
-  if (exp_sums != nullptr && cta.begin >= cta.seq_len) return;
+  if (exp_sums != nullptr && cta.begin >= cta.seq_len) {
+    if (split_counters != nullptr && cta.seq_len == 0 && cta.split == 0)
+      zero_empty_sequence<T, PA_THREADS8>(final_out, final_stride_seq, final_stride_head, cta.seq, cta.head0,
+                                  cta.heads_here, head_size);
+    return;
+  }
   const int seq = cta.seq, kv_head = cta.kv_head, head0 = cta.head0, heads_here = cta.heads_here;
   const int split = cta.split, seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -281,28 +298,12 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
   const int rb = TILE * ELEM;  // V row bytes
   float* mine = x_s + (warp * 32 + lane) * 8;
   const float* other = x_s + ((warp ^ 4) * 32 + lane) * 8;
-#ifdef CUPY_OPS_PAGED_TABLE_PREFETCH
-  // Read the block table one tile ahead: the lookup for the next prefetch is issued here and
-  // consumed an iteration later, so its latency hides behind a tile of compute.
-  const bool whole = tiles.whole_blocks();
-  long long next_phys = whole ? tiles.lookup(begin + (STAGES - 1) * TILE, all_blocks) : -1;
-#endif
   for (int it = 0; it < num_tiles; ++it) {
     const int stage = it % STAGES;
     cp_async_wait<STAGES - 2>();
     __syncthreads();
-    if (it + STAGES - 1 < num_tiles) {
-#ifdef CUPY_OPS_PAGED_TABLE_PREFETCH
-      if (whole)
-        tiles.load_whole_blocks_from(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, next_phys);
-      else
-#endif
-        tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
-    }
+    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
     cp_async_commit();
-#ifdef CUPY_OPS_PAGED_TABLE_PREFETCH
-    if (whole) next_phys = tiles.lookup(begin + (it + STAGES) * TILE, all_blocks);
-#endif
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);
     if (valid < TILE) tiles.clear_tail(stage, valid);
@@ -421,6 +422,11 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
       max_logits[idx] = mx;
     }
   }
+  if (split_counters != nullptr)
+    merge_splits_if_last<T, PA_THREADS8>(final_out, final_stride_seq, final_stride_head, split_counters,
+                                 exp_sums, max_logits, reinterpret_cast<const float*>(out), seq, head0,
+                                 heads_here, head_size, num_heads, num_partitions,
+                                 (seq_len + split_tokens - 1) / split_tokens, smem);
 }
 
 // Tensor-core kernel that fills several partitions per CTA (v2), same arguments as
@@ -448,7 +454,8 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
     long long block_tables_stride, int max_table_tokens,
     long long out_stride_seq, long long out_stride_head, long long out_stride_part,
     int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
-    int part_tokens) {
+    int part_tokens, T* final_out, long long final_stride_seq, long long final_stride_head,
+    int* split_counters) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
   constexpr bool IS_FP8 = sizeof(KV) == 1;

@@ -189,19 +189,20 @@ class DeviceBuffer:
         self.obj, self.ptr = obj, ptr
 
 
-def empty_like_framework(like: ArrayInfo, shape: tuple, dtype: str) -> DeviceBuffer:
-    """An uninitialised array of ``like``'s framework and device (host arrays included)."""
+def empty_like_framework(like: ArrayInfo, shape: tuple, dtype: str, zero: bool = False) -> DeviceBuffer:
+    """An uninitialised (``zero``: zero-filled) array of ``like``'s framework and device (host
+    arrays included)."""
     if like.framework == "torch":
         import torch
         device = "cpu" if like.device is None else f"cuda:{like.device}"
-        t = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+        t = (torch.zeros if zero else torch.empty)(shape, dtype=getattr(torch, dtype), device=device)
         return DeviceBuffer(t, t.data_ptr())
     if like.framework == "numpy":
-        a = np.empty(shape, dtype=dtype)
+        a = (np.zeros if zero else np.empty)(shape, dtype=dtype)
         return DeviceBuffer(a, a.__array_interface__["data"][0])
     import cupy
     with cupy.cuda.Device(like.device):
-        a = cupy.empty(shape, dtype=dtype)
+        a = (cupy.zeros if zero else cupy.empty)(shape, dtype=dtype)
     return DeviceBuffer(a, a.data.ptr)
 
 

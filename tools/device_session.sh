@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
-#   paged_floor paged8_tests paged_warps paged_tests paged_prefetch bench_paged
+#   paged_floor paged8_tests paged_warps paged_tests bench_paged
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
 # step in $OUT/summary.txt; each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -37,7 +37,6 @@ step paged_floor 200 python3 tools/exp_paged_floor.py
 step paged8_tests 200 env CUPY_OPS_PAGED_WARPS=8 python3 -m pytest -q -p no:cacheprovider -x tests/test_paged_attention_gpu.py
 step paged_warps 200 python3 tools/exp_paged_warps.py
 step paged_tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_paged_attention_gpu.py
-step paged_prefetch 120 python3 tools/exp_paged_prefetch.py
 step bench_paged 200 python3 -m cupy_ops bench paged_attention --json "$OUT/bench_paged.json"
 
 step racecheck 300 env OUT="$OUT/racecheck" TOOLS=racecheck TOOL_TIMEOUT=290 bash tools/sanitize.sh

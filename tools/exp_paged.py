@@ -39,8 +39,9 @@ def main():
                 smem = pa.smem_bytes(v, D, pa.MMA_TILE, elem)
                 grid = (B, Hkv, 1)
                 target = (a.out.ptr, 0, 0, a.out.strides[0], a.out.strides[1], 0)
-                plans.append(_interop.LaunchPlan(pa.DECODE_PARAMS, k, a.query, grid, (128,),
-                                                 pa._decode_args(a, target, 1, -(-L // 64) * 64, 64), smem))
+                split = -(-L // 64) * 64
+                plans.append(_interop.LaunchPlan(pa.MMA_DECODE_PARAMS, k, a.query, grid, (128,),
+                                                 pa._decode_args(a, target, 1, split, 64) + (split, 0, 0, 0, 0), smem))
             us = _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=50)
             print(f"  stages {stages}, {order} block table: {us:.1f} us (smem {smem // 1024} KB)", flush=True)
         del sets

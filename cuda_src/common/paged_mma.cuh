@@ -88,4 +88,66 @@ struct MmaRows {
   }
 };
 
+// v1 split across CTAs in one launch (the tensor-core kernels' tail). Every CTA of a (sequence,
+// head chunk) has written its split's partial result: tmp_out[seq][head][split][d] (float,
+// normalised by its own exp sum), exp_sums / max_logits[seq][head][split]. The last CTA to
+// finish merges the n splits with the log-sum-exp rule into final_out and resets its counter to
+// zero for the next call (so CUDA-graph replays start from zero too). Counters start at zero
+// (allocated zeroed with the plan's workspace). Shared memory: heads_here * n floats + 1 int,
+// reused from the kernel's stages (called after the last barrier of the epilogue).
+template <typename T, int THREADS>
+__device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long fo_head, int* counters,
+                                     const float* exp_sums, const float* max_logits,
+                                     const float* tmp_out, int seq, int head0, int heads_here,
+                                     int head_size, int num_heads, int num_partitions, int n,
+                                     unsigned char* smem) {
+  int* last_s = reinterpret_cast<int*>(smem);
+  float* w_s = reinterpret_cast<float*>(smem + 16);  // [heads_here][n]
+  int* counter = counters + seq * gridDim.y + blockIdx.y;
+  __threadfence();  // this CTA's partial results, before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) *last_s = atomicAdd(counter, 1) == n - 1;
+  __syncthreads();
+  if (!*last_s) return;
+  __threadfence();  // the other CTAs' partial results, after their counts
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int r = warp; r < heads_here; r += THREADS / 32) {
+    const long long base = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions;
+    float mx = -PA_FLT_MAX;
+    for (int p = lane; p < n; p += 32) mx = fmaxf(mx, __ldcg(max_logits + base + p));
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float sum = 0.0f;
+    for (int p = lane; p < n; p += 32) {
+      const float w = __ldcg(exp_sums + base + p) * expf(__ldcg(max_logits + base + p) - mx);
+      w_s[r * n + p] = w;
+      sum += w;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    const float inv = 1.0f / (sum + 1e-6f);
+    __syncwarp();
+    for (int p = lane; p < n; p += 32) w_s[r * n + p] *= inv;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
+    const int r = i / head_size, d = i - r * head_size;
+    const float* t = tmp_out + (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions * head_size + d;
+    float acc = 0.0f;
+    for (int p = 0; p < n; ++p) acc += __ldcg(t + static_cast<long long>(p) * head_size) * w_s[r * n + p];
+    final_out[seq * fo_seq + (head0 + r) * fo_head + d] = from_float<T>(acc);
+  }
+  if (threadIdx.x == 0) *counter = 0;
+}
+
+// An empty sequence in a split v1 call: no CTA has a partial result, so split 0 writes zeros.
+template <typename T, int THREADS>
+__device__ void zero_empty_sequence(T* final_out, long long fo_seq, long long fo_head, int seq,
+                                    int head0, int heads_here, int head_size) {
+  for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
+    const int r = i / head_size, d = i - r * head_size;
+    final_out[seq * fo_seq + (head0 + r) * fo_head + d] = from_float<T>(0.0f);
+  }
+}
+
 }  // namespace cupy_ops

@@ -558,20 +558,30 @@ def _plan(arrays, scalars, validate):
         target = (a.tmp_out.ptr, a.exp_sums.ptr, a.max_logits.ptr,
                   a.num_heads * a.partitions * a.head_size, a.partitions * a.head_size, a.head_size)
     else:
-        workspace = _interop.empty_like_framework(a.query, (a.num_seqs * a.num_heads * splits * (a.head_size + 2),), "float32")
-        ws = workspace.ptr
+        # v1 split: partial results, then (tensor cores) one arrival counter per (sequence, head
+        # chunk): the last CTA of each merges the splits in the same launch. Zeroed once here;
+        # the kernel resets each counter after use.
         stats = a.num_seqs * a.num_heads * splits
+        counters = a.num_seqs * ctas_per_split if mma else 0
+        workspace = _interop.empty_like_framework(a.query, (stats * (a.head_size + 2) + counters,),
+                                                  "float32", zero=True)
+        ws = workspace.ptr
         target = (ws + 8 * stats, ws, ws + 4 * stats,
                   a.num_heads * splits * a.head_size, splits * a.head_size, a.head_size)
     grid = (a.num_seqs, ctas_per_split, splits)
     pitch = a.partitions if a.op == OP_V2 else splits  # partial results per (seq, head)
     args = _decode_args(a, target, pitch, split, tile)
+    fused = mma and a.op == OP_V1 and not direct
     if mma:
+        finish = ((a.out.ptr, a.out.strides[0], a.out.strides[1], ws + 4 * stats * (a.head_size + 2))
+                  if fused else (0, 0, 0, 0))
+        if fused:  # the merge's shared memory: [heads per CTA][splits] weights + a flag
+            smem = max(smem, 16 + 16 * splits * 4)
         launches.append(_interop.LaunchPlan(MMA_DECODE_PARAMS, kernel, a.query, grid, (threads,),
-                                            args + (part,), smem))
+                                            args + (part,) + finish, smem))
     else:
         launches.append(_interop.LaunchPlan(DECODE_PARAMS, kernel, a.query, grid, (THREADS,), args, smem))
-    if not direct:
+    if not direct and not fused:
         rv = ReduceVariant(a.query.dtype, out_dtype)
         reduce_kernel = _runtime.get_kernel(REDUCE_FAMILY, rv, device)
         exp_ptr, max_ptr, tmp_ptr = target[1], target[2], target[0]
@@ -598,7 +608,8 @@ DECODE_PARAMS = _interop.KernelParams((
     "i32", "i32", "i32", "i32", "i32",        # tp_rank, local_blocks, vert_stride, bs_block, step
 ))
 # paged_decode_mma_kernel: the same list plus part_tokens.
-MMA_DECODE_PARAMS = _interop.KernelParams(DECODE_PARAMS.types + ("i32",))
+# + part_tokens; final_out, its seq / head strides and the split counters (v1 split, one launch)
+MMA_DECODE_PARAMS = _interop.KernelParams(DECODE_PARAMS.types + ("i32", "ptr", "i64", "i64", "ptr"))
 REDUCE_PARAMS = _interop.KernelParams((
     "ptr", "ptr", "ptr", "ptr", "ptr",        # out, exp_sums, max_logits, tmp_out, seq_lens
     "i32", "i32", "i32", "i32",               # num_heads, head_size, split_tokens, num_partitions
