@@ -239,6 +239,26 @@ def test_both_tensor_core_kernels(torch, monkeypatch, warps, kv, D, BS):
         pa._PLANS.clear()
 
 
+@pytest.mark.parametrize("kv,D", [("auto", 128), ("auto", 64), ("fp8_e5m2", 128)])
+def test_split_v1_merges_in_one_launch_call_after_call(torch, kv, D):
+    """Few sequences: v1 splits them and the last CTA of each (sequence, head chunk) merges (an
+    arrival counter the kernel resets). Empty sequences in the batch give zeros; five calls in a
+    row with new queries must all be right (a counter left non-zero would skip the merge)."""
+    case = Case(torch, [0, 3000, 0, 700, 1], 32, 8, D, 16, kv=kv, alibi=True, seed=D)
+    pa._PLANS.clear()
+    plan_launches = None
+    for call in range(5):
+        g = torch.Generator(device="cuda").manual_seed(call)
+        case.query.copy_(torch.randn(case.query.shape, generator=g, device="cuda").to(case.query.dtype))
+        args, opts = case.reference_args()
+        want = ref.paged_attention(*args, **opts)
+        check_out(case, run_v1(case), want)
+        if plan_launches is None:
+            (plan,) = pa._PLANS._plans.values()
+            plan_launches = len(getattr(plan, "launches", (plan,)))
+    assert plan_launches == 1, "the split v1 call should be one launch"
+
+
 @pytest.mark.parametrize("L", [8192, 32768])
 def test_long_sequences(torch, L):
     case = Case(torch, [L, L // 3], 8, 2, 128, 16, seed=L)
