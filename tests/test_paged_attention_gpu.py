@@ -239,11 +239,14 @@ def test_both_tensor_core_kernels(torch, monkeypatch, warps, kv, D, BS):
         pa._PLANS.clear()
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["one_launch", "reduce_kernel"])
 @pytest.mark.parametrize("kv,D", [("auto", 128), ("auto", 64), ("fp8_e5m2", 128)])
-def test_split_v1_merges_in_one_launch_call_after_call(torch, kv, D):
-    """Few sequences: v1 splits them and the last CTA of each (sequence, head chunk) merges (an
-    arrival counter the kernel resets). Empty sequences in the batch give zeros; five calls in a
-    row with new queries must all be right (a counter left non-zero would skip the merge)."""
+def test_split_v1_call_after_call(torch, monkeypatch, kv, D, fused):
+    """Few sequences: v1 splits them. One launch: the last CTA of each (sequence, head chunk)
+    merges (an arrival counter the kernel resets); else the reduce kernel (grids of several
+    waves). Empty sequences in the batch give zeros; five calls in a row with new queries must
+    all be right (a counter left non-zero would skip the merge)."""
+    monkeypatch.setattr(pa, "FUSED_MERGE_MAX_WAVES", 1000 if fused else 0)
     case = Case(torch, [0, 3000, 0, 700, 1], 32, 8, D, 16, kv=kv, alibi=True, seed=D)
     pa._PLANS.clear()
     plan_launches = None
@@ -256,7 +259,8 @@ def test_split_v1_merges_in_one_launch_call_after_call(torch, kv, D):
         if plan_launches is None:
             (plan,) = pa._PLANS._plans.values()
             plan_launches = len(getattr(plan, "launches", (plan,)))
-    assert plan_launches == 1, "the split v1 call should be one launch"
+    assert plan_launches == (1 if fused else 2)
+    pa._PLANS.clear()
 
 
 @pytest.mark.parametrize("L", [8192, 32768])

@@ -28,6 +28,7 @@ MAX_HEAD_SIZE = 256
 MIN_SPLIT_TOKENS = 256  # shorter splits spend more on pipeline fill and the merge than they gain
 MAX_SPLITS = 256
 SPLIT_OVERHEAD_TOKENS = 128
+FUSED_MERGE_MAX_WAVES = 1  # v1 merges its splits in the decode launch up to this many waves
 REDUCE_OVERHEAD_TOKENS = 64
 
 
@@ -525,12 +526,16 @@ def _plan(arrays, scalars, validate):
             return MMA_PARTS_FAMILY, THREADS
         return (MMA8_FAMILY, MMA8_THREADS) if eight else (MMA_FAMILY, THREADS)
 
-    def wave_split(granule: int, parts: bool = False) -> int:
+    def slots(parts: bool = False) -> int:
+        """CTAs of the decode kernel resident on the whole GPU at once."""
         fam, threads = family_of(parts)
-        slots = _device.resident_blocks(_runtime.get_kernel(fam, probe, device), threads,
-                                        smem_bytes(probe, a.head_size, tile, cache_elem, parts,
-                                                   eight and not parts))
-        return v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, granule, slots * sm_count)
+        per_sm = _device.resident_blocks(_runtime.get_kernel(fam, probe, device), threads,
+                                         smem_bytes(probe, a.head_size, tile, cache_elem, parts,
+                                                    eight and not parts))
+        return per_sm * sm_count
+
+    def wave_split(granule: int, parts: bool = False) -> int:
+        return v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, granule, slots(parts))
 
     # v2 with several partitions on tensor cores: CTAs fill several partitions each, split by
     # the wave model. One partition: the v1 kernel, so that v1 and v2 agree bit for bit (§9.7).
@@ -571,7 +576,12 @@ def _plan(arrays, scalars, validate):
     grid = (a.num_seqs, ctas_per_split, splits)
     pitch = a.partitions if a.op == OP_V2 else splits  # partial results per (seq, head)
     args = _decode_args(a, target, pitch, split, tile)
-    fused = mma and a.op == OP_V1 and not direct
+    # Merge v1's splits in the decode launch (last CTA per (sequence, head chunk)) when the grid
+    # is one wave: that saves the reduce launch (B8 L4096 66.3 -> 64.9 us, H100). Over several
+    # waves the merge tails and per-CTA fences cost more than the launch (fp8 B64 L4096, 3
+    # splits: 288 -> 298 us), so the reduce kernel runs there.
+    fused = (mma and a.op == OP_V1 and not direct
+             and a.num_seqs * ctas_per_split * splits <= FUSED_MERGE_MAX_WAVES * slots())
     if mma:
         finish = ((a.out.ptr, a.out.strides[0], a.out.strides[1], ws + 4 * stats * (a.head_size + 2))
                   if fused else (0, 0, 0, 0))
@@ -607,8 +617,7 @@ DECODE_PARAMS = _interop.KernelParams((
     "i64", "i64", "i64",                      # out_stride_seq, out_stride_head, out_stride_part
     "i32", "i32", "i32", "i32", "i32",        # tp_rank, local_blocks, vert_stride, bs_block, step
 ))
-# paged_decode_mma_kernel: the same list plus part_tokens.
-# + part_tokens; final_out, its seq / head strides and the split counters (v1 split, one launch)
+# paged_decode_mma_kernel: the same list plus part_tokens; final_out, its seq / head strides and the split counters (v1 split, one launch)
 MMA_DECODE_PARAMS = _interop.KernelParams(DECODE_PARAMS.types + ("i32", "ptr", "i64", "i64", "ptr"))
 REDUCE_PARAMS = _interop.KernelParams((
     "ptr", "ptr", "ptr", "ptr", "ptr",        # out, exp_sums, max_logits, tmp_out, seq_lens
