@@ -39,12 +39,14 @@ def main():
         for rnd in range(2):
             for eight in (False, True):
                 pa.MMA_WARPS = "8" if eight else "4"
-                pa._PLANS.clear()
-                for vname, fn in (("v1", v1), ("v2", v2)):
-                    res.setdefault((eight, vname), []).append(_bench.gpu_time_us(fn, reps=60))
+                for vname, fn, parts in (("v1", v1, True), ("v2", v2, True), ("v2/part-CTAs", v2, False)):
+                    pa.V2_PARTS_KERNEL = parts
+                    pa._PLANS.clear()
+                    res.setdefault((vname, eight), []).append(_bench.gpu_time_us(fn, reps=60))
         pa.MMA_WARPS = "auto"
+        pa.V2_PARTS_KERNEL = True
         pa._PLANS.clear()
-        cells = [f"{v} {'8w' if e else '4w'} {min(t):.1f}" for (e, v), t in sorted(res.items(), key=lambda x: (x[0][1], x[0][0]))]
+        cells = [f"{v} {'8w' if e else '4w'} {min(t):.1f}" for (v, e), t in sorted(res.items())]
         print(f"{name:20s} " + " | ".join(cells), flush=True)
         sets = outs = scratch = None
         torch.cuda.empty_cache()

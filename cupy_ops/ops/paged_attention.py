@@ -28,7 +28,10 @@ MAX_HEAD_SIZE = 256
 MIN_SPLIT_TOKENS = 256  # shorter splits spend more on pipeline fill and the merge than they gain
 MAX_SPLITS = 256
 SPLIT_OVERHEAD_TOKENS = 128
-FUSED_MERGE_MAX_WAVES = 1  # v1 merges its splits in the decode launch up to this many waves
+FUSED_MERGE_MAX_WAVES = 1
+# v2 over several partitions: the parts kernel (CTAs span partitions) or, when False, the v1
+# kernel with one CTA per 512-token partition (measured against each other in docs/perf.md).
+V2_PARTS_KERNEL = True  # v1 merges its splits in the decode launch up to this many waves
 REDUCE_OVERHEAD_TOKENS = 64
 
 
@@ -539,7 +542,7 @@ def _plan(arrays, scalars, validate):
 
     # v2 with several partitions on tensor cores: CTAs fill several partitions each, split by
     # the wave model. One partition: the v1 kernel, so that v1 and v2 agree bit for bit (§9.7).
-    parts = mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE
+    parts = mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE and V2_PARTS_KERNEL
     if a.op == OP_V2:
         part = PARTITION_SIZE
         split = wave_split(PARTITION_SIZE, parts=True) if parts else PARTITION_SIZE
