@@ -40,11 +40,11 @@ def main():
             for eight in (False, True):
                 pa.MMA_WARPS = "8" if eight else "4"
                 for vname, fn, parts in (("v1", v1, True), ("v2", v2, True), ("v2/part-CTAs", v2, False)):
-                    pa.V2_PARTS_KERNEL = parts
+                    pa.V2_PART_CTAS_MIN_WAVES = 10**9 if parts else 0
                     pa._PLANS.clear()
                     res.setdefault((vname, eight), []).append(_bench.gpu_time_us(fn, reps=60))
         pa.MMA_WARPS = "auto"
-        pa.V2_PARTS_KERNEL = True
+        pa.V2_PART_CTAS_MIN_WAVES = 4
         pa._PLANS.clear()
         cells = [f"{v} {'8w' if e else '4w'} {min(t):.1f}" for (v, e), t in sorted(res.items())]
         print(f"{name:20s} " + " | ".join(cells), flush=True)

@@ -29,9 +29,11 @@ MIN_SPLIT_TOKENS = 256  # shorter splits spend more on pipeline fill and the mer
 MAX_SPLITS = 256
 SPLIT_OVERHEAD_TOKENS = 128
 FUSED_MERGE_MAX_WAVES = 1
-# v2 over several partitions: the parts kernel (CTAs span partitions) or, when False, the v1
-# kernel with one CTA per 512-token partition (measured against each other in docs/perf.md).
-V2_PARTS_KERNEL = True  # v1 merges its splits in the decode launch up to this many waves
+# v2 over several partitions: one v1-kernel CTA per 512-token partition when that grid has at
+# least this many waves, else the parts kernel (CTAs span partitions). H100 (docs/perf.md, p9):
+# per-partition CTAs win with many waves (B64 L4096 431 -> 421 us, B256 L1024 465 -> 430, fp8
+# 351 -> 340) and lose with about two (B8 L4096 69 -> 74, B1 L32768 74 -> 78).
+V2_PART_CTAS_MIN_WAVES = 4  # v1 merges its splits in the decode launch up to this many waves
 REDUCE_OVERHEAD_TOKENS = 64
 
 
@@ -542,7 +544,8 @@ def _plan(arrays, scalars, validate):
 
     # v2 with several partitions on tensor cores: CTAs fill several partitions each, split by
     # the wave model. One partition: the v1 kernel, so that v1 and v2 agree bit for bit (§9.7).
-    parts = mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE and V2_PARTS_KERNEL
+    parts = (mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE
+             and a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * slots())
     if a.op == OP_V2:
         part = PARTITION_SIZE
         split = wave_split(PARTITION_SIZE, parts=True) if parts else PARTITION_SIZE
