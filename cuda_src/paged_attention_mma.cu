@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
 
   const DecodeCta cta(16, group, seq_lens, max_table_tokens, split_tokens);
   if (exp_sums != nullptr && cta.begin >= cta.seq_len) {
-    if (split_counters != nullptr && cta.seq_len == 0 && cta.split == 0)
+    if (final_out != nullptr && cta.seq_len == 0 && cta.split == 0)
       zero_empty_sequence<T, PA_THREADS>(final_out, final_stride_seq, final_stride_head, cta.seq, cta.head0,
                                   cta.heads_here, head_size);
     return;
@@ -206,8 +206,11 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
       l += l_s[w * 16 + r] * wt;
       acc += o_s[(w * 16 + r) * head_size + d] * wt;
     }
-    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] =
-        from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] = value;
+    // v2 with one partition: its result is the output too (what the reduce would copy).
+    if (final_out != nullptr && split_counters == nullptr)
+      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
     if (exp_sums != nullptr && d == 0) {
       const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
       exp_sums[idx] = l;
@@ -255,7 +258,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
 
   const DecodeCta cta(16, group, seq_lens, max_table_tokens, split_tokens);
   if (exp_sums != nullptr && cta.begin >= cta.seq_len) {
-    if (split_counters != nullptr && cta.seq_len == 0 && cta.split == 0)
+    if (final_out != nullptr && cta.seq_len == 0 && cta.split == 0)
       zero_empty_sequence<T, PA_THREADS8>(final_out, final_stride_seq, final_stride_head, cta.seq, cta.head0,
                                   cta.heads_here, head_size);
     return;
@@ -414,8 +417,11 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
       l += l_s[w * 16 + r] * wt;
       acc += o_s[(w * 16 + r) * head_size + d] * wt;
     }
-    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] =
-        from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] = value;
+    // v2 with one partition: its result is the output too (what the reduce would copy).
+    if (final_out != nullptr && split_counters == nullptr)
+      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
     if (exp_sums != nullptr && d == 0) {
       const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
       exp_sums[idx] = l;

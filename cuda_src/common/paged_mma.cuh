@@ -140,7 +140,8 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
   if (threadIdx.x == 0) *counter = 0;
 }
 
-// An empty sequence in a split v1 call: no CTA has a partial result, so split 0 writes zeros.
+// An empty sequence when final_out is given (split v1, one-partition v2): no CTA has a result,
+// so split 0 writes zeros.
 template <typename T, int THREADS>
 __device__ void zero_empty_sequence(T* final_out, long long fo_seq, long long fo_head, int seq,
                                     int head0, int heads_here, int head_size) {

@@ -588,16 +588,22 @@ def _plan(arrays, scalars, validate):
     # splits: 288 -> 298 us), so the reduce kernel runs there.
     fused = (mma and a.op == OP_V1 and not direct
              and a.num_seqs * ctas_per_split * splits <= FUSED_MERGE_MAX_WAVES * slots())
+    # v2 with one partition (on the v1 kernel): the kernel writes out as well as tmp_out.
+    single = mma and not parts and a.op == OP_V2 and splits == 1
     if mma:
-        finish = ((a.out.ptr, a.out.strides[0], a.out.strides[1], ws + 4 * stats * (a.head_size + 2))
-                  if fused else (0, 0, 0, 0))
+        if fused:
+            finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], ws + 4 * stats * (a.head_size + 2))
+        elif single:
+            finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], 0)
+        else:
+            finish = (0, 0, 0, 0)
         if fused:  # the merge's shared memory: [heads per CTA][splits] weights + a flag
             smem = max(smem, 16 + 16 * splits * 4)
         launches.append(_interop.LaunchPlan(MMA_DECODE_PARAMS, kernel, a.query, grid, (threads,),
                                             args + (part,) + finish, smem))
     else:
         launches.append(_interop.LaunchPlan(DECODE_PARAMS, kernel, a.query, grid, (THREADS,), args, smem))
-    if not direct and not fused:
+    if not direct and not fused and not single:
         rv = ReduceVariant(a.query.dtype, out_dtype)
         reduce_kernel = _runtime.get_kernel(REDUCE_FAMILY, rv, device)
         exp_ptr, max_ptr, tmp_ptr = target[1], target[2], target[0]
