@@ -75,6 +75,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
                           block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
                           log2_bs, head_size, TILE, end};
   auto all_blocks = [](int) { return true; };
+  const TileCopier<KV> copier(tiles);
 
   const MmaRows<T, KV, MT, KSTEPS> rows(cta, query, q_stride_seq, q_stride_head, alibi_slopes, k_scale_ptr,
                                         v_scale_ptr, scale, head_size, gq, tq);
@@ -90,7 +91,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
   const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < num_tiles) tiles.load(begin + s * TILE, s, all_blocks);
+    if (s < num_tiles) copier.load(begin + s * TILE, s, all_blocks);
     cp_async_commit();
   }
   const int rb = TILE * ELEM;  // V row bytes
@@ -100,7 +101,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     const int stage = it % STAGES;
     cp_async_wait<STAGES - 2>();
     __syncthreads();
-    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    if (it + STAGES - 1 < num_tiles) copier.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
     cp_async_commit();
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);
@@ -280,6 +281,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
                           block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
                           log2_bs, head_size, TILE, end};
   auto all_blocks = [](int) { return true; };
+  const TileCopier<KV> copier(tiles);
 
   const MmaRows<T, KV, MT, KH> rows(cta, query, q_stride_seq, q_stride_head, alibi_slopes, k_scale_ptr,
                                     v_scale_ptr, scale, head_size, gq, tq, half * KH * 16);
@@ -295,7 +297,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
   const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < num_tiles) tiles.load(begin + s * TILE, s, all_blocks);
+    if (s < num_tiles) copier.load(begin + s * TILE, s, all_blocks);
     cp_async_commit();
   }
   const int rb = TILE * ELEM;  // V row bytes
@@ -305,7 +307,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
     const int stage = it % STAGES;
     cp_async_wait<STAGES - 2>();
     __syncthreads();
-    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    if (it + STAGES - 1 < num_tiles) copier.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
     cp_async_commit();
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);
@@ -491,6 +493,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
                           block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
                           log2_bs, head_size, TILE, end};
   auto all_blocks = [](int) { return true; };
+  const TileCopier<KV> copier(tiles);
 
   const MmaRows<T, KV, MT, KSTEPS> rows(cta, query, q_stride_seq, q_stride_head, alibi_slopes, k_scale_ptr,
                                         v_scale_ptr, scale, head_size, gq, tq);
@@ -545,7 +548,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
   const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < num_tiles) tiles.load(begin + s * TILE, s, all_blocks);
+    if (s < num_tiles) copier.load(begin + s * TILE, s, all_blocks);
     cp_async_commit();
   }
   constexpr int RB = TILE * ELEM;  // V row bytes
@@ -556,7 +559,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
     const int stage = it % STAGES;
     cp_async_wait<STAGES - 2>();
     __syncthreads();
-    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    if (it + STAGES - 1 < num_tiles) copier.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
     cp_async_commit();
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);
