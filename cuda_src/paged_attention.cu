@@ -115,8 +115,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(
 
   const KvTiles<KV> tiles{k_s, v_s, k_base, v_base, table, k_stride_block, v_stride_block,
                           log2_bs, head_size, tile_tokens, end};
-  const TileCopier<KV> copier(tiles);
-  auto load_tile = [&](int tile_begin, int stage) { copier.load(tile_begin, stage, block_needed); };
+  auto load_tile = [&](int tile_begin, int stage) { tiles.load(tile_begin, stage, block_needed); };
 
   float acc[ROWS][GT];
 #pragma unroll

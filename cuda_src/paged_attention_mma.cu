@@ -493,7 +493,6 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
                           block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
                           log2_bs, head_size, TILE, end};
   auto all_blocks = [](int) { return true; };
-  const TileCopier<KV> copier(tiles);
 
   const MmaRows<T, KV, MT, KSTEPS> rows(cta, query, q_stride_seq, q_stride_head, alibi_slopes, k_scale_ptr,
                                         v_scale_ptr, scale, head_size, gq, tq);
@@ -548,7 +547,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
   const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < num_tiles) copier.load(begin + s * TILE, s, all_blocks);
+    if (s < num_tiles) tiles.load(begin + s * TILE, s, all_blocks);
     cp_async_commit();
   }
   constexpr int RB = TILE * ELEM;  // V row bytes
@@ -559,7 +558,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
     const int stage = it % STAGES;
     cp_async_wait<STAGES - 2>();
     __syncthreads();
-    if (it + STAGES - 1 < num_tiles) copier.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    if (it + STAGES - 1 < num_tiles) tiles.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
     cp_async_commit();
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);

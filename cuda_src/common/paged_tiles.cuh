@@ -217,7 +217,8 @@ struct KvTiles {
 
 // KvTiles::load_whole_blocks with the per-thread address arithmetic done once per CTA instead of
 // once per tile (ncu, fp8 B64 L4096: the loader's two runtime divisions and per-word index math
-// were a third of the kernel's instructions). Valid when every thread's words of a block form
+// were a third of the kernel's instructions). Used by the v1 tensor-core kernels, where it was
+// measured (docs/perf.md, p10); the parts kernel got slower with it (111 -> 128 registers). Valid when every thread's words of a block form
 // arithmetic sequences in both the global and the shared addresses: blockDim.x a multiple of the
 // tile (each thread then serves one block at a fixed token offset) and a V row step that keeps
 // the swizzle phase. Otherwise (and for blocks the whole-block path does not take) it calls
