@@ -81,7 +81,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
                                         v_scale_ptr, scale, head_size, gq, tq);
   const auto& qa = rows.qa;
   const float* slope = rows.slope;
-  const float s_scale = rows.s_scale, v_scale = rows.v_scale;
+  // The online softmax runs in base 2 (logits times log2 e, exp2_ftz); max logits are written
+  // back in natural units.
+  const float s_scale = rows.s_scale * LOG2E, v_scale = rows.v_scale;
+  const float slope2[2] = {slope[0] * LOG2E, slope[1] * LOG2E};
 
   float o[NTILES][4];
 #pragma unroll
@@ -120,7 +123,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
         for (int i = 0; i < 4; ++i) {
           const int t = tw + nt * 8 + tq * 2 + (i & 1);
           const int row = i >> 1;
-          float v = s[nt][i] * s_scale + slope[row] * static_cast<float>(tile_begin + t - seq_len + 1);
+          float v = s[nt][i] * s_scale + slope2[row] * static_cast<float>(tile_begin + t - seq_len + 1);
           if (t >= valid) v = neg_inf();
           s[nt][i] = v;
           mx[row] = fmaxf(mx[row], v);
@@ -131,7 +134,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
         mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 2));
         const float m_new = fmaxf(m_run[row], mx[row]);
         if (m_new != m_run[row]) {  // the running max rarely moves after the first tiles
-          const float alpha = __expf(m_run[row] - m_new);
+          const float alpha = exp2_ftz(m_run[row] - m_new);
           m_run[row] = m_new;
           l_run[row] *= alpha;
 #pragma unroll
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const float p = __expf(s[nt][i] - m_run[i >> 1]);
+          const float p = exp2_ftz(s[nt][i] - m_run[i >> 1]);
           s[nt][i] = p;
           l_run[i >> 1] += p;
         }
@@ -203,7 +206,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     float l = 0.0f, acc = 0.0f;
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-      const float wt = expf(m_s[w * 16 + r] - mx);
+      const float wt = exp2f(m_s[w * 16 + r] - mx);
       l += l_s[w * 16 + r] * wt;
       acc += o_s[(w * 16 + r) * head_size + d] * wt;
     }
@@ -215,7 +218,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     if (exp_sums != nullptr && d == 0) {
       const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
       exp_sums[idx] = l;
-      max_logits[idx] = mx;
+      max_logits[idx] = mx * LN2;
     }
   }
   if (split_counters != nullptr)
@@ -287,7 +290,10 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
                                     v_scale_ptr, scale, head_size, gq, tq, half * KH * 16);
   const auto& qa = rows.qa;
   const float* slope = rows.slope;
-  const float s_scale = rows.s_scale, v_scale = rows.v_scale;
+  // The online softmax runs in base 2 (logits times log2 e, exp2_ftz); max logits are written
+  // back in natural units.
+  const float s_scale = rows.s_scale * LOG2E, v_scale = rows.v_scale;
+  const float slope2[2] = {slope[0] * LOG2E, slope[1] * LOG2E};
 
   float o[NH][4];
 #pragma unroll
@@ -332,7 +338,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
         for (int i = 0; i < 4; ++i) {
           const int t = tw + nt * 8 + tq * 2 + (i & 1);
           const int row = i >> 1;
-          float v = s[nt][i] * s_scale + slope[row] * static_cast<float>(tile_begin + t - seq_len + 1);
+          float v = s[nt][i] * s_scale + slope2[row] * static_cast<float>(tile_begin + t - seq_len + 1);
           if (t >= valid) v = neg_inf();
           s[nt][i] = v;
           mx[row] = fmaxf(mx[row], v);
@@ -343,7 +349,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
         mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 2));
         const float m_new = fmaxf(m_run[row], mx[row]);
         if (m_new != m_run[row]) {
-          const float alpha = __expf(m_run[row] - m_new);
+          const float alpha = exp2_ftz(m_run[row] - m_new);
           m_run[row] = m_new;
           l_run[row] *= alpha;
 #pragma unroll
@@ -357,7 +363,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const float p = __expf(s[nt][i] - m_run[i >> 1]);
+          const float p = exp2_ftz(s[nt][i] - m_run[i >> 1]);
           s[nt][i] = p;
           l_run[i >> 1] += p;
         }
@@ -415,7 +421,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
     float l = 0.0f, acc = 0.0f;
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-      const float wt = expf(m_s[w * 16 + r] - mx);
+      const float wt = exp2f(m_s[w * 16 + r] - mx);
       l += l_s[w * 16 + r] * wt;
       acc += o_s[(w * 16 + r) * head_size + d] * wt;
     }
@@ -427,7 +433,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
     if (exp_sums != nullptr && d == 0) {
       const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
       exp_sums[idx] = l;
-      max_logits[idx] = mx;
+      max_logits[idx] = mx * LN2;
     }
   }
   if (split_counters != nullptr)
