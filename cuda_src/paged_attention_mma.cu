@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
         for (int i = 0; i < 4; ++i) {
           const int t = tw + nt * 8 + tq * 2 + (i & 1);
           const int row = i >> 1;
-          float v = s[nt][i] * s_scale + slope2[row] * static_cast<float>(tile_begin + t - seq_len + 1);
+          float v = s[nt][i] * s_scale;
+          if (alibi_slopes != nullptr) v += slope2[row] * static_cast<float>(tile_begin + t - seq_len + 1);
           if (t >= valid) v = neg_inf();
           s[nt][i] = v;
           mx[row] = fmaxf(mx[row], v);
@@ -338,7 +339,8 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
         for (int i = 0; i < 4; ++i) {
           const int t = tw + nt * 8 + tq * 2 + (i & 1);
           const int row = i >> 1;
-          float v = s[nt][i] * s_scale + slope2[row] * static_cast<float>(tile_begin + t - seq_len + 1);
+          float v = s[nt][i] * s_scale;
+          if (alibi_slopes != nullptr) v += slope2[row] * static_cast<float>(tile_begin + t - seq_len + 1);
           if (t >= valid) v = neg_inf();
           s[nt][i] = v;
           mx[row] = fmaxf(mx[row], v);
@@ -503,8 +505,9 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
   const MmaRows<T, KV, MT, KSTEPS> rows(cta, query, q_stride_seq, q_stride_head, alibi_slopes, k_scale_ptr,
                                         v_scale_ptr, scale, head_size, gq, tq);
   const auto& qa = rows.qa;
-  const float* slope = rows.slope;
-  const float s_scale = rows.s_scale, v_scale = rows.v_scale;
+  // Softmax in base 2, as in the v1 kernels (max logits written back in natural units).
+  const float slope[2] = {rows.slope[0] * LOG2E, rows.slope[1] * LOG2E};
+  const float s_scale = rows.s_scale * LOG2E, v_scale = rows.v_scale;
 
   float o[NT_WARP][4];
   float m_run[2], l_run[2];
@@ -543,7 +546,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
         if (r >= heads_here) continue;
         const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + part;
         exp_sums[idx] = l[row];
-        max_logits[idx] = m_run[row];
+        max_logits[idx] = m_run[row] * LN2;
       }
     }
     reset();
@@ -583,8 +586,11 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
           const int t = tw + nt * 8 + tq * 2;
           const int row = gq + (i >> 1) * 8;
           const float pos = static_cast<float>(tile_begin + t - seq_len + 1);
-          float v0 = sa[nt][i] * s_scale + slope[i >> 1] * pos;
-          float v1 = sa[nt][i + 1] * s_scale + slope[i >> 1] * (pos + 1.0f);
+          float v0 = sa[nt][i] * s_scale, v1 = sa[nt][i + 1] * s_scale;
+          if (alibi_slopes != nullptr) {
+            v0 += slope[i >> 1] * pos;
+            v1 += slope[i >> 1] * (pos + 1.0f);
+          }
           if (t >= valid) v0 = neg_inf();
           if (t + 1 >= valid) v1 = neg_inf();
           *reinterpret_cast<float2*>(s_s + row * S_PITCH + t) = make_float2(v0, v1);
@@ -613,7 +619,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m_run[row], mx);
       if (m_new != m_run[row]) {  // the running max rarely moves after the first tiles
-        const float alpha = __expf(m_run[row] - m_new);
+        const float alpha = exp2_ftz(m_run[row] - m_new);
         m_run[row] = m_new;
         l_run[row] *= alpha;
 #pragma unroll
@@ -624,7 +630,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
       }
 #pragma unroll
       for (int i = 0; i < 16; ++i) {
-        p[row][i] = __expf(p[row][i] - m_run[row]);
+        p[row][i] = exp2_ftz(p[row][i] - m_run[row]);
         l_run[row] += p[row][i];
       }
     }

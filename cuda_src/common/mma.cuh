@@ -59,4 +59,14 @@ __device__ __forceinline__ unsigned load_pair(const unsigned char* p) {
   }
 }
 
+// Two fp8 pairs from one 32-bit load: bytes {0, 1} -> lo, bytes {2, 3} -> hi (as fp16x2).
+template <typename KV>
+__device__ __forceinline__ void load_fp8_quad(const unsigned char* p, unsigned& lo, unsigned& hi) {
+  const unsigned w = *reinterpret_cast<const unsigned*>(p);
+  const __half2_raw a = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffffu), fp8_kind<KV>());
+  const __half2_raw b = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), fp8_kind<KV>());
+  lo = static_cast<unsigned>(a.x) | (static_cast<unsigned>(a.y) << 16);
+  hi = static_cast<unsigned>(b.x) | (static_cast<unsigned>(b.y) << 16);
+}
+
 }  // namespace cupy_ops

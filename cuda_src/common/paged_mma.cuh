@@ -8,21 +8,27 @@
 namespace cupy_ops {
 
 // Q rows head0 .. head0 + 15 (zeros past the group) as A fragments, one set per 16-dim k-step.
-template <typename T, typename MT, int KSTEPS>
+// The k index of mma's fragments depends only on the lane's tq, so any fixed order of the 16
+// dims works if K uses the same: with PAIRED_QUADS (fp8 caches) lane tq holds dims
+// 16kk + 4tq + {0, 1} (k = 2tq, 2tq + 1) and 16kk + 4tq + {2, 3} (k = 2tq + 8, 2tq + 9), so its
+// K fragment is 4 contiguous bytes of the token's 16-byte chunk: one load (qk_16_tokens).
+template <typename T, typename MT, int KSTEPS, bool PAIRED_QUADS = false>
 __device__ __forceinline__ void load_q_fragments(unsigned (&qa)[KSTEPS][4], const T* q_row0,
                                                  long long q_stride_head, int heads_here,
                                                  int head_size, int gq, int tq) {
   auto q_at = [&](int row, int col) {
     return row < heads_here ? to_float(q_row0[row * q_stride_head + col]) : 0.0f;
   };
+  const int lo = PAIRED_QUADS ? tq * 4 : tq * 2;  // first dim of k = 2tq, 2tq + 1
+  const int hi = PAIRED_QUADS ? tq * 4 + 2 : tq * 2 + 8;  // first dim of k = 2tq + 8, 2tq + 9
 #pragma unroll
   for (int kk = 0; kk < KSTEPS; ++kk) {
-    const int c0 = kk * 16 + tq * 2;
+    const int c0 = kk * 16 + lo, c8 = kk * 16 + hi;
     if (kk * 16 < head_size) {
       qa[kk][0] = pack2<MT>(q_at(gq, c0), q_at(gq, c0 + 1));
       qa[kk][1] = pack2<MT>(q_at(gq + 8, c0), q_at(gq + 8, c0 + 1));
-      qa[kk][2] = pack2<MT>(q_at(gq, c0 + 8), q_at(gq, c0 + 9));
-      qa[kk][3] = pack2<MT>(q_at(gq + 8, c0 + 8), q_at(gq + 8, c0 + 9));
+      qa[kk][2] = pack2<MT>(q_at(gq, c8), q_at(gq, c8 + 1));
+      qa[kk][3] = pack2<MT>(q_at(gq + 8, c8), q_at(gq + 8, c8 + 1));
     }
   }
 }
@@ -44,15 +50,22 @@ __device__ __forceinline__ void qk_16_tokens(float (&s)[2][4], const unsigned (&
     for (int i = 0; i < 4; ++i) s[nt][i] = s_odd[nt][i] = 0.0f;
   // K word of (dim 16kk + 2c, token tw + 8nt + g): with X = 8 the +8 dims are the next chunk,
   // with X = 16 the same chunk.
-  const unsigned char* k0 = ks + (tw + gq) * 16 + tq * 2 * ELEM;
+  // fp8: Q's dims are in load_q_fragments' PAIRED_QUADS order, so a lane's two pairs are the 4
+  // bytes at 4tq of the chunk (one load); 16-bit: dims 2tq, 2tq + 1 and the same in the next chunk.
+  const unsigned char* k0 = ks + (tw + gq) * 16 + tq * (ELEM == 1 ? 4 : 2 * ELEM);
 #pragma unroll
   for (int kk = 0; kk < KSTEPS; ++kk) {
     if ((kk0 + kk) * 16 >= head_size) break;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
       const unsigned char* k = k0 + ((kk0 + kk) * CHUNKS_PER_KSTEP * TILE + nt * 8) * 16;
-      const unsigned b0 = load_pair<KV, MT>(k);
-      const unsigned b1 = load_pair<KV, MT>(CHUNKS_PER_KSTEP == 2 ? k + TILE * 16 : k + 8 * ELEM);
+      unsigned b0, b1;
+      if constexpr (ELEM == 1) {
+        load_fp8_quad<KV>(k, b0, b1);
+      } else {
+        b0 = load_pair<KV, MT>(k);
+        b1 = load_pair<KV, MT>(k + TILE * 16);
+      }
       mma16816<MT>((kk & 1) ? s_odd[nt] : s[nt], qa[kk], b0, b1);
     }
   }
@@ -78,7 +91,7 @@ struct MmaRows {
     s_scale = scale * (IS_FP8 ? __ldg(k_scale_ptr) : 1.0f);
     v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
     // d0: the first dimension this thread's fragments hold (a warp may own part of the head).
-    load_q_fragments<T, MT, KSTEPS>(qa, query + cta.seq * q_stride_seq + cta.head0 * q_stride_head + d0,
+    load_q_fragments<T, MT, KSTEPS, IS_FP8>(qa, query + cta.seq * q_stride_seq + cta.head0 * q_stride_head + d0,
                                     q_stride_head, cta.heads_here, head_size - d0, gq, tq);
 #pragma unroll
     for (int row = 0; row < 2; ++row) {
