@@ -61,8 +61,12 @@ def test_corrupt_cache_file_is_detected_and_rebuilt(tmp_cache, damage):
     compiled_before = _runtime.stats.compiled
     again = _runtime.build_variant(merge.FAMILY, VARIANT, 90)
     assert _runtime.stats.compiled == compiled_before + 1
-    assert again == good
-    assert path.read_bytes() == blob  # rewritten whole
+    # NVRTC need not reproduce the same bytes (one device run differed), so compare what the
+    # loader uses and that the file was rewritten whole with the new build.
+    assert again.lowered_names == good.lowered_names
+    assert again.binary[:4] == good.binary[:4] == b"\x7fELF"
+    assert path.read_bytes().endswith(again.binary)  # rewritten whole, with the new build
+    assert _runtime.build_variant(merge.FAMILY, VARIANT, 90) == again  # read back from disk
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
