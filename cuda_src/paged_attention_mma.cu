@@ -229,6 +229,18 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
                                  (seq_len + split_tokens - 1) / split_tokens, smem);
 }
 
+// Barrier of the two warps that share token group tg (warps tg and tg + 4): named barrier
+// 1 + tg over 64 threads, with the id as an immediate in each case (a register id hid the
+// barrier from compute-sanitizer racecheck).
+__device__ __forceinline__ void pair_barrier(int tg) {
+  switch (tg) {
+    case 0: asm volatile("bar.sync 1, 64;" ::: "memory"); break;
+    case 1: asm volatile("bar.sync 2, 64;" ::: "memory"); break;
+    case 2: asm volatile("bar.sync 3, 64;" ::: "memory"); break;
+    default: asm volatile("bar.sync 4, 64;" ::: "memory"); break;
+  }
+}
+
 // 8-warp variant of paged_decode_mma_kernel (same arguments, grid and outputs; blockDim 256).
 // Warp w owns tokens [16 (w % 4), +16) of every 64-token tile and half of the head dimension
 // (w / 4): QK^T over its half gives a partial S that the warp pair (w, w ^ 4) exchanges through
@@ -329,7 +341,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
       // so both warps hold the same S and run the same softmax.
 #pragma unroll
       for (int i = 0; i < 8; ++i) mine[i] = s[i >> 2][i & 3];
-      asm volatile("bar.sync %0, 64;" ::"r"(1 + tg) : "memory");
+      pair_barrier(tg);
 #pragma unroll
       for (int i = 0; i < 8; ++i) s[i >> 2][i & 3] += other[i];
       float mx[2] = {-PA_FLT_MAX, -PA_FLT_MAX};
