@@ -229,22 +229,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
                                  (seq_len + split_tokens - 1) / split_tokens, smem);
 }
 
-// Barrier of the two warps that share token group tg (warps tg and tg + 4): named barrier
-// 1 + tg over 64 threads, with the id as an immediate in each case (a register id hid the
-// barrier from compute-sanitizer racecheck).
-__device__ __forceinline__ void pair_barrier(int tg) {
-  switch (tg) {
-    case 0: asm volatile("bar.sync 1, 64;" ::: "memory"); break;
-    case 1: asm volatile("bar.sync 2, 64;" ::: "memory"); break;
-    case 2: asm volatile("bar.sync 3, 64;" ::: "memory"); break;
-    default: asm volatile("bar.sync 4, 64;" ::: "memory"); break;
-  }
-}
-
 // 8-warp variant of paged_decode_mma_kernel (same arguments, grid and outputs; blockDim 256).
 // Warp w owns tokens [16 (w % 4), +16) of every 64-token tile and half of the head dimension
 // (w / 4): QK^T over its half gives a partial S that the warp pair (w, w ^ 4) exchanges through
-// shared memory (one 64-thread named barrier per tile), both run the same online softmax, and
+// shared memory (one more CTA barrier per tile), both run the same online softmax, and
 // each computes O += P V for its half. Twice the warps per SM of the 4-warp kernel at half the
 // registers per thread, for the same shared memory plus 8 KB: more loads and mma chains in
 // flight to hide latency (docs/perf.md, p7).
@@ -334,14 +322,18 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
     const unsigned char* ks = k_s + stage * tile_bytes;
     const unsigned char* vs = v_s + stage * tile_bytes;
     const int tw = tg * 16;  // this warp's first token in the tile
-    if (tw < valid) {        // the same for both warps of a pair: they reach the barrier together
-      float s[2][4];
-      qk_16_tokens<KV, MT, KH, TILE>(s, qa, ks, tw, head_size, gq, tq, half * KH);
-      // Exchange partial S with the other half's warp (same tokens); a + b == b + a exactly,
-      // so both warps hold the same S and run the same softmax.
+    float s[2][4];
+    if (tw < valid) qk_16_tokens<KV, MT, KH, TILE>(s, qa, ks, tw, head_size, gq, tq, half * KH);
+    // Exchange partial S with the other half's warp (same tokens); a + b == b + a exactly, so
+    // both warps hold the same S and run the same softmax. A CTA-wide barrier: with a 64-thread
+    // named barrier per pair compute-sanitizer racecheck reported hazards here that we could
+    // not rule out, and the two measured the same.
+    if (tw < valid) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) mine[i] = s[i >> 2][i & 3];
-      pair_barrier(tg);
+    }
+    __syncthreads();
+    if (tw < valid) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) s[i >> 2][i & 3] += other[i];
       float mx[2] = {-PA_FLT_MAX, -PA_FLT_MAX};
