@@ -115,8 +115,44 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     if (tw < valid) {
       float s[2][4];
       qk_16_tokens<KV, MT, KSTEPS, TILE>(s, qa, ks, tw, head_size, gq, tq);
-      online_softmax_16(s, m_run, l_run, o, s_scale, slope2, alibi_slopes != nullptr, tile_begin - seq_len + 1 + tw,
-                        valid - tw, tq);
+      // Scale, ALiBi, mask; then the online softmax per head row (rows gq and gq + 8).
+      float mx[2] = {-PA_FLT_MAX, -PA_FLT_MAX};
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int t = tw + nt * 8 + tq * 2 + (i & 1);
+          const int row = i >> 1;
+          float v = s[nt][i] * s_scale;
+          if (alibi_slopes != nullptr) v += slope2[row] * static_cast<float>(tile_begin + t - seq_len + 1);
+          if (t >= valid) v = neg_inf();
+          s[nt][i] = v;
+          mx[row] = fmaxf(mx[row], v);
+        }
+#pragma unroll
+      for (int row = 0; row < 2; ++row) {
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 1));
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 2));
+        const float m_new = fmaxf(m_run[row], mx[row]);
+        if (m_new != m_run[row]) {  // the running max rarely moves after the first tiles
+          const float alpha = exp2_ftz(m_run[row] - m_new);
+          m_run[row] = m_new;
+          l_run[row] *= alpha;
+#pragma unroll
+          for (int n = 0; n < NTILES; ++n) {
+            o[n][row * 2] *= alpha;
+            o[n][row * 2 + 1] *= alpha;
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = exp2_ftz(s[nt][i] - m_run[i >> 1]);
+          s[nt][i] = p;
+          l_run[i >> 1] += p;
+        }
       const unsigned pa[4] = {pack2<MT>(s[0][0], s[0][1]), pack2<MT>(s[0][2], s[0][3]),
                               pack2<MT>(s[1][0], s[1][1]), pack2<MT>(s[1][2], s[1][3])};
       // Rows d = 8n + gq share d's low 3 bits with gq, so the swizzled offsets of this lane's
@@ -163,10 +199,34 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     base[(gq + 8) * head_size + d + 1] = o[n][3];
   }
   __syncthreads();
-  finish_cta<T, O, PA_THREADS>(out, exp_sums, max_logits, final_out, final_stride_seq, final_stride_head,
-                        split_counters, m_s, l_s, o_s, seq, head0, heads_here, head_size, num_heads,
-                        num_partitions, split, (seq_len + split_tokens - 1) / split_tokens,
-                        out_stride_seq, out_stride_head, out_stride_part, v_scale, smem);
+  for (int i = tid; i < heads_here * head_size; i += PA_THREADS) {
+    const int r = i / head_size, d = i - r * head_size;
+    float mx = -PA_FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
+    float l = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float wt = exp2f(m_s[w * 16 + r] - mx);
+      l += l_s[w * 16 + r] * wt;
+      acc += o_s[(w * 16 + r) * head_size + d] * wt;
+    }
+    const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] = value;
+    // v2 with one partition: its result is the output too (what the reduce would copy).
+    if (final_out != nullptr && split_counters == nullptr)
+      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
+    if (exp_sums != nullptr && d == 0) {
+      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
+      exp_sums[idx] = l;
+      max_logits[idx] = mx * LN2;
+    }
+  }
+  if (split_counters != nullptr)
+    merge_splits_if_last<T, PA_THREADS>(final_out, final_stride_seq, final_stride_head, split_counters,
+                                 exp_sums, max_logits, reinterpret_cast<const float*>(out), seq, head0,
+                                 heads_here, head_size, num_heads, num_partitions,
+                                 (seq_len + split_tokens - 1) / split_tokens, smem);
 }
 
 // 8-warp variant of paged_decode_mma_kernel (same arguments, grid and outputs; blockDim 256).
@@ -276,8 +336,43 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
     if (tw < valid) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) s[i >> 2][i & 3] += other[i];
-      online_softmax_16(s, m_run, l_run, o, s_scale, slope2, alibi_slopes != nullptr, tile_begin - seq_len + 1 + tw,
-                        valid - tw, tq);
+      float mx[2] = {-PA_FLT_MAX, -PA_FLT_MAX};
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int t = tw + nt * 8 + tq * 2 + (i & 1);
+          const int row = i >> 1;
+          float v = s[nt][i] * s_scale;
+          if (alibi_slopes != nullptr) v += slope2[row] * static_cast<float>(tile_begin + t - seq_len + 1);
+          if (t >= valid) v = neg_inf();
+          s[nt][i] = v;
+          mx[row] = fmaxf(mx[row], v);
+        }
+#pragma unroll
+      for (int row = 0; row < 2; ++row) {
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 1));
+        mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 2));
+        const float m_new = fmaxf(m_run[row], mx[row]);
+        if (m_new != m_run[row]) {
+          const float alpha = exp2_ftz(m_run[row] - m_new);
+          m_run[row] = m_new;
+          l_run[row] *= alpha;
+#pragma unroll
+          for (int n = 0; n < NH; ++n) {
+            o[n][row * 2] *= alpha;
+            o[n][row * 2 + 1] *= alpha;
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = exp2_ftz(s[nt][i] - m_run[i >> 1]);
+          s[nt][i] = p;
+          l_run[i >> 1] += p;
+        }
       const unsigned pa[4] = {pack2<MT>(s[0][0], s[0][1]), pack2<MT>(s[0][2], s[0][3]),
                               pack2<MT>(s[1][0], s[1][1]), pack2<MT>(s[1][2], s[1][3])};
       const int tb = (tw + tq * 2) * ELEM;
@@ -324,10 +419,34 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
     base[(gq + 8) * head_size + d + 1] = o[j][3];
   }
   __syncthreads();
-  finish_cta<T, O, PA_THREADS8>(out, exp_sums, max_logits, final_out, final_stride_seq, final_stride_head,
-                        split_counters, m_s, l_s, o_s, seq, head0, heads_here, head_size, num_heads,
-                        num_partitions, split, (seq_len + split_tokens - 1) / split_tokens,
-                        out_stride_seq, out_stride_head, out_stride_part, v_scale, smem);
+  for (int i = tid; i < heads_here * head_size; i += PA_THREADS8) {
+    const int r = i / head_size, d = i - r * head_size;
+    float mx = -PA_FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
+    float l = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float wt = exp2f(m_s[w * 16 + r] - mx);
+      l += l_s[w * 16 + r] * wt;
+      acc += o_s[(w * 16 + r) * head_size + d] * wt;
+    }
+    const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] = value;
+    // v2 with one partition: its result is the output too (what the reduce would copy).
+    if (final_out != nullptr && split_counters == nullptr)
+      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
+    if (exp_sums != nullptr && d == 0) {
+      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
+      exp_sums[idx] = l;
+      max_logits[idx] = mx * LN2;
+    }
+  }
+  if (split_counters != nullptr)
+    merge_splits_if_last<T, PA_THREADS8>(final_out, final_stride_seq, final_stride_head, split_counters,
+                                 exp_sums, max_logits, reinterpret_cast<const float*>(out), seq, head0,
+                                 heads_here, head_size, num_heads, num_partitions,
+                                 (seq_len + split_tokens - 1) / split_tokens, smem);
 }
 
 // Tensor-core kernel that fills several partitions per CTA (v2), same arguments as

@@ -2,7 +2,6 @@
 // mma, exact for e4m3 and e5m2 values). The CTA's 16 query-head rows are the M dimension.
 #pragma once
 
-#include "math.cuh"
 #include "mma.cuh"
 #include "paged_tiles.cuh"
 
@@ -74,53 +73,6 @@ __device__ __forceinline__ void qk_16_tokens(float (&s)[2][4], const unsigned (&
   for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
     for (int i = 0; i < 4; ++i) s[nt][i] += s_odd[nt][i];
-}
-
-// One warp's online-softmax step over its 16 tokens of a tile (rows gq and gq + 8 of S, base 2):
-// scale, ALiBi (pos0: position of token 0 relative to the last token, plus 1), mask of tokens
-// >= valid, running max and sum, rescale of O's N n-tiles when the max moves; S becomes P.
-template <int N>
-__device__ __forceinline__ void online_softmax_16(float (&s)[2][4], float (&m_run)[2], float (&l_run)[2],
-                                                  float (&o)[N][4], float s_scale,
-                                                  const float (&slope2)[2], bool alibi, int pos0,
-                                                  int valid, int tq) {
-  float mx[2] = {-PA_FLT_MAX, -PA_FLT_MAX};
-#pragma unroll
-  for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int t = nt * 8 + tq * 2 + (i & 1);
-      const int row = i >> 1;
-      float v = s[nt][i] * s_scale;
-      if (alibi) v += slope2[row] * static_cast<float>(pos0 + t);
-      if (t >= valid) v = neg_inf();
-      s[nt][i] = v;
-      mx[row] = fmaxf(mx[row], v);
-    }
-#pragma unroll
-  for (int row = 0; row < 2; ++row) {
-    mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 1));
-    mx[row] = fmaxf(mx[row], __shfl_xor_sync(0xffffffffu, mx[row], 2));
-    const float m_new = fmaxf(m_run[row], mx[row]);
-    if (m_new != m_run[row]) {  // the running max rarely moves after the first tiles
-      const float alpha = exp2_ftz(m_run[row] - m_new);
-      m_run[row] = m_new;
-      l_run[row] *= alpha;
-#pragma unroll
-      for (int n = 0; n < N; ++n) {
-        o[n][row * 2] *= alpha;
-        o[n][row * 2 + 1] *= alpha;
-      }
-    }
-  }
-#pragma unroll
-  for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float p = exp2_ftz(s[nt][i] - m_run[i >> 1]);
-      s[nt][i] = p;
-      l_run[i >> 1] += p;
-    }
 }
 
 // What a tensor-core decode CTA holds for its 16 query rows from start to end: Q fragments,
@@ -199,47 +151,6 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
     final_out[seq * fo_seq + (head0 + r) * fo_head + d] = from_float<T>(acc);
   }
   if (threadIdx.x == 0) *counter = 0;
-}
-
-// The end of a v1-kernel CTA (4 or 8 warps): merge the 4 token groups' (m, l, O), published in
-// shared memory (m_s, l_s: [4][16], m in base 2; o_s: [4][16][head_size]), into the CTA's rows
-// and write them to out (the split's slot, or the output); with exp_sums, the split's statistics
-// (max logits in natural units); with final_out and no counters (v2, one partition), out's
-// values to final_out too; with counters (v1 split in one launch), the last CTA merges.
-template <typename T, typename O, int THREADS>
-__device__ __forceinline__ void finish_cta(
-    O* out, float* exp_sums, float* max_logits, T* final_out, long long final_stride_seq,
-    long long final_stride_head, int* split_counters, const float* m_s, const float* l_s,
-    const float* o_s, int seq, int head0, int heads_here, int head_size, int num_heads,
-    int num_partitions, int split, int n_splits, long long out_stride_seq, long long out_stride_head,
-    long long out_stride_part, float v_scale, unsigned char* smem) {
-  for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
-    const int r = i / head_size, d = i - r * head_size;
-    float mx = -PA_FLT_MAX;
-#pragma unroll
-    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
-    float l = 0.0f, acc = 0.0f;
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const float wt = exp2f(m_s[w * 16 + r] - mx);
-      l += l_s[w * 16 + r] * wt;
-      acc += o_s[(w * 16 + r) * head_size + d] * wt;
-    }
-    const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
-    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] = value;
-    if (final_out != nullptr && split_counters == nullptr)
-      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
-    if (exp_sums != nullptr && d == 0) {
-      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
-      exp_sums[idx] = l;
-      max_logits[idx] = mx * LN2;
-    }
-  }
-  if (split_counters != nullptr)
-    merge_splits_if_last<T, THREADS>(final_out, final_stride_seq, final_stride_head, split_counters,
-                                     exp_sums, max_logits, reinterpret_cast<const float*>(out), seq,
-                                     head0, heads_here, head_size, num_heads, num_partitions, n_splits,
-                                     smem);
 }
 
 // An empty sequence when final_out is given (split v1, one-partition v2): no CTA has a result,
