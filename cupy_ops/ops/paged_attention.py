@@ -28,13 +28,13 @@ MAX_HEAD_SIZE = 256
 MIN_SPLIT_TOKENS = 256  # shorter splits spend more on pipeline fill and the merge than they gain
 MAX_SPLITS = 256
 SPLIT_OVERHEAD_TOKENS = 128
-FUSED_MERGE_MAX_WAVES = 1
+REDUCE_OVERHEAD_TOKENS = 64
+FUSED_MERGE_MAX_WAVES = 1  # v1 merges its splits in the decode launch up to this many waves
 # v2 over several partitions: one v1-kernel CTA per 512-token partition when that grid has at
 # least this many waves, else the parts kernel (CTAs span partitions). H100 (docs/perf.md, p9):
 # per-partition CTAs win with many waves (B64 L4096 431 -> 421 us, B256 L1024 465 -> 430, fp8
 # 351 -> 340) and lose with about two (B8 L4096 69 -> 74, B1 L32768 74 -> 78).
-V2_PART_CTAS_MIN_WAVES = 4  # v1 merges its splits in the decode launch up to this many waves
-REDUCE_OVERHEAD_TOKENS = 64
+V2_PART_CTAS_MIN_WAVES = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,13 +539,16 @@ def _plan(arrays, scalars, validate):
                                                     eight and not parts))
         return per_sm * sm_count
 
+    v1_slots = slots()  # the v1 kernel's: its wave model, the v2 kernel choice, the split merge
+
     def wave_split(granule: int, parts: bool = False) -> int:
-        return v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, granule, slots(parts))
+        return v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, granule,
+                         slots(True) if parts else v1_slots)
 
     # v2 with several partitions on tensor cores: CTAs fill several partitions each, split by
     # the wave model. One partition: the v1 kernel, so that v1 and v2 agree bit for bit (§9.7).
     parts = (mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE
-             and a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * slots())
+             and a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * v1_slots)
     if a.op == OP_V2:
         part = PARTITION_SIZE
         split = wave_split(PARTITION_SIZE, parts=True) if parts else PARTITION_SIZE
@@ -587,18 +590,17 @@ def _plan(arrays, scalars, validate):
     # waves the merge tails and per-CTA fences cost more than the launch (fp8 B64 L4096, 3
     # splits: 288 -> 298 us), so the reduce kernel runs there.
     fused = (mma and a.op == OP_V1 and not direct
-             and a.num_seqs * ctas_per_split * splits <= FUSED_MERGE_MAX_WAVES * slots())
+             and a.num_seqs * ctas_per_split * splits <= FUSED_MERGE_MAX_WAVES * v1_slots)
     # v2 with one partition (on the v1 kernel): the kernel writes out as well as tmp_out.
     single = mma and not parts and a.op == OP_V2 and splits == 1
     if mma:
         if fused:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], ws + 4 * stats * (a.head_size + 2))
+            smem = max(smem, 16 + 16 * splits * 4)  # the merge's [heads per CTA][splits] weights + a flag
         elif single:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], 0)
         else:
             finish = (0, 0, 0, 0)
-        if fused:  # the merge's shared memory: [heads per CTA][splits] weights + a flag
-            smem = max(smem, 16 + 16 * splits * 4)
         launches.append(_interop.LaunchPlan(MMA_DECODE_PARAMS, kernel, a.query, grid, (threads,),
                                             args + (part,) + finish, smem))
     else:
@@ -629,7 +631,8 @@ DECODE_PARAMS = _interop.KernelParams((
     "i64", "i64", "i64",                      # out_stride_seq, out_stride_head, out_stride_part
     "i32", "i32", "i32", "i32", "i32",        # tp_rank, local_blocks, vert_stride, bs_block, step
 ))
-# paged_decode_mma_kernel: the same list plus part_tokens; final_out, its seq / head strides and the split counters (v1 split, one launch)
+# paged_decode_mma_kernel: the same list plus part_tokens, then final_out, its seq / head
+# strides and the split counters (v1 split merged in the launch; v2 with one partition).
 MMA_DECODE_PARAMS = _interop.KernelParams(DECODE_PARAMS.types + ("i32", "ptr", "i64", "i64", "ptr"))
 REDUCE_PARAMS = _interop.KernelParams((
     "ptr", "ptr", "ptr", "ptr", "ptr",        # out, exp_sums, max_logits, tmp_out, seq_lens
