@@ -199,34 +199,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
     base[(gq + 8) * head_size + d + 1] = o[n][3];
   }
   __syncthreads();
-  for (int i = tid; i < heads_here * head_size; i += PA_THREADS) {
-    const int r = i / head_size, d = i - r * head_size;
-    float mx = -PA_FLT_MAX;
-#pragma unroll
-    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
-    float l = 0.0f, acc = 0.0f;
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const float wt = exp2f(m_s[w * 16 + r] - mx);
-      l += l_s[w * 16 + r] * wt;
-      acc += o_s[(w * 16 + r) * head_size + d] * wt;
-    }
-    const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
-    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] = value;
-    // v2 with one partition: its result is the output too (what the reduce would copy).
-    if (final_out != nullptr && split_counters == nullptr)
-      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
-    if (exp_sums != nullptr && d == 0) {
-      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
-      exp_sums[idx] = l;
-      max_logits[idx] = mx * LN2;
-    }
-  }
-  if (split_counters != nullptr)
-    merge_splits_if_last<T, PA_THREADS>(final_out, final_stride_seq, final_stride_head, split_counters,
-                                 exp_sums, max_logits, reinterpret_cast<const float*>(out), seq, head0,
-                                 heads_here, head_size, num_heads, num_partitions,
-                                 (seq_len + split_tokens - 1) / split_tokens, smem);
+  finish_cta<T, O, PA_THREADS, 4>(m_s, l_s, o_s, v_scale, out, seq, head0, heads_here, head_size, split,
+                                  out_stride_seq, out_stride_head, out_stride_part, exp_sums, max_logits,
+                                  num_heads, num_partitions, final_out, final_stride_seq, final_stride_head,
+                                  split_counters, seq_len, split_tokens, smem);
 }
 
 // 8-warp variant of paged_decode_mma_kernel (same arguments, grid and outputs; blockDim 256).
@@ -419,34 +395,10 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
     base[(gq + 8) * head_size + d + 1] = o[j][3];
   }
   __syncthreads();
-  for (int i = tid; i < heads_here * head_size; i += PA_THREADS8) {
-    const int r = i / head_size, d = i - r * head_size;
-    float mx = -PA_FLT_MAX;
-#pragma unroll
-    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
-    float l = 0.0f, acc = 0.0f;
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const float wt = exp2f(m_s[w * 16 + r] - mx);
-      l += l_s[w * 16 + r] * wt;
-      acc += o_s[(w * 16 + r) * head_size + d] * wt;
-    }
-    const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
-    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] = value;
-    // v2 with one partition: its result is the output too (what the reduce would copy).
-    if (final_out != nullptr && split_counters == nullptr)
-      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
-    if (exp_sums != nullptr && d == 0) {
-      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
-      exp_sums[idx] = l;
-      max_logits[idx] = mx * LN2;
-    }
-  }
-  if (split_counters != nullptr)
-    merge_splits_if_last<T, PA_THREADS8>(final_out, final_stride_seq, final_stride_head, split_counters,
-                                 exp_sums, max_logits, reinterpret_cast<const float*>(out), seq, head0,
-                                 heads_here, head_size, num_heads, num_partitions,
-                                 (seq_len + split_tokens - 1) / split_tokens, smem);
+  finish_cta<T, O, PA_THREADS8, 4>(m_s, l_s, o_s, v_scale, out, seq, head0, heads_here, head_size, split,
+                                  out_stride_seq, out_stride_head, out_stride_part, exp_sums, max_logits,
+                                  num_heads, num_partitions, final_out, final_stride_seq, final_stride_head,
+                                  split_counters, seq_len, split_tokens, smem);
 }
 
 // Tensor-core kernel that fills several partitions per CTA (v2), same arguments as

@@ -32,7 +32,8 @@ FP8_TORCH = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "f
 
 @pytest.fixture(scope="module", autouse=True)
 def prebuilt():
-    precompile(pa.FAMILY, pa.MMA_FAMILY, pa.MMA8_FAMILY, pa.MMA_PARTS_FAMILY, pa.REDUCE_FAMILY, jobs=16)
+    precompile(pa.FAMILY, pa.GQA_FAMILY, pa.MMA_FAMILY, pa.MMA8_FAMILY, pa.MMA_PARTS_FAMILY, pa.REDUCE_FAMILY,
+               jobs=16)
 
 
 class Case:
@@ -176,6 +177,7 @@ SHAPES = [
     ([700, 5, 1200], 8, 1, 256, 32),
     ([33, 900], 32, 1, 64, 8),           # MQA, group 32 -> two chunks of 16
     ([129, 64], 12, 4, 32, 16),
+    ([700, 64], 24, 2, 128, 16),        # group 12: 16 heads per CTA in the GQA kernel
     ([200, 1], 6, 2, 40, 16),
     ([513, 99], 4, 2, 160, 16),
     ([257], 8, 8, 224, 16),
@@ -222,13 +224,13 @@ def test_fp8_caches_with_distinct_scales(torch, kv, dtype, D, BS):
 
 
 @pytest.mark.parametrize("v2_kernel", ["parts", "part_ctas"])
-@pytest.mark.parametrize("warps", ["4", "8"])
+@pytest.mark.parametrize("warps", ["gqa", "4", "8"])
 @pytest.mark.parametrize("kv,D,BS", [("auto", 128, 16), ("auto", 64, 8), ("auto", 80, 32),
                                      ("auto", 256, 16), ("fp8_e4m3", 128, 16)])
 def test_both_tensor_core_kernels(torch, monkeypatch, warps, kv, D, BS, v2_kernel):
-    """eight_warps() picks one v1 kernel per shape, and v2 over several partitions runs the
-    parts kernel or one v1-kernel CTA per partition by grid size: each must be right on every
-    shape."""
+    """v1 runs the GQA kernel unless CUPY_OPS_PAGED_WARPS forces a head-as-M kernel (4 or 8
+    warps), and v2 over several partitions runs the parts kernel or one v1-kernel CTA per
+    partition by grid size: each must be right on every shape."""
     monkeypatch.setattr(pa, "MMA_WARPS", warps)
     monkeypatch.setattr(pa, "V2_PART_CTAS_MIN_WAVES", 10**9 if v2_kernel == "parts" else 0)
     pa._PLANS.clear()

@@ -879,7 +879,10 @@ def test_v1_split_model_picks_whole_waves():
 def test_variant_choice_and_geometry():
     from cupy_ops.ops import paged_attention as pa
     v = pa.choose_variant("bfloat16", "auto", 128, 4, "bfloat16", False)
-    assert isinstance(v, pa.MmaVariant) and pa.MMA_FAMILY.contains(v)
+    assert isinstance(v, pa.GqaVariant) and pa.GQA_FAMILY.contains(v) and v.heads == 8
+    assert pa.choose_variant("bfloat16", "auto", 128, 12, "bfloat16", False).heads == 16
+    v = pa.choose_variant("bfloat16", "auto", 128, 4, "bfloat16", False, parts=True)
+    assert type(v) is pa.MmaVariant and pa.MMA_PARTS_FAMILY.contains(v)
     assert isinstance(pa.choose_variant("float32", "auto", 128, 4, "float32", False), pa.Variant)
     assert isinstance(pa.choose_variant("bfloat16", "auto", 40, 4, "bfloat16", False), pa.Variant)
     assert isinstance(pa.choose_variant("bfloat16", "auto", 128, 4, "bfloat16", True), pa.Variant)
@@ -889,9 +892,12 @@ def test_variant_choice_and_geometry():
                 for group in (1, 3, 4, 7, 8, 16, 32):
                     for out in (dtype, "float32"):
                         for sparse in (False, True):
-                            v = pa.choose_variant(dtype, kv, D, group, out, sparse)
-                            fam = pa.MMA_FAMILY if isinstance(v, pa.MmaVariant) else pa.FAMILY
-                            assert fam.contains(v), v
+                            for parts in (False, True):
+                                v = pa.choose_variant(dtype, kv, D, group, out, sparse, parts)
+                                fam = (pa.GQA_FAMILY if isinstance(v, pa.GqaVariant) else
+                                       pa.MMA_FAMILY if isinstance(v, pa.MmaVariant) else pa.FAMILY)
+                                assert fam.contains(v), v
+                                assert pa.heads_per_cta(v, group) >= min(group, 16)
     for D, elem in ((8, 2), (128, 2), (256, 4), (128, 1), (256, 1)):
         t = pa.tile_tokens(D, elem)
         assert 512 % t == 0 and t * elem >= 16

@@ -1,5 +1,6 @@
-"""Device A/B: paged_attention_v1 (and v2) with the 4-warp and the 8-warp tensor-core kernel on
-the issue's benchmark shapes plus a few head sizes, same inputs, same process, alternating.
+"""Device A/B: paged_attention_v1 (and v2) with the GQA kernel and the 4- and 8-warp head-as-M
+tensor-core kernels on the issue's benchmark shapes plus a few head sizes, same inputs, same
+process, alternating.
 
     PYTHONPATH=. python3 tools/exp_paged_warps.py
 """
@@ -11,6 +12,7 @@ from cupy_ops import _bench
 from cupy_ops.ops import paged_attention as pa
 
 EXTRA = [("B64 L4096 d64", 64, 4096, 32, 8, 64, 16, "bfloat16", "auto"),
+         ("B64 L4096 Hq128/8", 64, 4096, 128, 8, 128, 16, "bfloat16", "auto"),
          ("B32 L4096 d256", 32, 4096, 32, 8, 256, 16, "bfloat16", "auto"),
          ("B64 L4096 bs32", 64, 4096, 32, 8, 128, 32, "bfloat16", "auto")]
 
@@ -37,16 +39,16 @@ def main():
                                         lens, BS, L, kv_cache_dtype=kv, k_scale=one, v_scale=one)
         res = {}
         for rnd in range(2):
-            for eight in (False, True):
-                pa.MMA_WARPS = "8" if eight else "4"
+            for kernel in ("gqa", "4", "8"):
+                pa.MMA_WARPS = kernel
                 for vname, fn, parts in (("v1", v1, True), ("v2", v2, True), ("v2/part-CTAs", v2, False)):
                     pa.V2_PART_CTAS_MIN_WAVES = 10**9 if parts else 0
                     pa._PLANS.clear()
-                    res.setdefault((vname, eight), []).append(_bench.gpu_time_us(fn, reps=60))
+                    res.setdefault((vname, kernel), []).append(_bench.gpu_time_us(fn, reps=60))
         pa.MMA_WARPS = "auto"
         pa.V2_PART_CTAS_MIN_WAVES = 4
         pa._PLANS.clear()
-        cells = [f"{v} {'8w' if e else '4w'} {min(t):.1f}" for (v, e), t in sorted(res.items())]
+        cells = [f"{v} {k} {min(t):.1f}" for (v, k), t in sorted(res.items())]
         print(f"{name:20s} " + " | ".join(cells), flush=True)
         sets = outs = scratch = None
         torch.cuda.empty_cache()

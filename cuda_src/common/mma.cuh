@@ -59,14 +59,43 @@ __device__ __forceinline__ unsigned load_pair(const unsigned char* p) {
   }
 }
 
-// Two fp8 pairs from one 32-bit load: bytes {0, 1} -> lo, bytes {2, 3} -> hi (as fp16x2).
+// Four fp8 values in a 32-bit word as two fp16x2 registers: bytes {0, 1} -> lo, {2, 3} -> hi.
 template <typename KV>
-__device__ __forceinline__ void load_fp8_quad(const unsigned char* p, unsigned& lo, unsigned& hi) {
-  const unsigned w = *reinterpret_cast<const unsigned*>(p);
+__device__ __forceinline__ void fp8x4_to_half2x2(unsigned w, unsigned& lo, unsigned& hi) {
   const __half2_raw a = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffffu), fp8_kind<KV>());
   const __half2_raw b = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), fp8_kind<KV>());
   lo = static_cast<unsigned>(a.x) | (static_cast<unsigned>(a.y) << 16);
   hi = static_cast<unsigned>(b.x) | (static_cast<unsigned>(b.y) << 16);
+}
+
+// Two fp8 pairs from one 32-bit load: bytes {0, 1} -> lo, bytes {2, 3} -> hi (as fp16x2).
+template <typename KV>
+__device__ __forceinline__ void load_fp8_quad(const unsigned char* p, unsigned& lo, unsigned& hi) {
+  fp8x4_to_half2x2<KV>(*reinterpret_cast<const unsigned*>(p), lo, hi);
+}
+
+// A 32-bit shared-memory load by shared address.
+__device__ __forceinline__ unsigned lds32(unsigned addr) {
+  unsigned v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+
+// Four 8x8 16-bit matrices from shared memory (lane i gives the address of row i % 8 of matrix
+// i / 8; rows are 16 contiguous bytes); lane (g, c) receives row g, columns 2c, 2c + 1 of each:
+// with the right four matrices, exactly an m16n8k16 A fragment.
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&a)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(addr));
+}
+
+// The transpose of an 8x8 16-bit matrix held in fragment layout (lane (g, c): row g, columns
+// 2c, 2c + 1), in the same layout: turns a C tile (rows = M) into a B fragment (k = those rows).
+__device__ __forceinline__ unsigned movmatrix_trans(unsigned x) {
+  unsigned y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
 }
 
 }  // namespace cupy_ops

@@ -153,6 +153,49 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
   if (threadIdx.x == 0) *counter = 0;
 }
 
+// The end of a v1-style decode CTA whose WARPS warps each ran their own online softmax over part
+// of the tokens and published, in base-2 units, m_s[w][r], l_s[w][r] (row pitch 16) and
+// o_s[w][r][head_size] (unnormalised) for query rows r of the CTA, followed by a barrier. Merges the
+// warps per row and writes out[seq][head0 + r][split] (v_scale applied), and:
+//   exp_sums != nullptr      exp_sums / max_logits (natural units) of this split (v2, split v1)
+//   final_out, no counters   the same value to final_out as well (v2 with one partition)
+//   split_counters           the last CTA of (seq, head chunk) merges all splits into final_out
+template <typename T, typename O, int THREADS, int WARPS>
+__device__ void finish_cta(const float* m_s, const float* l_s, const float* o_s, float v_scale, O* out,
+                           int seq, int head0, int heads_here, int head_size, int split,
+                           long long out_stride_seq, long long out_stride_head, long long out_stride_part,
+                           float* exp_sums, float* max_logits, int num_heads, int num_partitions,
+                           T* final_out, long long final_stride_seq, long long final_stride_head,
+                           int* split_counters, int seq_len, int split_tokens, unsigned char* smem) {
+  for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
+    const int r = i / head_size, d = i - r * head_size;
+    float mx = -PA_FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
+    float l = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      const float wt = exp2f(m_s[w * 16 + r] - mx);
+      l += l_s[w * 16 + r] * wt;
+      acc += o_s[(w * 16 + r) * head_size + d] * wt;
+    }
+    const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] = value;
+    if (final_out != nullptr && split_counters == nullptr)
+      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
+    if (exp_sums != nullptr && d == 0) {
+      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
+      exp_sums[idx] = l;
+      max_logits[idx] = mx * LN2;
+    }
+  }
+  if (split_counters != nullptr)
+    merge_splits_if_last<T, THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,
+                                     max_logits, reinterpret_cast<const float*>(out), seq, head0, heads_here,
+                                     head_size, num_heads, num_partitions,
+                                     (seq_len + split_tokens - 1) / split_tokens, smem);
+}
+
 // An empty sequence when final_out is given (split v1, one-partition v2): no CTA has a result,
 // so split 0 writes zeros.
 template <typename T, int THREADS>

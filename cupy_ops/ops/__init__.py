@@ -9,6 +9,7 @@ from . import (merge_attn_states, paged_attention, reshape_and_cache, top_k_per_
 
 FAMILIES = {f.op: f for f in (merge_attn_states.FAMILY, paged_attention.FAMILY,
                               paged_attention.MMA_FAMILY, paged_attention.MMA8_FAMILY,
+                              paged_attention.GQA_FAMILY,
                               paged_attention.MMA_PARTS_FAMILY,
                               paged_attention.REDUCE_FAMILY, reshape_and_cache.FAMILY,
                               top_k_per_row.FAMILY, vertical_slash.FAMILY)}

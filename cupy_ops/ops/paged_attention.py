@@ -121,20 +121,41 @@ MMA8_FAMILY = _runtime.KernelFamily(
     template="cupy_ops::paged_decode_mma8_kernel", variants=MMA_VARIANTS, common=MMA_COMMON)
 MMA8_THREADS = 256       # PA_THREADS8 in the kernel
 MMA8_EXCHANGE_BYTES = 8 * 32 * 8 * 4  # partial S of every lane of the 8 warps
-# "4" / "8" force one kernel for every shape (measurements, tests); anything else: eight_warps().
+
+
+@dataclasses.dataclass(frozen=True)
+class GqaVariant(MmaVariant):
+    """paged_decode_gqa_kernel: MmaVariant's parameters plus the query heads per CTA (the mma's N:
+    8, or 16 for groups above 8)."""
+
+    heads: int = 8
+
+    def template_args(self) -> tuple[str, ...]:
+        return super().template_args() + (str(self.heads // 8),)
+
+
+GQA_HEADS = (8, 16)
+GQA_VARIANTS = tuple(GqaVariant(*dataclasses.astuple(v), heads=h) for v in MMA_VARIANTS for h in GQA_HEADS)
+# The v1 kernel for tensor-core shapes (and v2's one-CTA-per-partition path): the GQA group as the
+# mma's N dimension, tokens as M (paged_attention_gqa.cu). H200 (docs/perf.md, p14).
+GQA_FAMILY = _runtime.KernelFamily(
+    op="paged_attention_gqa", source="paged_attention_gqa.cu",
+    template="cupy_ops::paged_decode_gqa_kernel", variants=GQA_VARIANTS,
+    common=tuple(v for v in GQA_VARIANTS if v.kv in ("auto", "e4m3") and v.dmax in (64, 128) and v.heads == 8))
+# "4" / "8" force the older head-as-M v1 kernels (4 or 8 warps) for every shape, for A/B
+# measurements and tests; anything else: the GQA kernel.
 MMA_WARPS = os.environ.get("CUPY_OPS_PAGED_WARPS", "auto")
 
 
+def v1_kernel() -> str:
+    """Which tensor-core v1 kernel runs: "gqa" unless CUPY_OPS_PAGED_WARPS forces "4" or "8"."""
+    return MMA_WARPS if MMA_WARPS in ("4", "8") else "gqa"
+
+
 def eight_warps(variant) -> bool:
-    """The 8-warp v1 kernel for 16-bit caches with head sizes above 64. Measured on H100
-    (docs/perf.md, p7): B256 L1024 434 -> 403 us, d256 529 -> 399 us, B64 L4096 399 -> 396 us;
-    slower for head sizes <= 64 (221 -> 259 us: too little work per warp to pay for the S
-    exchange) and fp8 caches (288 -> 298 us: the 4-warp kernel fits 3 CTAs per SM there)."""
-    if not isinstance(variant, MmaVariant):
-        return False
-    if MMA_WARPS in ("4", "8"):
-        return MMA_WARPS == "8"
-    return variant.kv == "auto" and variant.dmax >= 128
+    """Whether v1 runs the 8-warp head-as-M kernel (only when forced: the GQA kernel replaced it).
+    H100 (docs/perf.md, p7): it beat the 4-warp one for 16-bit caches with head sizes above 64."""
+    return isinstance(variant, MmaVariant) and not isinstance(variant, GqaVariant) and v1_kernel() == "8"
 REDUCE_VARIANTS = tuple(ReduceVariant(d, t) for d in DTYPES for t in dict.fromkeys((d, "float32")))
 REDUCE_FAMILY = _runtime.KernelFamily(
     op="paged_attention_reduce", source="paged_attention.cu", template="cupy_ops::paged_reduce_kernel",
@@ -442,16 +463,23 @@ def group_tile(group: int) -> int:
     return GROUP_TILES[-1]
 
 
-def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str, sparse: bool):
-    """The tensor-core kernel for 16-bit queries with head_size % 16 == 0 and no block-sparse
-    pattern; the CUDA-core kernel otherwise (fp32 queries, head sizes 8 (mod 16), block-sparse)."""
+def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str, sparse: bool,
+                   parts: bool = False):
+    """The tensor-core kernels for 16-bit queries with head_size % 16 == 0 and no block-sparse
+    pattern (v1: the GQA kernel, a GqaVariant; ``parts``: v2's parts kernel, a MmaVariant); the
+    CUDA-core kernel otherwise (fp32 queries, head sizes 8 (mod 16), block-sparse)."""
     if dtype in MMA_DTYPES and head_size % 16 == 0 and not sparse:
         dmax = 64 if head_size <= 64 else (128 if head_size <= 128 else 256)
-        return MmaVariant(dtype, kv, out, dmax, mma_stages(dmax, kv))
+        v = MmaVariant(dtype, kv, out, dmax, mma_stages(dmax, kv))
+        if parts or v1_kernel() != "gqa":
+            return v
+        return GqaVariant(*dataclasses.astuple(v), heads=8 if group <= 8 else 16)
     return Variant(dtype, kv, out, group_tile(group), 1 if head_size <= THREADS else 2)
 
 
 def heads_per_cta(variant, group: int) -> int:
+    if isinstance(variant, GqaVariant):
+        return variant.heads
     return 16 if isinstance(variant, MmaVariant) else group_tile(group)
 
 
@@ -529,12 +557,15 @@ def _plan(arrays, scalars, validate):
             return FAMILY, THREADS
         if parts:
             return MMA_PARTS_FAMILY, THREADS
+        if isinstance(probe, GqaVariant):
+            return GQA_FAMILY, THREADS
         return (MMA8_FAMILY, MMA8_THREADS) if eight else (MMA_FAMILY, THREADS)
 
     def slots(parts: bool = False) -> int:
         """CTAs of the decode kernel resident on the whole GPU at once."""
         fam, threads = family_of(parts)
-        per_sm = _device.resident_blocks(_runtime.get_kernel(fam, probe, device), threads,
+        v = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse, parts)
+        per_sm = _device.resident_blocks(_runtime.get_kernel(fam, v, device), threads,
                                          smem_bytes(probe, a.head_size, tile, cache_elem, parts,
                                                     eight and not parts))
         return per_sm * sm_count
@@ -560,7 +591,7 @@ def _plan(arrays, scalars, validate):
         splits = max(1, -(-a.max_seq_len // split))
         direct = splits == 1
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
-    variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse)
+    variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse, parts)
     family, threads = family_of(parts)
     kernel = _runtime.get_kernel(family, variant, device)
     smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts)

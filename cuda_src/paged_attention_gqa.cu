@@ -1,0 +1,290 @@
+// paged_attention (tensor cores, group as N): decode attention over vLLM's paged KV cache for
+// 16-bit queries, with the GQA group as the N dimension of mma.sync m16n8k16 and the tokens as M.
+//
+// Same math, grid, arguments and outputs as paged_decode_mma_kernel (paged_attention_mma.cu; the
+// formula and the v2 scratch contract are in paged_attention.cu's header). What differs is how the
+// products are laid out. The other kernels put the query heads in M (16 rows, padded from the
+// group) and compute S = Q K^T; here each warp computes S^T = K Q^T for 16 tokens x 8 heads:
+//   - a group of <= 8 heads pads to 8, not 16: half the mma work, half the exponentials and half
+//     the accumulator registers per token of the other layout (group 4: 50% padding, not 75%);
+//   - K and V are the A operands, loaded straight from the shared tiles with ldmatrix (16-bit
+//     caches: one instruction per 16x16 fragment instead of four 32-bit loads);
+//   - P^T feeds O^T += V^T P^T after an in-register 8x8 transpose (movmatrix), no shared memory.
+// Each of the 4 warps owns 16 tokens of every 64-token tile with its own online softmax; the warps'
+// (m, l, O) merge once at the end (finish_cta). ncu on H200 (docs/perf.md, p14): the head-as-M 8-warp
+// kernel issued ~460 instructions per warp per tile at 0.47 IPC per scheduler and 3.7 TB/s; a
+// read-only kernel with the same pipeline streams 4.38 TB/s, so the math, not the copies, set the pace.
+//
+// Template parameters:
+//   T       query / output element type: __half or __nv_bfloat16
+//   KV      cache element type: T, or __nv_fp8_e4m3 / __nv_fp8_e5m2 (decoded to fp16 in registers:
+//           exact; fp16 mma; k_scale folded into the logit scale, v_scale into the output)
+//   O       element type written to `out`: T, or float (v1's split partials)
+//   DMAX    head_size bound (64, 128, 256): sizes the register arrays; head_size % 16 == 0
+//   STAGES  cp.async pipeline depth (2..4)
+//   HT      head n-tiles: 1 (<= 8 query heads per CTA) or 2 (<= 16)
+// fp8 fragments: a lane's k-indices {2c, 2c+1, 2c+8, 2c+9} of a 16-wide k-step are mapped to four
+// consecutive elements (dims 4c..4c+3 of K, tokens 4c..4c+3 of V), so each is one 32-bit shared
+// load; Q's B fragments use the same dimension order, and the S rows (tokens) follow the V token
+// order so that P^T, transposed, lines up with V^T's k-indices.
+#include "common/dtypes.cuh"
+#include "common/math.cuh"
+#include "common/paged_tiles.cuh"
+#include "common/mma.cuh"
+#include "common/paged_mma.cuh"
+
+namespace cupy_ops {
+
+// Token (0..15 within a warp's 16) held by S^T row m: the identity for 16-bit caches; for fp8 the
+// order that makes V's k-indices {2c, 2c+1, 2c+8, 2c+9} the tokens 4c..4c+3.
+template <bool FP8>
+__device__ __forceinline__ int s_row_token(int m) {
+  if constexpr (!FP8) return m;
+  const int r = m & 7;
+  return ((r >> 1) << 2) + (r & 1) + ((m >> 3) << 1);
+}
+
+template <typename T, typename KV, typename O, int DMAX, int STAGES, int HT>
+__global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(
+    O* out, float* exp_sums, float* max_logits,
+    const T* query, const KV* key_cache, const KV* value_cache,
+    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
+    const float* k_scale_ptr, const float* v_scale_ptr,
+    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
+    int tile_tokens, int split_tokens, int num_partitions,
+    long long q_stride_seq, long long q_stride_head,
+    long long k_stride_block, long long k_stride_head,
+    long long v_stride_block, long long v_stride_head,
+    long long block_tables_stride, int max_table_tokens,
+    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
+    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
+    int part_tokens, T* final_out, long long final_stride_seq, long long final_stride_head,
+    int* split_counters) {
+  static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
+  static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
+  static_assert(HT == 1 || HT == 2, "8 or 16 query heads per CTA");
+  constexpr bool IS_FP8 = sizeof(KV) == 1;
+  using MT = typename pick_type<IS_FP8, __half, T>::type;
+  constexpr int ELEM = static_cast<int>(sizeof(KV));
+  constexpr int KSTEPS = DMAX / 16;   // 16-dim k-steps of S^T = K Q^T; also 16-dim m-tiles of O^T
+  constexpr int HEADS = 8 * HT;
+  constexpr int TILE = 64;            // tile_tokens must equal this (the host passes it)
+  constexpr int WARPS = PA_THREADS / 32;
+
+  const DecodeCta cta(HEADS, group, seq_lens, max_table_tokens, split_tokens);
+  if (exp_sums != nullptr && cta.begin >= cta.seq_len) {
+    if (final_out != nullptr && cta.seq_len == 0 && cta.split == 0)
+      zero_empty_sequence<T, PA_THREADS>(final_out, final_stride_seq, final_stride_head, cta.seq, cta.head0,
+                                         cta.heads_here, head_size);
+    return;
+  }
+  const int seq = cta.seq, head0 = cta.head0, heads_here = cta.heads_here;
+  const int split = cta.split, seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, c = lane & 3;  // mma fragment coordinates
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tile_bytes = TILE * head_size * ELEM;
+  unsigned char* k_s = smem;
+  unsigned char* v_s = smem + STAGES * tile_bytes;
+  const KvTiles<KV> tiles{k_s, v_s,
+                          reinterpret_cast<const unsigned char*>(key_cache + cta.kv_head * k_stride_head),
+                          reinterpret_cast<const unsigned char*>(value_cache + cta.kv_head * v_stride_head),
+                          block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
+                          log2_bs, head_size, TILE, end};
+  auto all_blocks = [](int) { return true; };
+  const TileCopier<KV> copier(tiles);
+
+  // Q^T as B fragments (k = dims, n = heads): lane holds head 8h + g, dims lo/hi of each k-step.
+  unsigned qb[KSTEPS][HT][2];
+  float slope2[HT][2];  // ALiBi slopes (base 2) of this lane's S columns: heads 8h + 2c, + 1
+  {
+    const int lo = IS_FP8 ? 4 * c : 2 * c, hi = IS_FP8 ? 4 * c + 2 : 2 * c + 8;
+    const T* q0 = query + seq * q_stride_seq + head0 * q_stride_head;
+#pragma unroll
+    for (int h = 0; h < HT; ++h) {
+      const int r = 8 * h + g;
+      auto q_at = [&](int col) { return r < heads_here ? to_float(q0[r * q_stride_head + col]) : 0.0f; };
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS; ++kk) {
+        if (kk * 16 < head_size) {
+          qb[kk][h][0] = pack2<MT>(q_at(kk * 16 + lo), q_at(kk * 16 + lo + 1));
+          qb[kk][h][1] = pack2<MT>(q_at(kk * 16 + hi), q_at(kk * 16 + hi + 1));
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int col = 8 * h + 2 * c + j;
+        slope2[h][j] = (alibi_slopes != nullptr && col < heads_here) ? __ldg(alibi_slopes + head0 + col) * LOG2E : 0.0f;
+      }
+    }
+  }
+  // Softmax in base 2 (logits times log2 e, exp2_ftz); max logits are written back in natural units.
+  const float s_scale = scale * (IS_FP8 ? __ldg(k_scale_ptr) : 1.0f) * LOG2E;
+  const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
+
+  float o[KSTEPS][HT][4];  // O^T: dims 16mt + g (+ 8) x heads 8h + 2c (+ 1)
+#pragma unroll
+  for (int mt = 0; mt < KSTEPS; ++mt)
+#pragma unroll
+    for (int h = 0; h < HT; ++h) o[mt][h][0] = o[mt][h][1] = o[mt][h][2] = o[mt][h][3] = 0.0f;
+  float m_run[HT][2], l_run[HT][2];
+#pragma unroll
+  for (int h = 0; h < HT; ++h) m_run[h][0] = m_run[h][1] = -PA_FLT_MAX, l_run[h][0] = l_run[h][1] = 0.0f;
+
+  // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel.
+  const int tw = warp * 16;  // this warp's first token in each tile
+  const int tok_g = s_row_token<IS_FP8>(g), tok_g8 = s_row_token<IS_FP8>(g + 8);
+  constexpr int RB = TILE * ELEM;  // V row bytes
+  unsigned k_frag, v_frag;
+  if constexpr (IS_FP8) {
+    // K: 4 bytes at dims 4c of rows tok_g / tok_g8 (chunk kk = 16 dims). V: tokens tw + 4c..+3 of
+    // rows 16mt + g / + 8 (the row's swizzle is the same for both rows: (d & 3) equal).
+    k_frag = smem_addr(k_s) + (tw + tok_g) * 16 + 4 * c;
+    const int tb = tw + 4 * c;
+    v_frag = smem_addr(v_s) + g * RB + v_swizzle(g, tb & ~15, RB) + (tb & 15);
+  } else {
+    // ldmatrix.x4 row addresses: lane i gives row (i & 7) of matrix i >> 3.
+    const int mat = lane >> 3, r = lane & 7;
+    // K matrices: {tokens 0-7, 8-15} x {dims 0-7, 8-15} of the k-step -> a0..a3.
+    k_frag = smem_addr(k_s) + ((mat >> 1) * TILE + tw + r + (mat & 1) * 8) * 16;
+    // V^T matrices: {dims 0-7, 8-15} x {tokens 0-7, 8-15} of the m-tile -> a0..a3.
+    const int d = r + (mat & 1) * 8, tb = (tw + (mat >> 1) * 8) * ELEM;
+    v_frag = smem_addr(v_s) + d * RB + v_swizzle(d, tb, RB);
+  }
+
+  const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < num_tiles) copier.load(begin + s * TILE, s, all_blocks);
+    cp_async_commit();
+  }
+  // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
+  // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
+  for (int it = 0; it < num_tiles; ++it) {
+    const int stage = it % STAGES;
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    if (it + STAGES - 1 < num_tiles)
+      copier.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
+    cp_async_commit();
+    const int tile_begin = begin + it * TILE;
+    const int valid = min(TILE, end - tile_begin);
+    if (valid < TILE) tiles.clear_tail(stage, valid);
+    if (tw >= valid) continue;
+    const unsigned ks = k_frag + stage * tile_bytes, vs = v_frag + stage * tile_bytes;
+
+    // S^T (16 tokens x 8 heads per n-tile); even and odd k-steps in two independent chains.
+    float s[HT][4], s_odd[HT][4];
+#pragma unroll
+    for (int h = 0; h < HT; ++h)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s[h][i] = s_odd[h][i] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; ++kk) {
+      if (kk * 16 >= head_size) break;
+      unsigned a[4];
+      if constexpr (IS_FP8) {
+        const unsigned w0 = lds32(ks + kk * TILE * 16), w1 = lds32(ks + kk * TILE * 16 + 2 * 16);
+        fp8x4_to_half2x2<KV>(w0, a[0], a[2]);
+        fp8x4_to_half2x2<KV>(w1, a[1], a[3]);
+      } else {
+        ldmatrix_x4(a, ks + kk * 2 * TILE * 16);
+      }
+#pragma unroll
+      for (int h = 0; h < HT; ++h) mma16816<MT>((kk & 1) ? s_odd[h] : s[h], a, qb[kk][h][0], qb[kk][h][1]);
+    }
+    // Scale, ALiBi, mask; online softmax per head column (this lane: heads 8h + 2c + {0, 1}).
+    const bool tail = valid < TILE;
+    const float pos0 = static_cast<float>(tile_begin + tw + tok_g - seq_len + 1);
+    const float pos8 = static_cast<float>(tile_begin + tw + tok_g8 - seq_len + 1);
+    unsigned pb[HT][2];  // P^T as B fragments of O^T += V^T P^T (k = tokens, n = heads)
+#pragma unroll
+    for (int h = 0; h < HT; ++h) {
+      float v[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        v[i] = (s[h][i] + s_odd[h][i]) * s_scale;
+        if (alibi_slopes != nullptr) v[i] += slope2[h][i & 1] * (i < 2 ? pos0 : pos8);
+      }
+      if (tail) {
+        if (tw + tok_g >= valid) v[0] = v[1] = neg_inf();
+        if (tw + tok_g8 >= valid) v[2] = v[3] = neg_inf();
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float mx = fmaxf(v[j], v[j + 2]);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        const float m_new = fmaxf(m_run[h][j], mx);
+        if (m_new != m_run[h][j]) {  // the running max rarely moves after the first tiles
+          const float alpha = exp2_ftz(m_run[h][j] - m_new);
+          m_run[h][j] = m_new;
+          l_run[h][j] *= alpha;
+#pragma unroll
+          for (int mt = 0; mt < KSTEPS; ++mt) {
+            o[mt][h][j] *= alpha;
+            o[mt][h][j + 2] *= alpha;
+          }
+        }
+        v[j] = exp2_ftz(v[j] - m_run[h][j]);
+        v[j + 2] = exp2_ftz(v[j + 2] - m_run[h][j]);
+        l_run[h][j] += v[j] + v[j + 2];
+      }
+      // Rows 0-7 and 8-15 of P^T's C fragment, transposed: B's k-indices 0-7 and 8-15.
+      pb[h][0] = movmatrix_trans(pack2<MT>(v[0], v[1]));
+      pb[h][1] = movmatrix_trans(pack2<MT>(v[2], v[3]));
+    }
+    // O^T += V^T P^T, one 16-dim m-tile at a time.
+#pragma unroll
+    for (int mt = 0; mt < KSTEPS; ++mt) {
+      if (mt * 16 >= head_size) break;
+      unsigned a[4];
+      if constexpr (IS_FP8) {
+        const unsigned w0 = lds32(vs + mt * 16 * RB), w1 = lds32(vs + (mt * 16 + 8) * RB);
+        fp8x4_to_half2x2<KV>(w0, a[0], a[2]);
+        fp8x4_to_half2x2<KV>(w1, a[1], a[3]);
+      } else {
+        ldmatrix_x4(a, vs + mt * 16 * RB);
+      }
+#pragma unroll
+      for (int h = 0; h < HT; ++h) mma16816<MT>(o[mt][h], a, pb[h][0], pb[h][1]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Publish this warp's (m, l, O) per head for finish_cta; shared memory is free now.
+  float* m_s = reinterpret_cast<float*>(smem);  // [WARPS][16]
+  float* l_s = m_s + WARPS * 16;                  // [WARPS][16]
+  float* o_s = l_s + WARPS * 16;                  // [WARPS][16][head_size]
+#pragma unroll
+  for (int h = 0; h < HT; ++h)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float l = l_run[h][j];
+      l += __shfl_xor_sync(0xffffffffu, l, 4);
+      l += __shfl_xor_sync(0xffffffffu, l, 8);
+      l += __shfl_xor_sync(0xffffffffu, l, 16);
+      const int col = 8 * h + 2 * c + j;
+      if (g == 0) {
+        m_s[warp * 16 + col] = m_run[h][j];
+        l_s[warp * 16 + col] = l;
+      }
+      float* orow = o_s + (warp * 16 + col) * head_size;
+#pragma unroll
+      for (int mt = 0; mt < KSTEPS; ++mt) {
+        if (mt * 16 >= head_size) break;
+        orow[mt * 16 + g] = o[mt][h][j];
+        orow[mt * 16 + g + 8] = o[mt][h][j + 2];
+      }
+    }
+  __syncthreads();
+  finish_cta<T, O, PA_THREADS, WARPS>(m_s, l_s, o_s, v_scale, out, seq, head0, heads_here, head_size, split,
+                                      out_stride_seq, out_stride_head, out_stride_part, exp_sums, max_logits,
+                                      num_heads, num_partitions, final_out, final_stride_seq,
+                                      final_stride_head, split_counters, seq_len, split_tokens, smem);
+}
+
+}  // namespace cupy_ops
