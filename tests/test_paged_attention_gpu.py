@@ -233,6 +233,7 @@ def test_both_tensor_core_kernels(torch, monkeypatch, warps, kv, D, BS, v2_kerne
     partition by grid size: each must be right on every shape."""
     monkeypatch.setattr(pa, "MMA_WARPS", warps)
     monkeypatch.setattr(pa, "V2_PART_CTAS_MIN_WAVES", 10**9 if v2_kernel == "parts" else 0)
+    monkeypatch.setattr(pa, "V2_PARTS_MIN_GROUP", 0 if v2_kernel == "parts" else 10**9)
     pa._PLANS.clear()
     try:
         case = Case(torch, [1000, 17, 64, 4100], 32, 8, D, BS, kv=kv, alibi=True, seed=D + BS)

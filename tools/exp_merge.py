@@ -11,8 +11,9 @@ import cupy_ops
 from cupy_ops import _bench, _device, _interop, _runtime
 from cupy_ops.ops import merge_attn_states as M
 
-CONFIGS = [(256, 4, "plain"), (256, 2, "plain"), (512, 2, "plain"), (512, 1, "plain"),
-           (128, 2, "plain"), (256, 4, "cs"), (1024, 1, "plain")]
+# H200 (4.3 TB/s) needs more bytes in flight per SM than the H100 the table's 512 x 2 was tuned on.
+CONFIGS = [(512, 2, "plain"), (512, 4, "plain"), (256, 4, "plain"), (256, 8, "plain"),
+           (1024, 2, "plain"), (128, 8, "plain")]
 SIZES = [(256, 16, 128, "float32"), (4096, 32, 128, "bfloat16"), (65536, 32, 128, "bfloat16"),
          (16912, 16, 256, "bfloat16")]
 

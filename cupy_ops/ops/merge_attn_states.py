@@ -14,10 +14,11 @@ OP = "merge_attn_states"
 DTYPES = ("float32", "float16", "bfloat16")
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 VEC_BYTES = (2, 4, 8, 16)
-# 512 threads x 2 vectors of each input in flight per thread: best of 7 configurations on H100
-# (docs/perf.md), 1% ahead of 256 x 4 on large merges and 4% on mid-size ones.
-THREADS = 512
-UNROLL = 2
+# 256 threads x 4 vectors of each input in flight per thread. H200 (docs/perf.md, m3): ahead of
+# the 512 x 2 that won on H100 by 4% on large merges (65536x32x128 bf16 421.8 vs 439.9 us) and
+# 2-4% on mid-size ones; on H100 it was 1% behind on large merges and 4% on mid-size ones.
+THREADS = 256
+UNROLL = 4
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,10 +31,13 @@ SPLIT_OVERHEAD_TOKENS = 128
 REDUCE_OVERHEAD_TOKENS = 64
 FUSED_MERGE_MAX_WAVES = 1  # v1 merges its splits in the decode launch up to this many waves
 # v2 over several partitions: one v1-kernel CTA per 512-token partition when that grid has at
-# least this many waves, else the parts kernel (CTAs span partitions). H100 (docs/perf.md, p9):
-# per-partition CTAs win with many waves (B64 L4096 431 -> 421 us, B256 L1024 465 -> 430, fp8
-# 351 -> 340) and lose with about two (B8 L4096 69 -> 74, B1 L32768 74 -> 78).
-V2_PART_CTAS_MIN_WAVES = 4
+# least this many waves, else the parts kernel (CTAs span partitions). With the GQA kernel on H200
+# (docs/perf.md, p15) per-partition CTAs win at every grid size measured (B8 L4096 64.0 -> 57.6
+# us, B1 L32768 68.9 -> 61.5, B64 405.6 -> 331.9), hence 0; on H100 with the head-as-M kernels 4
+# was best. Groups above 8 (16 heads per GQA CTA) keep the parts kernel: Hq128/Hkv8 B64 L4096
+# 427.8 us against 499.3 per partition.
+V2_PART_CTAS_MIN_WAVES = 0
+V2_PARTS_MIN_GROUP = 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +137,18 @@ class GqaVariant(MmaVariant):
         return super().template_args() + (str(self.heads // 8),)
 
 
+def gqa_stages(dmax: int, kv: str) -> int:
+    """Pipeline depth of the GQA kernel from its stage size (64 tokens of K and V). H200
+    (docs/perf.md, p15): 32 KB stages (bf16 d128) run best 3 deep, 2 CTAs per SM (B64 L4096 276 us,
+    2 deep 331); 64 KB stages (d256) 3 deep, one CTA per SM (326 vs 369 us); 16 KB stages (fp8
+    d128) 2 deep: 4 CTAs per SM, one wave at B64 (178 us; 3 deep 183, 4 deep 272)."""
+    stage = MMA_TILE * dmax * (1 if kv != "auto" else 2) * 2
+    return 3 if stage >= 32768 else 2
+
+
 GQA_HEADS = (8, 16)
-GQA_VARIANTS = tuple(GqaVariant(*dataclasses.astuple(v), heads=h) for v in MMA_VARIANTS for h in GQA_HEADS)
+GQA_VARIANTS = tuple(GqaVariant(v.dtype, v.kv, v.out, v.dmax, gqa_stages(v.dmax, v.kv), h)
+                     for v in MMA_VARIANTS for h in GQA_HEADS)
 # The v1 kernel for tensor-core shapes (and v2's one-CTA-per-partition path): the GQA group as the
 # mma's N dimension, tokens as M (paged_attention_gqa.cu). H200 (docs/perf.md, p14).
 GQA_FAMILY = _runtime.KernelFamily(
@@ -473,7 +486,7 @@ def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str, sp
         v = MmaVariant(dtype, kv, out, dmax, mma_stages(dmax, kv))
         if parts or v1_kernel() != "gqa":
             return v
-        return GqaVariant(*dataclasses.astuple(v), heads=8 if group <= 8 else 16)
+        return GqaVariant(dtype, kv, out, dmax, gqa_stages(dmax, kv), heads=8 if group <= 8 else 16)
     return Variant(dtype, kv, out, group_tile(group), 1 if head_size <= THREADS else 2)
 
 
@@ -579,7 +592,8 @@ def _plan(arrays, scalars, validate):
     # v2 with several partitions on tensor cores: CTAs fill several partitions each, split by
     # the wave model. One partition: the v1 kernel, so that v1 and v2 agree bit for bit (§9.7).
     parts = (mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE
-             and a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * v1_slots)
+             and (group >= V2_PARTS_MIN_GROUP
+                  or a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * v1_slots))
     if a.op == OP_V2:
         part = PARTITION_SIZE
         split = wave_split(PARTITION_SIZE, parts=True) if parts else PARTITION_SIZE
