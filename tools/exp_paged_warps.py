@@ -16,11 +16,19 @@ from cupy_ops.ops import paged_attention as pa
 EXTRA = [("B64 L4096 d64", 64, 4096, 32, 8, 64, 16, "bfloat16", "auto"),
          ("B64 L4096 Hq128/8", 64, 4096, 128, 8, 128, 16, "bfloat16", "auto"),
          ("B32 L4096 d256", 32, 4096, 32, 8, 256, 16, "bfloat16", "auto"),
-         ("B64 L4096 bs32", 64, 4096, 32, 8, 128, 32, "bfloat16", "auto")]
+         ("B64 L4096 bs32", 64, 4096, 32, 8, 128, 32, "bfloat16", "auto"),
+         ("B64 L4096 bs8", 64, 4096, 32, 8, 128, 8, "bfloat16", "auto"),
+         ("B64 L4096 bs64", 64, 4096, 32, 8, 128, 64, "bfloat16", "auto"),
+         ("fp8 B64 L4096 bs32", 64, 4096, 32, 8, 128, 32, "bfloat16", "fp8_e4m3"),
+         ("fp8 B64 L4096 bs8", 64, 4096, 32, 8, 128, 8, "bfloat16", "fp8_e4m3")]
+# ONLY="name,name": run these configs only; VERSIONS="v1": skip the v2 timings.
 
 
 def main():
+    only = os.environ.get("ONLY")
     for name, B, L, Hq, Hkv, D, BS, dtype, kv in _bench.PAGED_CONFIGS + EXTRA:
+        if only and name not in only.split(","):
+            continue
         elem = 1 if kv != "auto" else 2
         n = _bench.rotation_count(2 * B * L * Hkv * D * elem)
         sets = [_bench._paged_set(torch, B, L, Hq, Hkv, D, BS, dtype, kv, i) for i in range(n)]
@@ -45,6 +53,8 @@ def main():
             for kernel in os.environ.get("KERNELS", "gqa 4 8").split():
                 pa.MMA_WARPS = kernel
                 for vname, fn, parts in (("v1", v1, True), ("v2", v2, True), ("v2/part-CTAs", v2, False)):
+                    if vname not in os.environ.get("VERSIONS", "v1 v2 v2/part-CTAs").split():
+                        continue
                     pa.V2_PART_CTAS_MIN_WAVES = 10**9 if parts else 0
                     pa.V2_PARTS_MIN_GROUP = 0 if parts else 10**9
                     pa._PLANS.clear()
