@@ -43,19 +43,7 @@
 namespace cupy_ops {
 
 template <typename T, typename KV, typename O, int GT, int ROWS, int STAGES>
-__global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(
-    O* out, float* exp_sums, float* max_logits,
-    const T* query, const KV* key_cache, const KV* value_cache,
-    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
-    const float* k_scale_ptr, const float* v_scale_ptr,
-    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
-    int tile_tokens, int split_tokens, int num_partitions,
-    long long q_stride_seq, long long q_stride_head,
-    long long k_stride_block, long long k_stride_head,
-    long long v_stride_block, long long v_stride_head,
-    long long block_tables_stride, int max_table_tokens,
-    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
-    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step) {
+__global__ void __launch_bounds__(PA_THREADS) paged_decode_kernel(PAGED_DECODE_PARAMS) {
   static_assert(GT == 1 || GT == 2 || GT == 4 || GT == 8 || GT == 16, "GT: heads per CTA");
   static_assert(ROWS == 1 || ROWS == 2, "head_size <= 128 * ROWS");
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");

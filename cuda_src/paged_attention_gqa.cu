@@ -45,21 +45,7 @@ __device__ __forceinline__ int s_row_token(int m) {
 }
 
 template <typename T, typename KV, typename O, int DMAX, int STAGES, int HT>
-__global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(
-    O* out, float* exp_sums, float* max_logits,
-    const T* query, const KV* key_cache, const KV* value_cache,
-    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
-    const float* k_scale_ptr, const float* v_scale_ptr,
-    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
-    int tile_tokens, int split_tokens, int num_partitions,
-    long long q_stride_seq, long long q_stride_head,
-    long long k_stride_block, long long k_stride_head,
-    long long v_stride_block, long long v_stride_head,
-    long long block_tables_stride, int max_table_tokens,
-    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
-    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
-    int part_tokens, T* final_out, long long final_stride_seq, long long final_stride_head,
-    int* split_counters) {
+__global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECODE_MMA_PARAMS) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
   static_assert(HT == 1 || HT == 2, "8 or 16 query heads per CTA");

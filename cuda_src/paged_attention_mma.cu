@@ -29,21 +29,7 @@ namespace cupy_ops {
 //   STAGES  cp.async pipeline depth (2..4)
 // fp8 caches decode to fp16 in registers and use fp16 mma (e4m3 and e5m2 values are exact in fp16).
 template <typename T, typename KV, typename O, int DMAX, int STAGES>
-__global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
-    O* out, float* exp_sums, float* max_logits,
-    const T* query, const KV* key_cache, const KV* value_cache,
-    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
-    const float* k_scale_ptr, const float* v_scale_ptr,
-    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
-    int tile_tokens, int split_tokens, int num_partitions,
-    long long q_stride_seq, long long q_stride_head,
-    long long k_stride_block, long long k_stride_head,
-    long long v_stride_block, long long v_stride_head,
-    long long block_tables_stride, int max_table_tokens,
-    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
-    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
-    int part_tokens, T* final_out, long long final_stride_seq, long long final_stride_head,
-    int* split_counters) {
+__global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(PAGED_DECODE_MMA_PARAMS) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   constexpr bool IS_FP8 = sizeof(KV) == 1;
   using MT = typename pick_type<IS_FP8, __half, T>::type;
@@ -213,21 +199,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(
 // registers per thread, for the same shared memory plus 8 KB: more loads and mma chains in
 // flight to hide latency (docs/perf.md, p7).
 template <typename T, typename KV, typename O, int DMAX, int STAGES>
-__global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode_mma8_kernel(
-    O* out, float* exp_sums, float* max_logits,
-    const T* query, const KV* key_cache, const KV* value_cache,
-    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
-    const float* k_scale_ptr, const float* v_scale_ptr,
-    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
-    int tile_tokens, int split_tokens, int num_partitions,
-    long long q_stride_seq, long long q_stride_head,
-    long long k_stride_block, long long k_stride_head,
-    long long v_stride_block, long long v_stride_head,
-    long long block_tables_stride, int max_table_tokens,
-    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
-    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
-    int part_tokens, T* final_out, long long final_stride_seq, long long final_stride_head,
-    int* split_counters) {
+__global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode_mma8_kernel(PAGED_DECODE_MMA_PARAMS) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   constexpr bool IS_FP8 = sizeof(KV) == 1;
   using MT = typename pick_type<IS_FP8, __half, T>::type;
@@ -413,21 +385,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
 //   STAGES  cp.async pipeline depth (2..4)
 // fp8 caches decode to fp16 in registers and use fp16 mma (e4m3 and e5m2 values are exact in fp16).
 template <typename T, typename KV, typename O, int DMAX, int STAGES>
-__global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(
-    O* out, float* exp_sums, float* max_logits,
-    const T* query, const KV* key_cache, const KV* value_cache,
-    const int* block_tables, const int* seq_lens, const float* alibi_slopes,
-    const float* k_scale_ptr, const float* v_scale_ptr,
-    float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,
-    int tile_tokens, int split_tokens, int num_partitions,
-    long long q_stride_seq, long long q_stride_head,
-    long long k_stride_block, long long k_stride_head,
-    long long v_stride_block, long long v_stride_head,
-    long long block_tables_stride, int max_table_tokens,
-    long long out_stride_seq, long long out_stride_head, long long out_stride_part,
-    int tp_rank, int bs_local_blocks, int bs_vert_stride, int bs_block_size, int bs_sliding_step,
-    int part_tokens, T* final_out, long long final_stride_seq, long long final_stride_head,
-    int* split_counters) {
+__global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_parts_kernel(PAGED_DECODE_MMA_PARAMS) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
   constexpr bool IS_FP8 = sizeof(KV) == 1;

@@ -44,6 +44,24 @@ __device__ __forceinline__ int v_swizzle(int row, int byte_in_row, int row_bytes
   return byte_in_row ^ ((row & mask) << 4);
 }
 
+// The decode kernels' parameter list (templates over T, KV, O), packed by one host table
+// (DECODE_PARAMS / MMA_DECODE_PARAMS in ops/paged_attention.py); the tensor-core kernels add v2's
+// partition size and the in-launch split merge's arguments.
+#define PAGED_DECODE_PARAMS                                                                    \
+  O *out, float *exp_sums, float *max_logits, const T *query, const KV *key_cache,              \
+      const KV *value_cache, const int *block_tables, const int *seq_lens,                      \
+      const float *alibi_slopes, const float *k_scale_ptr, const float *v_scale_ptr,            \
+      float scale, int num_heads, int num_kv_heads, int group, int head_size, int log2_bs,      \
+      int tile_tokens, int split_tokens, int num_partitions, long long q_stride_seq,            \
+      long long q_stride_head, long long k_stride_block, long long k_stride_head,               \
+      long long v_stride_block, long long v_stride_head, long long block_tables_stride,         \
+      int max_table_tokens, long long out_stride_seq, long long out_stride_head,                \
+      long long out_stride_part, int tp_rank, int bs_local_blocks, int bs_vert_stride,          \
+      int bs_block_size, int bs_sliding_step
+#define PAGED_DECODE_MMA_PARAMS                                                                \
+  PAGED_DECODE_PARAMS, int part_tokens, T *final_out, long long final_stride_seq,               \
+      long long final_stride_head, int *split_counters
+
 // Block-sparse (spec §4.4): is kv-cache block `blk` attended by query head h / kv head kvh?
 __device__ __forceinline__ bool bs_attended(int blk, int block_size, int seq_len, int h, int kvh,
                                             int num_heads, int num_kv_heads, int tp_rank,
