@@ -70,9 +70,24 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
   const int g = lane >> 2, c = lane & 3;  // mma fragment coordinates
 
   extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ __align__(8) unsigned long long full_bar[STAGES];  // bulk path: one per stage
   const int tile_bytes = TILE * head_size * ELEM;
   unsigned char* k_s = smem;
   unsigned char* v_s = smem + STAGES * tile_bytes;
+  // Two ways to fill a stage (both keep one CTA barrier per tile):
+  //   bulk      block sizes 8 and 16 with 16-byte aligned caches: warp 0 issues one cp.async.bulk
+  //             per cache block for K and for V (the copy engine moves 2-4 KB per instruction)
+  //             and the stage's mbarrier says when they landed. The tile keeps the blocks' own
+  //             layouts: K [block][D/X][bs][X], V [block][D][bs] (bs 16: 2-way bank conflicts on V
+  //             fragments, which bs >= 32 would make 4- to 8-way: those take the other path).
+  //   cp.async  every thread copies 16-byte words into the swizzled tile layout of
+  //             paged_tiles.cuh (TileCopier); any block size.
+  // The per-thread cp.async loader was ~40% of the instructions of a tile (ncu/SASS, H200).
+  const int block_size = 1 << log2_bs, block_bytes = head_size * block_size * ELEM;
+  const bool bulk = CUPY_OPS_HAS_BULK_COPY && (log2_bs == 3 || log2_bs == 4) &&
+                    ((reinterpret_cast<unsigned long long>(key_cache) | reinterpret_cast<unsigned long long>(value_cache) |
+                      static_cast<unsigned long long>((k_stride_block | k_stride_head | v_stride_block | v_stride_head) * ELEM)) &
+                     15) == 0;
   const KvTiles<KV> tiles{k_s, v_s,
                           reinterpret_cast<const unsigned char*>(key_cache + cta.kv_head * k_stride_head),
                           reinterpret_cast<const unsigned char*>(value_cache + cta.kv_head * v_stride_head),
@@ -118,45 +133,112 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
 #pragma unroll
   for (int h = 0; h < HT; ++h) m_run[h][0] = m_run[h][1] = -PA_FLT_MAX, l_run[h][0] = l_run[h][1] = 0.0f;
 
-  // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel.
+  // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel, and the
+  // steps between 16-wide k-steps of K (k_step) and 16-row m-tiles of V^T (v_step) in the
+  // stage's layout; v_row8: V row d + 8 from row d (fp8).
   const int tw = warp * 16;  // this warp's first token in each tile
   const int tok_g = s_row_token<IS_FP8>(g), tok_g8 = s_row_token<IS_FP8>(g + 8);
-  constexpr int RB = TILE * ELEM;  // V row bytes
+  constexpr int RB = TILE * ELEM;  // V row bytes (cp.async layout)
+  // Byte of (token t, K chunk j) and of (token t, V row d) in a stage of either layout.
+  auto k_at = [&](int t, int j) {
+    return bulk ? (t >> log2_bs) * block_bytes + ((j << log2_bs) + (t & (block_size - 1))) * 16 : (j * TILE + t) * 16;
+  };
+  auto v_at = [&](int t, int d) {  // t: first of >= 4 tokens inside one 16-byte group
+    return bulk ? (t >> log2_bs) * block_bytes + ((d << log2_bs) + (t & (block_size - 1))) * ELEM
+                : d * RB + v_swizzle(d, (t * ELEM) & ~15, RB) + ((t * ELEM) & 15);
+  };
+  const int k_step = (IS_FP8 ? 1 : 2) * (bulk ? block_size : TILE) * 16;
+  const int v_step = 16 * (bulk ? block_size * ELEM : RB);
+  const int v_row8 = v_step / 2;
   unsigned k_frag, v_frag;
   if constexpr (IS_FP8) {
-    // K: 4 bytes at dims 4c of rows tok_g / tok_g8 (chunk kk = 16 dims). V: tokens tw + 4c..+3 of
-    // rows 16mt + g / + 8 (the row's swizzle is the same for both rows: (d & 3) equal).
-    k_frag = smem_addr(k_s) + (tw + tok_g) * 16 + 4 * c;
-    const int tb = tw + 4 * c;
-    v_frag = smem_addr(v_s) + g * RB + v_swizzle(g, tb & ~15, RB) + (tb & 15);
+    // K: 4 bytes at dims 4c of rows tok_g / tok_g8 (chunk kk = 16 dims; tok_g8 = tok_g + 2, same
+    // block). V: tokens tw + 4c..+3 of rows 16mt + g / + 8 (same swizzle: (d & 3) equal).
+    k_frag = smem_addr(k_s) + k_at(tw + tok_g, 0) + 4 * c;
+    v_frag = smem_addr(v_s) + v_at(tw + 4 * c, g);
   } else {
     // ldmatrix.x4 row addresses: lane i gives row (i & 7) of matrix i >> 3.
     const int mat = lane >> 3, r = lane & 7;
     // K matrices: {tokens 0-7, 8-15} x {dims 0-7, 8-15} of the k-step -> a0..a3.
-    k_frag = smem_addr(k_s) + ((mat >> 1) * TILE + tw + r + (mat & 1) * 8) * 16;
+    k_frag = smem_addr(k_s) + k_at(tw + r + (mat & 1) * 8, mat >> 1);
     // V^T matrices: {dims 0-7, 8-15} x {tokens 0-7, 8-15} of the m-tile -> a0..a3.
-    const int d = r + (mat & 1) * 8, tb = (tw + (mat >> 1) * 8) * ELEM;
-    v_frag = smem_addr(v_s) + d * RB + v_swizzle(d, tb, RB);
+    v_frag = smem_addr(v_s) + v_at(tw + (mat >> 1) * 8, r + (mat & 1) * 8);
   }
+
+  // Bulk path: warp 0 fills a stage, lane u copying cache block u of the tile (<= 8 blocks).
+  const unsigned char* k_head = reinterpret_cast<const unsigned char*>(key_cache + cta.kv_head * k_stride_head);
+  const unsigned char* v_head = reinterpret_cast<const unsigned char*>(value_cache + cta.kv_head * v_stride_head);
+  const int* table = block_tables + seq * block_tables_stride;
+  auto bulk_load = [&](int tile_begin, int stage) {
+    if (warp != 0) return;
+    const unsigned bar = smem_addr(&full_bar[stage]);
+    const int live = min(TILE >> log2_bs, (end - tile_begin + block_size - 1) >> log2_bs);
+    if (lane == 0) mbar_arrive_expect_tx(bar, live * 2 * block_bytes);
+    if (lane < live) {
+      const long long phys = __ldg(table + ((tile_begin >> log2_bs) + lane));
+      const unsigned dst = stage * tile_bytes + lane * block_bytes;
+      bulk_copy_g2s(smem_addr(k_s) + dst, k_head + phys * k_stride_block * ELEM, block_bytes, bar);
+      bulk_copy_g2s(smem_addr(v_s) + dst, v_head + phys * v_stride_block * ELEM, block_bytes, bar);
+    }
+  };
+  auto load = [&](int tile_begin, int stage) {
+    if (bulk) {
+      bulk_load(tile_begin, stage);
+    } else {
+      copier.load(tile_begin, stage, all_blocks);
+      cp_async_commit();
+    }
+  };
+  if (bulk && tid == 0) {
+#pragma unroll
+    for (int st = 0; st < STAGES; ++st) mbar_init(smem_addr(&full_bar[st]), 1);
+    mbar_init_fence();
+  }
+  __syncthreads();
 
   const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < num_tiles) copier.load(begin + s * TILE, s, all_blocks);
-    cp_async_commit();
+    if (s < num_tiles) {
+      load(begin + s * TILE, s);
+    } else if (!bulk) {
+      cp_async_commit();  // keep one cp.async group per stage
+    }
   }
   // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
   // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
   for (int it = 0; it < num_tiles; ++it) {
     const int stage = it % STAGES;
-    cp_async_wait<STAGES - 2>();
+    if (bulk) {
+      mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
+    } else {
+      cp_async_wait<STAGES - 2>();
+    }
     __syncthreads();
-    if (it + STAGES - 1 < num_tiles)
-      copier.load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES, all_blocks);
-    cp_async_commit();
+    if (it + STAGES - 1 < num_tiles) {
+      load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES);
+    } else if (!bulk) {
+      cp_async_commit();
+    }
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);
-    if (valid < TILE) tiles.clear_tail(stage, valid);
+    if (valid < TILE) {
+      if (bulk) {
+        // Tokens past the end (garbage of a partly used block, or blocks not copied): V must
+        // be zero there (probability 0 times NaN is NaN). The last tile: no copy follows.
+        unsigned char* vs0 = v_s + stage * tile_bytes;
+        const int rest = TILE - valid;
+        for (int i = tid; i < head_size * rest; i += PA_THREADS) {
+          const int d = i / rest, t = valid + (i - d * rest);
+          unsigned char* p = vs0 + (t >> log2_bs) * block_bytes + ((d << log2_bs) + (t & (block_size - 1))) * ELEM;
+#pragma unroll
+          for (int b = 0; b < ELEM; ++b) p[b] = 0;
+        }
+        __syncthreads();
+      } else {
+        tiles.clear_tail(stage, valid);
+      }
+    }
     if (tw >= valid) continue;
     const unsigned ks = k_frag + stage * tile_bytes, vs = v_frag + stage * tile_bytes;
 
@@ -171,11 +253,11 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
       if (kk * 16 >= head_size) break;
       unsigned a[4];
       if constexpr (IS_FP8) {
-        const unsigned w0 = lds32(ks + kk * TILE * 16), w1 = lds32(ks + kk * TILE * 16 + 2 * 16);
+        const unsigned w0 = lds32(ks + kk * k_step), w1 = lds32(ks + kk * k_step + 2 * 16);
         fp8x4_to_half2x2<KV>(w0, a[0], a[2]);
         fp8x4_to_half2x2<KV>(w1, a[1], a[3]);
       } else {
-        ldmatrix_x4(a, ks + kk * 2 * TILE * 16);
+        ldmatrix_x4(a, ks + kk * k_step);
       }
 #pragma unroll
       for (int h = 0; h < HT; ++h) mma16816<MT>((kk & 1) ? s_odd[h] : s[h], a, qb[kk][h][0], qb[kk][h][1]);
@@ -228,17 +310,17 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
       if (mt * 16 >= head_size) break;
       unsigned a[4];
       if constexpr (IS_FP8) {
-        const unsigned w0 = lds32(vs + mt * 16 * RB), w1 = lds32(vs + (mt * 16 + 8) * RB);
+        const unsigned w0 = lds32(vs + mt * v_step), w1 = lds32(vs + mt * v_step + v_row8);
         fp8x4_to_half2x2<KV>(w0, a[0], a[2]);
         fp8x4_to_half2x2<KV>(w1, a[1], a[3]);
       } else {
-        ldmatrix_x4(a, vs + mt * 16 * RB);
+        ldmatrix_x4(a, vs + mt * v_step);
       }
 #pragma unroll
       for (int h = 0; h < HT; ++h) mma16816<MT>(o[mt][h], a, pb[h][0], pb[h][1]);
     }
   }
-  cp_async_wait<0>();
+  if (!bulk) cp_async_wait<0>();  // bulk: every stage that was filled was also waited for
   __syncthreads();
 
   // Publish this warp's (m, l, O) per head for finish_cta; shared memory is free now.
