@@ -121,6 +121,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
     }
   }
   // Softmax in base 2 (logits times log2 e, exp2_ftz); max logits are written back in natural units.
+  // v2 with CTAs spanning several 512-token partitions (part_tokens < split_tokens): at each
+  // partition end the warps publish their (m, l, O) to a region after the stages, merge them
+  // (finish_cta without the split merge) and start the next partition from zero; the last
+  // partition, like v1, ends the CTA.
   const float s_scale = scale * (IS_FP8 ? __ldg(k_scale_ptr) : 1.0f) * LOG2E;
   const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
 
@@ -132,6 +136,45 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
   float m_run[HT][2], l_run[HT][2];
 #pragma unroll
   for (int h = 0; h < HT; ++h) m_run[h][0] = m_run[h][1] = -PA_FLT_MAX, l_run[h][0] = l_run[h][1] = 0.0f;
+  const bool multi_part = part_tokens < split_tokens;
+  // Where warps publish (m, l, O) for finish_cta: [WARPS][HEADS] m and l, [WARPS][HEADS][head_size]
+  // O. Mid-loop (multi_part) after the stages; at the end of a v1 CTA over the free stages.
+  float* flush_s = reinterpret_cast<float*>(smem + (multi_part ? 2 * STAGES * tile_bytes : 0));
+  auto publish = [&]() {
+    float* m_s = flush_s;
+    float* l_s = m_s + WARPS * HEADS;
+    float* o_s = l_s + WARPS * HEADS;
+#pragma unroll
+    for (int h = 0; h < HT; ++h)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float l = l_run[h][j];
+        l += __shfl_xor_sync(0xffffffffu, l, 4);
+        l += __shfl_xor_sync(0xffffffffu, l, 8);
+        l += __shfl_xor_sync(0xffffffffu, l, 16);
+        const int col = 8 * h + 2 * c + j;
+        if (g == 0) {
+          m_s[warp * HEADS + col] = m_run[h][j];
+          l_s[warp * HEADS + col] = l;
+        }
+        float* orow = o_s + (warp * HEADS + col) * head_size;
+#pragma unroll
+        for (int mt = 0; mt < KSTEPS; ++mt) {
+          if (mt * 16 >= head_size) break;
+          orow[mt * 16 + g] = o[mt][h][j];
+          orow[mt * 16 + g + 8] = o[mt][h][j + 2];
+        }
+      }
+  };
+  // finish_cta over what publish() wrote, for partition (or v1 split) `part`.
+  auto flush = [&](int part, T* fin, int* counters) {
+    const float* m_s = flush_s;
+    finish_cta<T, O, PA_THREADS, WARPS, HEADS>(m_s, m_s + WARPS * HEADS, m_s + 2 * WARPS * HEADS, v_scale, out, seq,
+                                               head0, heads_here, head_size, part, out_stride_seq,
+                                               out_stride_head, out_stride_part, exp_sums, max_logits, num_heads,
+                                               num_partitions, fin, final_stride_seq, final_stride_head, counters,
+                                               seq_len, split_tokens, smem);
+  };
 
   // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel, and the
   // steps between 16-wide k-steps of K (k_step) and 16-row m-tiles of V^T (v_step) in the
@@ -207,7 +250,21 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
   }
   // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
   // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
+  const int tiles_per_part = part_tokens / TILE;
   for (int it = 0; it < num_tiles; ++it) {
+    if (multi_part && it > 0 && it % tiles_per_part == 0) {  // tiles [it - tiles_per_part, it): a partition
+      publish();
+      __syncthreads();
+      flush((begin + (it - 1) * TILE) / part_tokens, nullptr, nullptr);
+#pragma unroll
+      for (int h = 0; h < HT; ++h) {
+        m_run[h][0] = m_run[h][1] = -PA_FLT_MAX;
+        l_run[h][0] = l_run[h][1] = 0.0f;
+#pragma unroll
+        for (int mt = 0; mt < KSTEPS; ++mt) o[mt][h][0] = o[mt][h][1] = o[mt][h][2] = o[mt][h][3] = 0.0f;
+      }
+      // The next publish() is a partition later, after this loop's barriers.
+    }
     const int stage = it % STAGES;
     if (bulk) {
       mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
@@ -323,36 +380,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
   if (!bulk) cp_async_wait<0>();  // bulk: every stage that was filled was also waited for
   __syncthreads();
 
-  // Publish this warp's (m, l, O) per head for finish_cta; shared memory is free now.
-  float* m_s = reinterpret_cast<float*>(smem);  // [WARPS][16]
-  float* l_s = m_s + WARPS * 16;                  // [WARPS][16]
-  float* o_s = l_s + WARPS * 16;                  // [WARPS][16][head_size]
-#pragma unroll
-  for (int h = 0; h < HT; ++h)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      float l = l_run[h][j];
-      l += __shfl_xor_sync(0xffffffffu, l, 4);
-      l += __shfl_xor_sync(0xffffffffu, l, 8);
-      l += __shfl_xor_sync(0xffffffffu, l, 16);
-      const int col = 8 * h + 2 * c + j;
-      if (g == 0) {
-        m_s[warp * 16 + col] = m_run[h][j];
-        l_s[warp * 16 + col] = l;
-      }
-      float* orow = o_s + (warp * 16 + col) * head_size;
-#pragma unroll
-      for (int mt = 0; mt < KSTEPS; ++mt) {
-        if (mt * 16 >= head_size) break;
-        orow[mt * 16 + g] = o[mt][h][j];
-        orow[mt * 16 + g + 8] = o[mt][h][j + 2];
-      }
-    }
+  // The last partition (v2) or the CTA's split (v1); for v1 the stages are free now.
+  publish();
   __syncthreads();
-  finish_cta<T, O, PA_THREADS, WARPS>(m_s, l_s, o_s, v_scale, out, seq, head0, heads_here, head_size, split,
-                                      out_stride_seq, out_stride_head, out_stride_part, exp_sums, max_logits,
-                                      num_heads, num_partitions, final_out, final_stride_seq,
-                                      final_stride_head, split_counters, seq_len, split_tokens, smem);
+  flush(num_tiles > 0 ? (begin + (num_tiles - 1) * TILE) / part_tokens : split, final_out, split_counters);
 }
 
 }  // namespace cupy_ops

@@ -223,17 +223,19 @@ def test_fp8_caches_with_distinct_scales(torch, kv, dtype, D, BS):
     check_out(case, run_v2(case)[0], want, v2=True)
 
 
-@pytest.mark.parametrize("v2_kernel", ["parts", "part_ctas"])
+@pytest.mark.parametrize("v2_kernel", ["parts", "part_ctas", "multi_part"])
 @pytest.mark.parametrize("warps", ["gqa", "4", "8"])
 @pytest.mark.parametrize("kv,D,BS", [("auto", 128, 16), ("auto", 64, 8), ("auto", 80, 32),
                                      ("auto", 256, 16), ("fp8_e4m3", 128, 16)])
 def test_both_tensor_core_kernels(torch, monkeypatch, warps, kv, D, BS, v2_kernel):
     """v1 runs the GQA kernel unless CUPY_OPS_PAGED_WARPS forces a head-as-M kernel (4 or 8
-    warps), and v2 over several partitions runs the parts kernel or one v1-kernel CTA per
-    partition by grid size: each must be right on every shape."""
+    warps), and v2 over several partitions runs the parts kernel, one v1-kernel CTA per
+    partition, or GQA CTAs spanning several partitions (flushing one result per partition):
+    each must be right on every shape."""
     monkeypatch.setattr(pa, "MMA_WARPS", warps)
     monkeypatch.setattr(pa, "V2_PART_CTAS_MIN_WAVES", 10**9 if v2_kernel == "parts" else 0)
     monkeypatch.setattr(pa, "V2_PARTS_MIN_GROUP", 0 if v2_kernel == "parts" else 10**9)
+    monkeypatch.setattr(pa, "V2_MULTI_PART", v2_kernel == "multi_part")
     pa._PLANS.clear()
     try:
         case = Case(torch, [1000, 17, 64, 4100], 32, 8, D, BS, kv=kv, alibi=True, seed=D + BS)

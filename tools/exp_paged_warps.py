@@ -48,18 +48,20 @@ def main():
             cupy_ops.paged_attention_v2(outs[i % n], *scratch[i % n], q, kc, vc, Hkv, D ** -0.5, table,
                                         lens, BS, L, kv_cache_dtype=kv, k_scale=one, v_scale=one)
         res = {}
-        defaults = (pa.MMA_WARPS, pa.V2_PART_CTAS_MIN_WAVES, pa.V2_PARTS_MIN_GROUP)
+        defaults = (pa.MMA_WARPS, pa.V2_PART_CTAS_MIN_WAVES, pa.V2_PARTS_MIN_GROUP, pa.V2_MULTI_PART)
         for rnd in range(2):
             for kernel in os.environ.get("KERNELS", "gqa 4 8").split():
                 pa.MMA_WARPS = kernel
-                for vname, fn, parts in (("v1", v1, True), ("v2", v2, True), ("v2/part-CTAs", v2, False)):
-                    if vname not in os.environ.get("VERSIONS", "v1 v2 v2/part-CTAs").split():
+                for vname, fn, parts in (("v1", v1, True), ("v2", v2, True), ("v2/part-CTAs", v2, False),
+                                         ("v2/multi", v2, False)):
+                    if vname not in os.environ.get("VERSIONS", "v1 v2 v2/part-CTAs v2/multi").split():
                         continue
                     pa.V2_PART_CTAS_MIN_WAVES = 10**9 if parts else 0
                     pa.V2_PARTS_MIN_GROUP = 0 if parts else 10**9
+                    pa.V2_MULTI_PART = vname == "v2/multi"
                     pa._PLANS.clear()
                     res.setdefault((vname, kernel), []).append(_bench.gpu_time_us(fn, reps=60))
-        pa.MMA_WARPS, pa.V2_PART_CTAS_MIN_WAVES, pa.V2_PARTS_MIN_GROUP = defaults
+        pa.MMA_WARPS, pa.V2_PART_CTAS_MIN_WAVES, pa.V2_PARTS_MIN_GROUP, pa.V2_MULTI_PART = defaults
         pa._PLANS.clear()
         cells = [f"{v} {k} {min(t):.1f}" for (v, k), t in sorted(res.items())]
         print(f"{name:20s} " + " | ".join(cells), flush=True)

@@ -153,16 +153,17 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
   if (threadIdx.x == 0) *counter = 0;
 }
 
-// The end of a v1-style decode CTA whose WARPS warps each ran their own online softmax over part
-// of the tokens and published, in base-2 units, m_s[w][r], l_s[w][r] (row pitch 16) and
-// o_s[w][r][head_size] (unnormalised) for query rows r of the CTA, followed by a barrier. Merges the
-// warps per row and writes out[seq][head0 + r][split] (v_scale applied), and:
-//   exp_sums != nullptr      exp_sums / max_logits (natural units) of this split (v2, split v1)
+// The end of a v1-style decode CTA (or of one v2 partition inside it) whose WARPS warps each ran
+// their own online softmax over part of the tokens and published, in base-2 units, m_s[w][r],
+// l_s[w][r] (row pitch ROWS) and o_s[w][r][head_size] (unnormalised) for query rows r of the CTA,
+// followed by a barrier. Merges the warps per row and writes out[seq][head0 + r][part] (v_scale
+// applied; part: the split, or the v2 partition), and:
+//   exp_sums != nullptr      exp_sums / max_logits (natural units) of this part (v2, split v1)
 //   final_out, no counters   the same value to final_out as well (v2 with one partition)
 //   split_counters           the last CTA of (seq, head chunk) merges all splits into final_out
-template <typename T, typename O, int THREADS, int WARPS>
+template <typename T, typename O, int THREADS, int WARPS, int ROWS = 16>
 __device__ void finish_cta(const float* m_s, const float* l_s, const float* o_s, float v_scale, O* out,
-                           int seq, int head0, int heads_here, int head_size, int split,
+                           int seq, int head0, int heads_here, int head_size, int part,
                            long long out_stride_seq, long long out_stride_head, long long out_stride_part,
                            float* exp_sums, float* max_logits, int num_heads, int num_partitions,
                            T* final_out, long long final_stride_seq, long long final_stride_head,
@@ -171,20 +172,20 @@ __device__ void finish_cta(const float* m_s, const float* l_s, const float* o_s,
     const int r = i / head_size, d = i - r * head_size;
     float mx = -PA_FLT_MAX;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, m_s[w * 16 + r]);
+    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, m_s[w * ROWS + r]);
     float l = 0.0f, acc = 0.0f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
-      const float wt = exp2f(m_s[w * 16 + r] - mx);
-      l += l_s[w * 16 + r] * wt;
-      acc += o_s[(w * 16 + r) * head_size + d] * wt;
+      const float wt = exp2f(m_s[w * ROWS + r] - mx);
+      l += l_s[w * ROWS + r] * wt;
+      acc += o_s[(w * ROWS + r) * head_size + d] * wt;
     }
     const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
-    out[seq * out_stride_seq + (head0 + r) * out_stride_head + split * out_stride_part + d] = value;
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + part * out_stride_part + d] = value;
     if (final_out != nullptr && split_counters == nullptr)
       final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
     if (exp_sums != nullptr && d == 0) {
-      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + split;
+      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + part;
       exp_sums[idx] = l;
       max_logits[idx] = mx * LN2;
     }

@@ -38,6 +38,9 @@ FUSED_MERGE_MAX_WAVES = 1  # v1 merges its splits in the decode launch up to thi
 # 427.8 us against 499.3 per partition.
 V2_PART_CTAS_MIN_WAVES = 0
 V2_PARTS_MIN_GROUP = 9
+# v2 on the GQA kernel: CTAs span several partitions and flush one result per partition (instead
+# of one CTA per partition, each paying a pipeline fill). docs/perf.md, p17.
+V2_MULTI_PART = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,9 +510,11 @@ def tile_tokens(head_size: int, cache_elem: int) -> int:
 
 
 def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool = False,
-               eight_warps: bool = False) -> int:
+               eight_warps: bool = False, multi_part: bool = False) -> int:
     if isinstance(variant, MmaVariant):
         stages = variant.stages * 2 * MMA_TILE * head_size * cache_elem
+        if multi_part:  # GQA kernel over several v2 partitions: the warps' (m, l, O) after the stages
+            return stages + (2 * 4 * variant.heads + 4 * variant.heads * head_size) * 4
         if parts:
             return 16 * (MMA_TILE + 4) * 4 + stages  # + S of one tile, rows padded (S_PITCH)
         if eight_warps:
@@ -574,13 +579,13 @@ def _plan(arrays, scalars, validate):
             return GQA_FAMILY, THREADS
         return (MMA8_FAMILY, MMA8_THREADS) if eight else (MMA_FAMILY, THREADS)
 
-    def slots(parts: bool = False) -> int:
+    def slots(parts: bool = False, multi_part: bool = False) -> int:
         """CTAs of the decode kernel resident on the whole GPU at once."""
         fam, threads = family_of(parts)
         v = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse, parts)
         per_sm = _device.resident_blocks(_runtime.get_kernel(fam, v, device), threads,
-                                         smem_bytes(probe, a.head_size, tile, cache_elem, parts,
-                                                    eight and not parts))
+                                         smem_bytes(v, a.head_size, tile, cache_elem, parts,
+                                                    eight and not parts, multi_part))
         return per_sm * sm_count
 
     v1_slots = slots()  # the v1 kernel's: its wave model, the v2 kernel choice, the split merge
@@ -594,9 +599,20 @@ def _plan(arrays, scalars, validate):
     parts = (mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE
              and (group >= V2_PARTS_MIN_GROUP
                   or a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * v1_slots))
+    # v2 on the GQA kernel: CTAs span several partitions (split by the wave model), flushing one
+    # result per partition; V2_MULTI_PART off: one CTA per partition.
+    multi = (a.op == OP_V2 and mma and not parts and isinstance(probe, GqaVariant) and V2_MULTI_PART
+             and a.max_seq_len > PARTITION_SIZE)
     if a.op == OP_V2:
         part = PARTITION_SIZE
-        split = wave_split(PARTITION_SIZE, parts=True) if parts else PARTITION_SIZE
+        if parts:
+            split = wave_split(PARTITION_SIZE, parts=True)
+        elif multi:
+            split = v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, PARTITION_SIZE,
+                              slots(multi_part=True))
+        else:
+            split = PARTITION_SIZE
+        multi = multi and split > PARTITION_SIZE
         splits = -(-a.partitions * PARTITION_SIZE // split)
         direct = False
     else:
@@ -608,7 +624,7 @@ def _plan(arrays, scalars, validate):
     variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse, parts)
     family, threads = family_of(parts)
     kernel = _runtime.get_kernel(family, variant, device)
-    smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts)
+    smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts, multi)
     launches = []
     workspace = None
     if direct:
@@ -637,7 +653,7 @@ def _plan(arrays, scalars, validate):
     fused = (mma and a.op == OP_V1 and not direct
              and a.num_seqs * ctas_per_split * splits <= FUSED_MERGE_MAX_WAVES * v1_slots)
     # v2 with one partition (on the v1 kernel): the kernel writes out as well as tmp_out.
-    single = mma and not parts and a.op == OP_V2 and splits == 1
+    single = mma and not parts and a.op == OP_V2 and splits == 1 and split == PARTITION_SIZE
     if mma:
         if fused:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], ws + 4 * stats * (a.head_size + 2))
