@@ -11,7 +11,8 @@
 //     caches: one instruction per 16x16 fragment instead of four 32-bit loads);
 //   - P^T feeds O^T += V^T P^T after an in-register 8x8 transpose (movmatrix), no shared memory.
 // Each of the 4 warps owns 16 tokens of every 64-token tile with its own online softmax; the warps'
-// (m, l, O) merge once at the end (finish_cta). ncu on H200 (docs/perf.md, p14): the head-as-M 8-warp
+// (m, l, O) merge once at the end (finish_cta), or at every v2 partition end when a CTA spans
+// several partitions. Stages are filled by bulk copies (block sizes 8, 16) or cp.async (below). ncu on H200 (docs/perf.md, p14): the head-as-M 8-warp
 // kernel issued ~460 instructions per warp per tile at 0.47 IPC per scheduler and 3.7 TB/s; a
 // read-only kernel with the same pipeline streams 4.38 TB/s, so the math, not the copies, set the pace.
 //
