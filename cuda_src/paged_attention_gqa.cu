@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
                                                head0, heads_here, head_size, part, out_stride_seq,
                                                out_stride_head, out_stride_part, exp_sums, max_logits, num_heads,
                                                num_partitions, fin, final_stride_seq, final_stride_head, counters,
-                                               seq_len, split_tokens, smem);
+                                               seq_len, split_tokens, part_tokens, smem);
   };
 
   // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel, and the

@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(PAGED_DECO
   finish_cta<T, O, PA_THREADS, 4>(m_s, l_s, o_s, v_scale, out, seq, head0, heads_here, head_size, split,
                                   out_stride_seq, out_stride_head, out_stride_part, exp_sums, max_logits,
                                   num_heads, num_partitions, final_out, final_stride_seq, final_stride_head,
-                                  split_counters, seq_len, split_tokens, smem);
+                                  split_counters, seq_len, split_tokens, part_tokens, smem);
 }
 
 // 8-warp variant of paged_decode_mma_kernel (same arguments, grid and outputs; blockDim 256).
@@ -370,7 +370,7 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
   finish_cta<T, O, PA_THREADS8, 4>(m_s, l_s, o_s, v_scale, out, seq, head0, heads_here, head_size, split,
                                   out_stride_seq, out_stride_head, out_stride_part, exp_sums, max_logits,
                                   num_heads, num_partitions, final_out, final_stride_seq, final_stride_head,
-                                  split_counters, seq_len, split_tokens, smem);
+                                  split_counters, seq_len, split_tokens, part_tokens, smem);
 }
 
 // Tensor-core kernel that fills several partitions per CTA (v2), same arguments as

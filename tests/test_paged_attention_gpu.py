@@ -223,7 +223,7 @@ def test_fp8_caches_with_distinct_scales(torch, kv, dtype, D, BS):
     check_out(case, run_v2(case)[0], want, v2=True)
 
 
-@pytest.mark.parametrize("v2_kernel", ["parts", "part_ctas", "multi_part"])
+@pytest.mark.parametrize("v2_kernel", ["parts", "part_ctas", "multi_part", "multi_part_reduce"])
 @pytest.mark.parametrize("warps", ["gqa", "4", "8"])
 @pytest.mark.parametrize("kv,D,BS", [("auto", 128, 16), ("auto", 64, 8), ("auto", 80, 32),
                                      ("auto", 256, 16), ("fp8_e4m3", 128, 16)])
@@ -235,7 +235,8 @@ def test_both_tensor_core_kernels(torch, monkeypatch, warps, kv, D, BS, v2_kerne
     monkeypatch.setattr(pa, "MMA_WARPS", warps)
     monkeypatch.setattr(pa, "V2_PART_CTAS_MIN_WAVES", 10**9 if v2_kernel == "parts" else 0)
     monkeypatch.setattr(pa, "V2_PARTS_MIN_GROUP", 0 if v2_kernel == "parts" else 10**9)
-    monkeypatch.setattr(pa, "V2_MULTI_PART", v2_kernel == "multi_part")
+    monkeypatch.setattr(pa, "V2_MULTI_PART", v2_kernel.startswith("multi_part"))
+    monkeypatch.setattr(pa, "V2_FUSED_MERGE", v2_kernel != "multi_part_reduce")
     pa._PLANS.clear()
     try:
         case = Case(torch, [1000, 17, 64, 4100], 32, 8, D, BS, kv=kv, alibi=True, seed=D + BS)
@@ -248,13 +249,15 @@ def test_both_tensor_core_kernels(torch, monkeypatch, warps, kv, D, BS, v2_kerne
         pa._PLANS.clear()
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("fused", [True, False], ids=["one_launch", "reduce_kernel"])
 @pytest.mark.parametrize("kv,D", [("auto", 128), ("auto", 64), ("fp8_e5m2", 128)])
-def test_split_v1_call_after_call(torch, monkeypatch, kv, D, fused):
-    """Few sequences: v1 splits them. One launch: the last CTA of each (sequence, head chunk)
-    merges (an arrival counter the kernel resets); else the reduce kernel (grids of several
-    waves). Empty sequences in the batch give zeros; five calls in a row with new queries must
-    all be right (a counter left non-zero would skip the merge)."""
+def test_split_call_after_call(torch, monkeypatch, kv, D, fused, version):
+    """Few sequences: v1 splits them, v2's GQA CTAs span several partitions. One launch: the
+    last CTA of each (sequence, head chunk) merges (an arrival counter the kernel resets); else
+    the reduce kernel (grids of several waves). Empty sequences in the batch give zeros; five
+    calls in a row with new queries must all be right (a counter left non-zero would skip the
+    merge)."""
     monkeypatch.setattr(pa, "FUSED_MERGE_MAX_WAVES", 1000 if fused else 0)
     case = Case(torch, [0, 3000, 0, 700, 1], 32, 8, D, 16, kv=kv, alibi=True, seed=D)
     pa._PLANS.clear()
@@ -264,7 +267,10 @@ def test_split_v1_call_after_call(torch, monkeypatch, kv, D, fused):
         case.query.copy_(torch.randn(case.query.shape, generator=g, device="cuda").to(case.query.dtype))
         args, opts = case.reference_args()
         want = ref.paged_attention(*args, **opts)
-        check_out(case, run_v1(case), want)
+        if version == "v1":
+            check_out(case, run_v1(case), want)
+        else:
+            check_out(case, run_v2(case)[0], want, v2=True)
         if plan_launches is None:
             (plan,) = pa._PLANS._plans.values()
             plan_launches = len(getattr(plan, "launches", (plan,)))

@@ -101,25 +101,26 @@ struct MmaRows {
   }
 };
 
-// v1 split across CTAs in one launch (the tensor-core kernels' tail). Every CTA of a (sequence,
-// head chunk) has written its split's partial result: tmp_out[seq][head][split][d] (float,
-// normalised by its own exp sum), exp_sums / max_logits[seq][head][split]. The last CTA to
-// finish merges the n splits with the log-sum-exp rule into final_out and resets its counter to
-// zero for the next call (so CUDA-graph replays start from zero too). Counters start at zero
-// (allocated zeroed with the plan's workspace). Shared memory: heads_here * n floats + 1 int,
+// Splits merged in the decode launch (the tensor-core kernels' tail; v1 splits, and v2's
+// partitions). Each of the `arrivals` CTAs of a (sequence, head chunk) has written its partial
+// results: tmp_out[seq][head][p][d] (float for v1's workspace, T for v2's tmp_out; normalised by
+// its own exp sum), exp_sums / max_logits[seq][head][p], for the n entries p of the sequence. The
+// last CTA to arrive merges the n entries with the log-sum-exp rule into final_out and resets its
+// counter to zero for the next call (so CUDA-graph replays start from zero too). Counters start at
+// zero (allocated zeroed with the plan's workspace). Shared memory: heads_here * n floats + 1 int,
 // reused from the kernel's stages (called after the last barrier of the epilogue).
-template <typename T, int THREADS>
+template <typename T, typename TT, int THREADS>
 __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long fo_head, int* counters,
                                      const float* exp_sums, const float* max_logits,
-                                     const float* tmp_out, int seq, int head0, int heads_here,
-                                     int head_size, int num_heads, int num_partitions, int n,
+                                     const TT* tmp_out, int seq, int head0, int heads_here,
+                                     int head_size, int num_heads, int num_partitions, int arrivals, int n,
                                      unsigned char* smem) {
   int* last_s = reinterpret_cast<int*>(smem);
   float* w_s = reinterpret_cast<float*>(smem + 16);  // [heads_here][n]
   int* counter = counters + seq * gridDim.y + blockIdx.y;
   __threadfence();  // this CTA's partial results, before it is counted
   __syncthreads();
-  if (threadIdx.x == 0) *last_s = atomicAdd(counter, 1) == n - 1;
+  if (threadIdx.x == 0) *last_s = atomicAdd(counter, 1) == arrivals - 1;
   __syncthreads();
   if (!*last_s) return;
   __threadfence();  // the other CTAs' partial results, after their counts
@@ -145,9 +146,9 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
   __syncthreads();
   for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
     const int r = i / head_size, d = i - r * head_size;
-    const float* t = tmp_out + (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions * head_size + d;
+    const TT* t = tmp_out + (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions * head_size + d;
     float acc = 0.0f;
-    for (int p = 0; p < n; ++p) acc += __ldcg(t + static_cast<long long>(p) * head_size) * w_s[r * n + p];
+    for (int p = 0; p < n; ++p) acc += to_float(__ldcg(t + static_cast<long long>(p) * head_size)) * w_s[r * n + p];
     final_out[seq * fo_seq + (head0 + r) * fo_head + d] = from_float<T>(acc);
   }
   if (threadIdx.x == 0) *counter = 0;
@@ -160,14 +161,15 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
 // applied; part: the split, or the v2 partition), and:
 //   exp_sums != nullptr      exp_sums / max_logits (natural units) of this part (v2, split v1)
 //   final_out, no counters   the same value to final_out as well (v2 with one partition)
-//   split_counters           the last CTA of (seq, head chunk) merges all splits into final_out
+//   split_counters           the last CTA of (seq, head chunk) merges all parts into final_out
 template <typename T, typename O, int THREADS, int WARPS, int ROWS = 16>
 __device__ void finish_cta(const float* m_s, const float* l_s, const float* o_s, float v_scale, O* out,
                            int seq, int head0, int heads_here, int head_size, int part,
                            long long out_stride_seq, long long out_stride_head, long long out_stride_part,
                            float* exp_sums, float* max_logits, int num_heads, int num_partitions,
                            T* final_out, long long final_stride_seq, long long final_stride_head,
-                           int* split_counters, int seq_len, int split_tokens, unsigned char* smem) {
+                           int* split_counters, int seq_len, int split_tokens, int part_tokens,
+                           unsigned char* smem) {
   for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
     const int r = i / head_size, d = i - r * head_size;
     float mx = -PA_FLT_MAX;
@@ -191,10 +193,10 @@ __device__ void finish_cta(const float* m_s, const float* l_s, const float* o_s,
     }
   }
   if (split_counters != nullptr)
-    merge_splits_if_last<T, THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,
-                                     max_logits, reinterpret_cast<const float*>(out), seq, head0, heads_here,
-                                     head_size, num_heads, num_partitions,
-                                     (seq_len + split_tokens - 1) / split_tokens, smem);
+    merge_splits_if_last<T, O, THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,
+                                        max_logits, out, seq, head0, heads_here, head_size, num_heads,
+                                        num_partitions, (seq_len + split_tokens - 1) / split_tokens,
+                                        (seq_len + part_tokens - 1) / part_tokens, smem);
 }
 
 // An empty sequence when final_out is given (split v1, one-partition v2): no CTA has a result,

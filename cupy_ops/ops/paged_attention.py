@@ -41,6 +41,9 @@ V2_PARTS_MIN_GROUP = 9
 # v2 on the GQA kernel: CTAs span several partitions and flush one result per partition (instead
 # of one CTA per partition, each paying a pipeline fill). docs/perf.md, p17.
 V2_MULTI_PART = True
+# v2 on the GQA kernel with a one-wave grid merges its partitions in the decode launch (no reduce
+# launch), like v1's splits under FUSED_MERGE_MAX_WAVES. docs/perf.md, p18.
+V2_FUSED_MERGE = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -654,10 +657,20 @@ def _plan(arrays, scalars, validate):
              and a.num_seqs * ctas_per_split * splits <= FUSED_MERGE_MAX_WAVES * v1_slots)
     # v2 with one partition (on the v1 kernel): the kernel writes out as well as tmp_out.
     single = mma and not parts and a.op == OP_V2 and splits == 1 and split == PARTITION_SIZE
+    # v2 on the GQA kernel, one wave: the last CTA of each (sequence, head chunk) merges the
+    # partitions from tmp_out, as v1's splits (counters in a zeroed plan workspace).
+    fused_v2 = (a.op == OP_V2 and mma and not parts and not single and isinstance(variant, GqaVariant)
+                and V2_FUSED_MERGE and a.num_seqs * ctas_per_split * splits
+                <= FUSED_MERGE_MAX_WAVES * (slots(multi_part=True) if multi else v1_slots))
+    if fused_v2:
+        workspace = _interop.empty_like_framework(a.query, (a.num_seqs * ctas_per_split,), "float32", zero=True)
     if mma:
         if fused:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], ws + 4 * stats * (a.head_size + 2))
             smem = max(smem, 16 + 16 * splits * 4)  # the merge's [heads per CTA][splits] weights + a flag
+        elif fused_v2:
+            finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], workspace.ptr)
+            smem = max(smem, 16 + 16 * pitch * 4)  # [heads per CTA][partitions] weights + a flag
         elif single:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], 0)
         else:
@@ -666,7 +679,7 @@ def _plan(arrays, scalars, validate):
                                             args + (part,) + finish, smem))
     else:
         launches.append(_interop.LaunchPlan(DECODE_PARAMS, kernel, a.query, grid, (THREADS,), args, smem))
-    if not direct and not fused and not single:
+    if not direct and not fused and not single and not fused_v2:
         rv = ReduceVariant(a.query.dtype, out_dtype)
         reduce_kernel = _runtime.get_kernel(REDUCE_FAMILY, rv, device)
         exp_ptr, max_ptr, tmp_ptr = target[1], target[2], target[0]
