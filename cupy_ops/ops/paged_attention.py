@@ -529,6 +529,15 @@ def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool 
     return floats * 4 + 16 + 2 * variant.stages * tile * head_size * cache_elem
 
 
+def merge_smem_bytes(entries: int) -> int:
+    """Shared memory of merge_splits_if_last: a flag, then [heads per CTA (<= 16)][entries] weights."""
+    return 16 + 16 * entries * 4
+
+
+# Static shared memory of paged_decode_gqa_kernel (the bulk path's mbarriers, up to 4 stages).
+GQA_STATIC_SMEM = 4 * 8
+
+
 def v1_splits(num_seqs: int, ctas_per_split: int, max_seq_len: int, tile: int, slots: int) -> int:
     """Tokens per split for v1, from a wave model: with ``slots`` CTAs resident at once, s
     splits cost about ceil(ctas * s / slots) waves of (tokens per split + SPLIT_OVERHEAD_TOKENS)
@@ -605,7 +614,9 @@ def _plan(arrays, scalars, validate):
     # v2 on the GQA kernel: CTAs span several partitions (split by the wave model), flushing one
     # result per partition; V2_MULTI_PART off: one CTA per partition.
     multi = (a.op == OP_V2 and mma and not parts and isinstance(probe, GqaVariant) and V2_MULTI_PART
-             and a.max_seq_len > PARTITION_SIZE)
+             and a.max_seq_len > PARTITION_SIZE
+             and smem_bytes(probe, a.head_size, tile, cache_elem, multi_part=True)
+             <= _device.max_dynamic_smem(device) - GQA_STATIC_SMEM)
     if a.op == OP_V2:
         part = PARTITION_SIZE
         if parts:
@@ -659,18 +670,20 @@ def _plan(arrays, scalars, validate):
     single = mma and not parts and a.op == OP_V2 and splits == 1 and split == PARTITION_SIZE
     # v2 on the GQA kernel, one wave: the last CTA of each (sequence, head chunk) merges the
     # partitions from tmp_out, as v1's splits (counters in a zeroed plan workspace).
+    # (Only when the merge's weights fit in the shared memory the kernel has anyway: the
+    # partition count is the caller's scratch size, unbounded.)
     fused_v2 = (a.op == OP_V2 and mma and not parts and not single and isinstance(variant, GqaVariant)
-                and V2_FUSED_MERGE and a.num_seqs * ctas_per_split * splits
+                and V2_FUSED_MERGE and merge_smem_bytes(pitch) <= smem
+                and a.num_seqs * ctas_per_split * splits
                 <= FUSED_MERGE_MAX_WAVES * (slots(multi_part=True) if multi else v1_slots))
     if fused_v2:
         workspace = _interop.empty_like_framework(a.query, (a.num_seqs * ctas_per_split,), "float32", zero=True)
     if mma:
         if fused:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], ws + 4 * stats * (a.head_size + 2))
-            smem = max(smem, 16 + 16 * splits * 4)  # the merge's [heads per CTA][splits] weights + a flag
+            smem = max(smem, merge_smem_bytes(splits))
         elif fused_v2:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], workspace.ptr)
-            smem = max(smem, 16 + 16 * pitch * 4)  # [heads per CTA][partitions] weights + a flag
         elif single:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], 0)
         else:
