@@ -20,6 +20,9 @@ L2_ROTATION_BYTES = 2 * 50 * 2**20   # twice the H100's 50 MB L2
 MAX_ROTATION_BYTES = 8 * 2**30
 SLEEP_CYCLES = 200_000               # ~100 us at 1.98 GHz: longer than any host enqueue here
 
+# The vLLM columns are constants from the issues, not measured in the run: say so under each table.
+VLLM_NOTE = "vLLM columns: the issues' numbers for vLLM's kernels on an H100 80GB (not measured in this run)"
+
 # vLLM's own CUDA kernel on our H100 (issue #3; built from vLLM's sources): size -> us.
 VLLM_US = {(256, 16, 128, "float32"): 7.20, (4096, 32, 128, "bfloat16"): 38.6,
            (65536, 32, 128, "bfloat16"): 539.0}
@@ -202,6 +205,7 @@ def print_merge(rows, copy_gbs, host_us, out=sys.stdout):
           " graph us: per call inside a CUDA graph", file=out)
     hdr = (f"{'T x H x D':>18s} {'dtype':9s} {'ours us':>9s} {'GB/s':>7s} {'%copy':>6s} {'copy us':>8s} "
            f"{'stream us':>9s} {'graph us':>8s} {'torch us':>9s} {'x torch':>7s} {'vLLM us':>8s}")
+    print(VLLM_NOTE, file=out)
     print(hdr, file=out)
     for r in rows:
         vllm = f"{r['vllm_us']:8.1f}" if r["vllm_us"] else f"{'-':>8s}"
@@ -331,6 +335,7 @@ def print_paged(rows, copy_gbs, out=sys.stdout, host=None):
         print(f"host time per call (tiny problem): v1 {host[0]:.1f} us, v2 {host[1]:.1f} us", file=out)
     print("v1/v2 us: GPU time per call (median); GB/s and %copy for v1 (KV + q + out bytes);"
           " x sdpa: v1 time / dense SDPA time (enable_gqa, contiguous KV)", file=out)
+    print(VLLM_NOTE, file=out)
     print(f"{'config':20s} {'v1 us':>8s} {'v2 us':>8s} {'v1 graph':>8s} {'GB/s':>6s} {'%copy':>6s} "
           f"{'sdpa us':>8s} {'x sdpa':>6s} {'vLLM v1':>8s} {'vLLM v2':>8s}", file=out)
     for r in rows:
@@ -422,6 +427,7 @@ def print_vertical_slash(rows, copy_gbs, out=sys.stdout):
           "plain: zero-fills every output element (bytes = out MB); mergehead (counts = NNZ): "
           "writes the defined entries only (def MB); alloc: plain op allocating its outputs; "
           "%sdpa: time / torch causal SDPA prefill (d=128 bf16) in the same run", file=out)
+    print(VLLM_NOTE, file=out)
     print(f"{'config':22s} {'plain us':>9s} {'out MB':>7s} {'%copy':>6s} {'alloc us':>9s} "
           f"{'merge us':>9s} {'def MB':>7s} {'sdpa us':>9s} {'%sdpa pl':>8s} {'%sdpa mh':>8s} "
           f"{'vLLM pl':>8s} {'vLLM mh':>8s}", file=out)

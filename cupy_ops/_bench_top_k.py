@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from ._bench import _torch, gpu_time_us, graph_time_us, host_time_us, rotation_count
+from ._bench import VLLM_NOTE, _torch, gpu_time_us, graph_time_us, host_time_us, rotation_count
 
 CASES = [  # name, op, rows, columns, K
     ("decode 64x131072 K2048", "decode", 64, 131072, 2048),
@@ -89,6 +89,7 @@ def print_top_k(rows, copy_gbs, host_us, out=sys.stdout):
     print("us: GPU time per call (median, events); graph: per call inside a CUDA graph; "
           "x torch: torch.topk time / ours; %copy: logits bytes read / time vs the copy ceiling",
           file=out)
+    print(VLLM_NOTE + "; target: the issue's, set on the same H100", file=out)
     print(f"{'case':26s} {'us':>7s} {'graph':>7s} {'topk us':>8s} {'x torch':>7s} {'GB/s':>6s} "
           f"{'%copy':>6s} {'vLLM':>6s} {'target':>6s}", file=out)
     for r in rows:
