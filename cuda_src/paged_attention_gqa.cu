@@ -12,9 +12,12 @@
 //   - P^T feeds O^T += V^T P^T after an in-register 8x8 transpose (movmatrix), no shared memory.
 // Each of the 4 warps owns 16 tokens of every 64-token tile with its own online softmax; the warps'
 // (m, l, O) merge once at the end (finish_cta), or at every v2 partition end when a CTA spans
-// several partitions. Stages are filled by bulk copies (block sizes 8, 16) or cp.async (below). ncu on H200 (docs/perf.md, p14): the head-as-M 8-warp
-// kernel issued ~460 instructions per warp per tile at 0.47 IPC per scheduler and 3.7 TB/s; a
-// read-only kernel with the same pipeline streams 4.38 TB/s, so the math, not the copies, set the pace.
+// several partitions. Stages are filled by bulk copies (block sizes 8, 16) or cp.async (see the
+// loader below).
+// Why (docs/perf.md, p14-p17): on H200 the head-as-M 8-warp kernel issued ~460 instructions per
+// warp per tile at 0.47 IPC per scheduler and 3.7 TB/s, while a read-only kernel with the same
+// pipeline streams 4.38 TB/s: the math, not the copies, set the pace.
+// Bytes floor: K and V once, as in paged_attention.cu.
 //
 // Template parameters:
 //   T       query / output element type: __half or __nv_bfloat16
@@ -22,7 +25,7 @@
 //           exact; fp16 mma; k_scale folded into the logit scale, v_scale into the output)
 //   O       element type written to `out`: T, or float (v1's split partials)
 //   DMAX    head_size bound (64, 128, 256): sizes the register arrays; head_size % 16 == 0
-//   STAGES  cp.async pipeline depth (2..4)
+//   STAGES  pipeline depth (2..4), from gqa_stages() in ops/paged_attention.py
 //   HT      head n-tiles: 1 (<= 8 query heads per CTA) or 2 (<= 16)
 // fp8 fragments: a lane's k-indices {2c, 2c+1, 2c+8, 2c+9} of a 16-wide k-step are mapped to four
 // consecutive elements (dims 4c..4c+3 of K, tokens 4c..4c+3 of V), so each is one 32-bit shared
