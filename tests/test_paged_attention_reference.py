@@ -935,3 +935,94 @@ def test_public_ops_run_the_reference_on_numpy_inputs():
     cupy_ops.paged_attention_v2(out2, es, ml, tmp, q, kc, vc, Hkv, 0.2, table, lens, BS, 40)
     np.testing.assert_allclose(out2, want, rtol=1e-5, atol=1e-6)
     assert np.all(es[1] == -7)  # the empty sequence's partition is left untouched
+
+
+def _plan_routes(monkeypatch, op, B, L, Hq, Hkv, D, BS, dtype="bfloat16", kv="auto", resident=2):
+    """Build a paged plan on CPU with the device queries mocked (132 SMs, ``resident`` CTAs per
+    SM, 227 KB of opt-in shared memory): returns [(kernel family, variant, grid, smem)] per launch."""
+    from cupy_ops import _device, _interop, _runtime
+    from cupy_ops.ops import paged_attention as pa
+
+    built = []
+
+    class FakeKernel:
+        def __init__(self, family, variant):
+            self.ptr, self.family, self.variant = 1 + len(built), family.op, variant
+
+    def get_kernel(family, variant, device):
+        assert family.contains(variant), (family.op, variant)
+        return FakeKernel(family, variant)
+
+    class FakeBuffer:
+        ptr = 4096
+
+    monkeypatch.setattr(_runtime, "get_kernel", get_kernel)
+    monkeypatch.setattr(_device, "sm_count", lambda device: 132)
+    monkeypatch.setattr(_device, "resident_blocks", lambda kernel, threads, smem: resident)
+    monkeypatch.setattr(_device, "max_dynamic_smem", lambda device: 227 * 1024)
+    monkeypatch.setattr(_interop, "empty_like_framework", lambda like, shape, dtype, zero=False: FakeBuffer())
+
+    def info(shape, dt="float32"):
+        item = {**pa.ITEMSIZE, "int32": 4}[dt]
+        return _interop.ArrayInfo(None, "torch", 1 << 20, dt, shape, pa._contiguous_strides(shape), item, 0)
+
+    elem = 1 if kv != "auto" else pa.ITEMSIZE[dtype]
+    x = 16 // elem
+    nb = B * -(-L // BS)
+    cache_dt = dtype if kv == "auto" else "uint8"
+    P = -(-L // 512)
+    v2 = op == pa.OP_V2
+    a = pa._Args(op, info((B, Hq, D), dtype), info((B, Hq, P)) if v2 else None,
+                 info((B, Hq, P)) if v2 else None, info((B, Hq, P, D), dtype) if v2 else None,
+                 info((B, Hq, D), dtype), info((nb, Hkv, D // x, BS, x), cache_dt),
+                 info((nb, Hkv, D, BS), cache_dt), info((B, -(-L // BS)), "int32"),
+                 info((B,), "int32"), None, info((1,)), info((1,)), pa.KV_KINDS[kv], B, Hq, Hkv, D,
+                 BS, L, D ** -0.5, (0, 0, 0, 64, 0), P if v2 else 0)
+    monkeypatch.setattr(pa, "_validate", lambda arrays, scalars: a)
+    plan = pa._plan(None, None, False)
+    launches = getattr(plan, "launches", (plan,))
+    return [(l.kernel.family, l.kernel.variant, l.dims[:3], l.shared_mem) for l in launches]
+
+
+def test_plan_routes_every_path_without_a_gpu(monkeypatch):
+    """The plan builder's routes (which kernel, how many launches, what shared memory), with the
+    device mocked: v1 whole / split-in-one-launch / split-over-waves, v2 one partition /
+    multi-partition CTAs with the merge in the launch or the reduce kernel / parts kernel for
+    groups above 8, fp8 and fp32. Every kernel asked for is in its family's table and every
+    shared-memory size within the opt-in limit."""
+    from cupy_ops.ops import paged_attention as pa
+    limit = 227 * 1024 - pa.GQA_STATIC_SMEM
+
+    def route(*args, **kw):
+        r = _plan_routes(monkeypatch, *args, **kw)
+        assert all(smem <= limit for _, _, _, smem in r), r
+        return [(fam, grid) for fam, _, grid, _ in r]
+
+    gqa, reduce_, parts = "paged_attention_gqa", "paged_attention_reduce", "paged_attention_mma_parts"
+    # v1: 512 CTAs over 264 slots -> no split, one launch.
+    assert route(pa.OP_V1, 64, 4096, 32, 8, 128, 16) == [(gqa, (64, 8, 1))]
+    # v1, one sequence: split into one wave, merged in the launch.
+    (fam, grid), = route(pa.OP_V1, 1, 32768, 32, 8, 128, 16)
+    assert fam == gqa and grid[2] > 1 and grid[1] * grid[2] <= 264
+    # v2, one partition: the kernel writes out itself.
+    assert route(pa.OP_V2, 64, 500, 32, 8, 128, 16) == [(gqa, (64, 8, 1))]
+    # v2, several partitions, many waves: CTAs span partitions, then the reduce kernel.
+    r = route(pa.OP_V2, 64, 4096, 32, 8, 128, 16)
+    assert [f for f, _ in r] == [gqa, reduce_] and r[0][1][2] < 8
+    # v2, small batch: one wave, partitions merged in the launch.
+    r = route(pa.OP_V2, 8, 4096, 32, 8, 128, 16)
+    assert [f for f, _ in r] == [gqa]
+    # v2 with the in-launch merge off: the reduce kernel.
+    monkeypatch.setattr(pa, "V2_FUSED_MERGE", False)
+    assert [f for f, _ in route(pa.OP_V2, 8, 4096, 32, 8, 128, 16)] == [gqa, reduce_]
+    monkeypatch.setattr(pa, "V2_FUSED_MERGE", True)
+    # v2, group 16: the parts kernel and the reduce.
+    assert [f for f, _ in route(pa.OP_V2, 8, 4096, 128, 8, 128, 16)] == [parts, reduce_]
+    # fp8 and d256 (3 x 64 KB stages + the flush region, one CTA per SM).
+    assert route(pa.OP_V1, 64, 4096, 32, 8, 128, 16, kv="fp8_e4m3", resident=4)[0][0] == gqa
+    assert [f for f, _ in route(pa.OP_V2, 32, 4096, 32, 8, 256, 16, resident=1)][0] == gqa
+    # fp32 queries: the CUDA-core kernel.
+    assert route(pa.OP_V1, 4, 1000, 8, 2, 128, 16, dtype="float32")[0][0] == "paged_attention"
+    # A caller's scratch with very many partitions: no in-launch merge whose weights would not fit.
+    r = _plan_routes(monkeypatch, pa.OP_V2, 1, 4 * 1024 * 1024, 8, 8, 128, 16)
+    assert [f for f, *_ in r] == [gqa, reduce_] and all(s <= limit for *_, s in r)

@@ -613,20 +613,19 @@ def _plan(arrays, scalars, validate):
                   or a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * v1_slots))
     # v2 on the GQA kernel: CTAs span several partitions (split by the wave model), flushing one
     # result per partition; V2_MULTI_PART off: one CTA per partition.
-    multi = (a.op == OP_V2 and mma and not parts and isinstance(probe, GqaVariant) and V2_MULTI_PART
-             and a.max_seq_len > PARTITION_SIZE
-             and smem_bytes(probe, a.head_size, tile, cache_elem, multi_part=True)
-             <= _device.max_dynamic_smem(device) - GQA_STATIC_SMEM)
+    can_multi = (a.op == OP_V2 and mma and not parts and isinstance(probe, GqaVariant) and V2_MULTI_PART
+                 and a.max_seq_len > PARTITION_SIZE
+                 and smem_bytes(probe, a.head_size, tile, cache_elem, multi_part=True)
+                 <= _device.max_dynamic_smem(device) - GQA_STATIC_SMEM)
+    multi_slots = slots(multi_part=True) if can_multi else 0
     if a.op == OP_V2:
         part = PARTITION_SIZE
         if parts:
             split = wave_split(PARTITION_SIZE, parts=True)
-        elif multi:
-            split = v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, PARTITION_SIZE,
-                              slots(multi_part=True))
+        elif can_multi:
+            split = v1_splits(a.num_seqs, ctas_per_split, a.max_seq_len, PARTITION_SIZE, multi_slots)
         else:
             split = PARTITION_SIZE
-        multi = multi and split > PARTITION_SIZE
         splits = -(-a.partitions * PARTITION_SIZE // split)
         direct = False
     else:
@@ -634,6 +633,7 @@ def _plan(arrays, scalars, validate):
         part = split
         splits = max(1, -(-a.max_seq_len // split))
         direct = splits == 1
+    multi = can_multi and split > PARTITION_SIZE  # (can_multi implies v2)
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
     variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse, parts)
     family, threads = family_of(parts)
@@ -675,7 +675,7 @@ def _plan(arrays, scalars, validate):
     fused_v2 = (a.op == OP_V2 and mma and not parts and not single and isinstance(variant, GqaVariant)
                 and V2_FUSED_MERGE and merge_smem_bytes(pitch) <= smem
                 and a.num_seqs * ctas_per_split * splits
-                <= FUSED_MERGE_MAX_WAVES * (slots(multi_part=True) if multi else v1_slots))
+                <= FUSED_MERGE_MAX_WAVES * (multi_slots if multi else v1_slots))
     if fused_v2:
         workspace = _interop.empty_like_framework(a.query, (a.num_seqs * ctas_per_split,), "float32", zero=True)
     if mma:
