@@ -133,13 +133,17 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
   const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
 
   float o[KSTEPS][HT][4];  // O^T: dims 16mt + g (+ 8) x heads 8h + 2c (+ 1)
-#pragma unroll
-  for (int mt = 0; mt < KSTEPS; ++mt)
-#pragma unroll
-    for (int h = 0; h < HT; ++h) o[mt][h][0] = o[mt][h][1] = o[mt][h][2] = o[mt][h][3] = 0.0f;
   float m_run[HT][2], l_run[HT][2];
+  auto reset_softmax = [&]() {  // at the start of the CTA and of each v2 partition
 #pragma unroll
-  for (int h = 0; h < HT; ++h) m_run[h][0] = m_run[h][1] = -PA_FLT_MAX, l_run[h][0] = l_run[h][1] = 0.0f;
+    for (int h = 0; h < HT; ++h) {
+      m_run[h][0] = m_run[h][1] = -PA_FLT_MAX;
+      l_run[h][0] = l_run[h][1] = 0.0f;
+#pragma unroll
+      for (int mt = 0; mt < KSTEPS; ++mt) o[mt][h][0] = o[mt][h][1] = o[mt][h][2] = o[mt][h][3] = 0.0f;
+    }
+  };
+  reset_softmax();
   const bool multi_part = part_tokens < split_tokens;
   // Where warps publish (m, l, O) for finish_cta: [WARPS][HEADS] m and l, [WARPS][HEADS][head_size]
   // O. Mid-loop (multi_part) after the stages; at the end of a v1 CTA over the free stages.
@@ -260,13 +264,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
       publish();
       __syncthreads();
       flush((begin + (it - 1) * TILE) / part_tokens, nullptr, nullptr);
-#pragma unroll
-      for (int h = 0; h < HT; ++h) {
-        m_run[h][0] = m_run[h][1] = -PA_FLT_MAX;
-        l_run[h][0] = l_run[h][1] = 0.0f;
-#pragma unroll
-        for (int mt = 0; mt < KSTEPS; ++mt) o[mt][h][0] = o[mt][h][1] = o[mt][h][2] = o[mt][h][3] = 0.0f;
-      }
+      reset_softmax();
       // The next publish() is a partition later, after this loop's barriers.
     }
     const int stage = it % STAGES;
