@@ -216,20 +216,18 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
     v_frag = smem_addr(v_s) + v_at(tw + (mat >> 1) * 8, r + (mat & 1) * 8);
   }
 
-  // Bulk path: warp 0 fills a stage, lane u copying cache block u of the tile (<= 8 blocks).
-  const unsigned char* k_head = reinterpret_cast<const unsigned char*>(key_cache + cta.kv_head * k_stride_head);
-  const unsigned char* v_head = reinterpret_cast<const unsigned char*>(value_cache + cta.kv_head * v_stride_head);
-  const int* table = block_tables + seq * block_tables_stride;
+  // Bulk path: warp 0 fills a stage, lane u copying cache block u of the tile (<= 8 blocks), from
+  // the kv head's bases and the table row that `tiles` holds.
   auto bulk_load = [&](int tile_begin, int stage) {
     if (warp != 0) return;
     const unsigned bar = smem_addr(&full_bar[stage]);
     const int live = min(TILE >> log2_bs, (end - tile_begin + block_size - 1) >> log2_bs);
     if (lane == 0) mbar_arrive_expect_tx(bar, live * 2 * block_bytes);
     if (lane < live) {
-      const long long phys = __ldg(table + ((tile_begin >> log2_bs) + lane));
+      const long long phys = __ldg(tiles.table + ((tile_begin >> log2_bs) + lane));
       const unsigned dst = stage * tile_bytes + lane * block_bytes;
-      bulk_copy_g2s(smem_addr(k_s) + dst, k_head + phys * k_stride_block * ELEM, block_bytes, bar);
-      bulk_copy_g2s(smem_addr(v_s) + dst, v_head + phys * v_stride_block * ELEM, block_bytes, bar);
+      bulk_copy_g2s(smem_addr(k_s) + dst, tiles.k_base + phys * k_stride_block * ELEM, block_bytes, bar);
+      bulk_copy_g2s(smem_addr(v_s) + dst, tiles.v_base + phys * v_stride_block * ELEM, block_bytes, bar);
     }
   };
   auto load = [&](int tile_begin, int stage) {
