@@ -6,25 +6,31 @@
 // T is selected, plus the first `take` keys equal to T in position order. T is found by radix
 // selection on 32-bit order keys:
 //
-//   pass 0   each warp copies the head of its segment of the slice to shared memory with
-//            cp.async (as much as fits; the rest is re-read from L2 by the later sweeps, the
-//            same share in every warp), converts it to keys in place, and a 12-bit coarse digit
-//            is histogrammed.
+//   pass 0   each warp reads its segment of the slice once, 16 bytes per lane per load with
+//            four loads in flight, straight into registers: order keys, a 12-bit coarse
+//            histogram, and the 16-bit key prefix (key >> 16) kept in shared memory (as much
+//            as fits; the rest is re-read from L2 later, the same share in every warp). Two
+//            bytes per score let a 64K-element slice stay on chip.
 //            With C > 1 the histograms are summed across the cluster through distributed
-//            shared memory. The threshold bin is where the K-th largest key falls.
-//   gather   one sweep: each warp counts its keys above the threshold bin, appends the keys
-//            inside it (usually tens to a few hundred) to a candidate list tagged with the warp,
-//            and notes per 32-element step which lanes are above / inside the bin (two masks,
-//            where shared memory has room); with C > 1 every CTA then pulls all CTAs' lists.
-//   refine   8-bit radix passes over the candidate list, CTA-local (no cluster barriers), until
-//            the threshold is exact or a bin is taken whole; the candidates then complete each
-//            warp's counts of keys above / equal to the threshold without another sweep. If the
-//            bin held more than CAND_CAP keys (heavy ties, very narrow distributions) 12-bit
-//            passes run over the whole slices with cluster-summed histograms instead, and a
-//            counting sweep follows: slower, same answer.
-//   output   warp and CTA offsets from those counts (exchanged across the cluster), then one
-//            writing sweep: selected positions in ascending column order; with the step masks
-//            only lanes inside the threshold bin look at their key again.
+//            shared memory. The threshold bin is where the K-th largest key falls; a bin is a
+//            range of key >> 17, so prefixes alone say above / inside / below.
+//   gather   one sweep over the prefixes: each warp counts its keys above the threshold bin,
+//            appends the keys inside it (usually tens to a few hundred, full keys re-read from
+//            L2) with their element numbers to a candidate list, and notes per 32-element step
+//            which lanes are above / inside the bin (two masks, where shared memory has room);
+//            with C > 1 every CTA then pulls all CTAs' lists.
+//   refine   8-bit radix passes over the candidate list, by one warp for short lists (no block
+//            barriers), until the threshold is exact or a bin is taken whole; the candidates
+//            then complete each warp's counts of keys above / equal to the threshold without
+//            another sweep. If the bin held more than CAND_CAP keys (heavy ties, very narrow
+//            distributions) 12-bit passes run over the whole slices with cluster-summed
+//            histograms instead, and a counting sweep follows: slower, same answer.
+//   output   warp and CTA offsets from those counts (exchanged across the cluster); the listed
+//            candidates that are selected join the "above" masks (ties: each warp's lowest
+//            columns); then each lane takes one 32-element step, a warp scan of the masks'
+//            counts gives its slots, and it writes its set bits: no key is looked at again.
+//            Without masks (bin overflow, or slices too long for them) the write sweep
+//            compares every key again, in column order.
 //
 // The ordered sweeps give each warp one contiguous segment of the slice, walked 32 elements at a
 // time, so column order is (CTA, warp, step, lane). The phases are short and latency bound (a
@@ -46,7 +52,6 @@
 //
 // Reading never leaves [s, e) of the row; s and e are clamped to what `logits` holds, so bad
 // row ranges cannot read out of bounds. Writes stay in out[row, 0:top_k].
-#include "common/async_copy.cuh"
 #include "common/cluster.cuh"
 #include "common/dtypes.cuh"
 
@@ -66,6 +71,7 @@ using u32 = unsigned int;
 constexpr int BINS = 4096;       // 12-bit digits
 constexpr int CAND_CAP = 4096;   // candidate keys refined inside one CTA
 constexpr int LIST_BITS = 8;     // radix digit for candidate lists (few keys: small histograms)
+constexpr u32 WARP_REFINE_MAX = 1024;  // candidate lists up to this long are refined by one warp
 constexpr int GROUP = 4;         // elements per load: 16 bytes of fp32, 8 bytes of fp16/bf16
 
 constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
@@ -188,15 +194,16 @@ struct Threshold {
 
 // This CTA's part of a row, element i at position pos0 + i (positions are column - s, int: a row
 // has < 2^31 columns). Elements [lo, hi) are candidates (positions inside [0, L)). Warp w owns
-// the segment [w * seg, (w + 1) * seg); the first `cw` elements of each segment are keys in
-// shared memory (slots w * cw ..), the others are read again from logits, so every warp has the
-// same share of slow elements.
+// the segment [w * seg, (w + 1) * seg); the first `cw` elements of each segment have their
+// 16-bit key prefix in shared memory (slots w * cw ..), the others are read again from logits,
+// so every warp has the same share of slow elements. Full keys always come from logits (L2):
+// only the few keys inside the threshold bin need them on the fast path.
 template <typename T>
 struct Slice {
   const T* base;      // logits element of position 0
   long long stride1;
   int pos0, n, lo, hi, seg, cw;
-  const u32* cache;
+  const unsigned short* cache;
 
   __device__ __forceinline__ bool valid(int i) const {
     return static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
@@ -204,39 +211,62 @@ struct Slice {
   __device__ __forceinline__ u32 load(int i) const {
     return order_key(to_float(base[static_cast<long long>(pos0 + i) * stride1]));
   }
-  // Key of element i of warp w's segment.
+  // Key prefix (key >> 16) of element i of warp w's segment.
   template <bool ALL_CACHED>
-  __device__ __forceinline__ u32 key(int i, int w) const {
+  __device__ __forceinline__ u32 prefix(int i, int w) const {
     const int rel = i - w * seg;
     if (ALL_CACHED || rel < cw) return cache[w * cw + rel];
-    return load(i);
+    return load(i) >> 16;
   }
   // f(key) for every valid element, block-strided (any order).
   template <typename F>
   __device__ __forceinline__ void for_each_key(F f) const {
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-      if (valid(i)) f(key<false>(i, i / seg));
+      if (valid(i)) f(load(i));
   }
 };
 
-// The ordered sweeps: warp w walks its segment [first, end) 32 elements per step; f(key, ok, i)
-// runs for U steps at a time (keys loaded first, for ILP), in column order, on all lanes
-// together (it may use warp votes); ok = element i is a candidate of this warp.
-template <bool ALL_CACHED, int U, typename T, typename F>
-__device__ __forceinline__ void sweep_segment(const Slice<T>& slice, int first, int end, F f) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+// Four consecutive scores from element i on (i a multiple of GROUP), as floats; invalid
+// elements give 0 and are never read. One 16- or 8-byte load where the row is contiguous.
+template <typename T>
+__device__ __forceinline__ void load_group(const Slice<T>& slice, bool vec, int i, float (&v)[GROUP]) {
+  const T* p = slice.base + slice.pos0 + i;
+  if (vec && i >= slice.lo && i + GROUP <= slice.hi) {
+    if constexpr (sizeof(T) == 4) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(p));
+      v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+    } else {
+      const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+      const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int k = 0; k < GROUP; ++k) v[k] = to_float(h[k]);
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < GROUP; ++k)
+    v[k] = slice.valid(i + k) ? to_float(slice.base[static_cast<long long>(slice.pos0 + i + k) * slice.stride1]) : 0.0f;
+}
+
+// The ordered sweeps: warp w walks its segment [first, end) 32 elements per step; f(x, ok, i)
+// runs for U steps at a time (values loaded first, for ILP), in column order, on all lanes
+// together (it may use warp votes); ok = element i is a candidate of this warp. get(i) gives x
+// (a key or a prefix) of a valid element.
+template <int U, typename T, typename G, typename F>
+__device__ __forceinline__ void sweep_segment(const Slice<T>& slice, int first, int end, G get, F f) {
+  const int lane = threadIdx.x & 31;
   const int lo = max(slice.lo, first), hi = max(lo, min(slice.hi, end));
   for (int i0 = first; i0 < end; i0 += 32 * U) {
-    u32 key[U];
+    u32 x[U];
     bool ok[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int i = i0 + u * 32 + lane;
       ok[u] = static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
-      key[u] = ok[u] ? slice.template key<ALL_CACHED>(i, warp) : 0u;
+      x[u] = ok[u] ? get(i) : 0u;
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) f(key[u], ok[u], i0 + u * 32 + lane);
+    for (int u = 0; u < U; ++u) f(x[u], ok[u], i0 + u * 32 + lane);
   }
 }
 
@@ -287,6 +317,62 @@ __device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32
   return Threshold{lo, need};  // unreachable with consistent data
 }
 
+// refine() for a short key list in shared memory, by the calling warp alone (no block
+// barriers: the list's few keys cost less than the barriers would).
+template <int BITS>
+__device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 count, u32 need, u32* hist) {
+  constexpr int NB = 1 << BITS, PER = NB / 32;
+  const int lane = threadIdx.x & 31;
+  for (int pass = 0; pass <= (32 + BITS - 1) / BITS; ++pass) {
+    if (count == need) return Threshold{lo - 1u, 0u};
+    if (lo == hi) return Threshold{lo, need};
+    const int shift = max(0, 32 - __clz(hi - lo) - BITS);
+#pragma unroll
+    for (int i = 0; i < PER; ++i) hist[lane + 32 * i] = 0u;
+    __syncwarp();
+    for (u32 i = lane; i < n; i += 32) {
+      const u32 k = keys[i];
+      if (k >= lo && k <= hi) atomicAdd(&hist[(k - lo) >> shift], 1u);
+    }
+    __syncwarp();
+    const int top = NB - lane * PER;  // this lane: bins [top-PER, top), top bins first
+    u32 h[PER], local = 0;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      h[i] = hist[top - 1 - i];
+      local += h[i];
+    }
+    const u32 incl = warp_inclusive_sum(local);
+    u32 above = incl - local;
+    const u32 owner = __ballot_sync(0xffffffffu, above < need && need <= incl);
+    if (!owner) return Threshold{lo, need};  // inconsistent data: stop anyway
+    u32 bin = 0, cnt = 0;
+    if (lane == __ffs(owner) - 1) {
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        if (above + h[i] >= need) {
+          bin = static_cast<u32>(top - 1 - i);
+          cnt = h[i];
+          break;
+        }
+        above += h[i];
+      }
+    }
+    const int src = __ffs(owner) - 1;
+    bin = __shfl_sync(0xffffffffu, bin, src);
+    cnt = __shfl_sync(0xffffffffu, cnt, src);
+    above = __shfl_sync(0xffffffffu, above, src);
+    __syncwarp();  // hist is read by all lanes before the next pass clears it
+    need -= above;
+    count = cnt;
+    const unsigned long long new_lo = lo + (static_cast<unsigned long long>(bin) << shift);
+    const unsigned long long new_hi = new_lo + ((1ull << shift) - 1ull);
+    lo = static_cast<u32>(new_lo);
+    hi = static_cast<u32>(new_hi < hi ? new_hi : hi);
+  }
+  return Threshold{lo, need};
+}
+
 template <typename T, int C, int THREADS>
 __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_per_row_kernel(
     const T* __restrict__ logits, long long logits_extent, long long stride0, long long stride1,
@@ -309,14 +395,15 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   extern __shared__ uint4 dynamic_smem[];
   u32* hist = reinterpret_cast<u32*>(dynamic_smem);   // [BINS] local counts
   u32* sum = hist + BINS;                             // [BINS] cluster sums / all candidates
-  u32* cand = C > 1 ? sum + BINS : sum;               // [CAND_CAP] this CTA's candidates
-  u32* cache = C > 1 ? cand + CAND_CAP : sum + BINS;  // [cache_elems] keys (16-byte aligned)
+  u32* cand = C > 1 ? sum + BINS : sum;               // [CAND_CAP] this CTA's candidate keys
+  u32* cand_idx = cand + CAND_CAP;                    // [CAND_CAP] ... and their elements
+  unsigned short* cache = reinterpret_cast<unsigned short*>(cand_idx + CAND_CAP);  // [cache_elems]
   // {above, in} per 32-element step, where the host had room for all of this CTA's steps (the
   // host sizes for rows of logits.shape[1] columns; clamped garbage ranges can be longer)
   uint2* step_masks = reinterpret_cast<uint2*>(cache + cache_elems);
-  __shared__ unsigned char cand_warp[CAND_CAP];       // the warp whose segment holds cand[i]
   __shared__ u32 buf[32];  // per-warp partial sums of find_bin
   __shared__ BinChoice choice;
+  __shared__ Threshold th_shared;
   __shared__ u32 cand_count, warp_gt[NW], warp_in[NW], warp_eq[NW], warp_base[NW], warp_take[NW];
   __shared__ u32 published[2];  // this CTA's {count above T, count equal T}, read by others
 
@@ -371,58 +458,36 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   const bool all_cached = cw >= seg;
   const bool use_masks = NW * (seg / 32) <= mask_steps;
 
-  // ---- pass 0: slice -> shared memory (raw fp32 bits), then keys and the coarse histogram
+  // ---- pass 0: every element of this warp's segment once, GROUP at a time straight into
+  // registers (U groups in flight per lane): keys, the coarse histogram, and the 16-bit key
+  // prefix of the first cw elements into the cache.
   __syncthreads();  // hist zeroed
   {
-    // Each warp stages the cached part of its own segment (no index division).
-    for (int o = lane; o < cw / GROUP; o += 32) {
-      const int i = seg_first + o * GROUP;
-      if (i >= seg_end) break;
-      const int p0 = pos0 + i;
-      float* dst = reinterpret_cast<float*>(cache + warp * cw + o * GROUP);
-      if constexpr (sizeof(T) == 4) {
-        if (vec && p0 >= 0 && p0 + GROUP <= L) {
-          cp_async<16>(dst, base + p0);  // many in flight per thread, no registers held
-          continue;
+    constexpr int U = 4;  // 64 registers: two 512-thread CTAs per SM for many rows
+    const int groups_here = (seg_end - seg_first) / GROUP;  // segments are whole groups
+    unsigned short* mine = cache + warp * cw;
+    for (int g0 = lane; g0 < groups_here; g0 += 32 * U) {
+      float v[U][GROUP];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = g0 + u * 32;
+        if (g < groups_here) load_group(slice, vec, seg_first + g * GROUP, v[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = g0 + u * 32;
+        if (g >= groups_here) break;
+        const int i = seg_first + g * GROUP;
+        u32 pre[GROUP];
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k) {
+          const u32 key = order_key(v[u][k]);
+          const bool ok = slice.valid(i + k);
+          pre[k] = ok ? key >> 16 : 0u;
+          if (ok) atomicAdd(&hist[coarse_bin(key)], 1u);
         }
-      }
-#pragma unroll
-      for (int k = 0; k < GROUP; ++k)
-        dst[k] = slice.valid(i + k) ? to_float(base[static_cast<long long>(p0 + k) * stride1]) : 0.0f;
-    }
-    cp_async_commit();
-    // This warp's elements past its cache slots: keys straight from logits (8 steps in flight).
-    for (int i0 = seg_first + cw + lane; i0 < seg_end; i0 += 32 * 8) {
-      u32 k[8];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int i = i0 + u * 32;
-        k[u] = i < seg_end && slice.valid(i) ? slice.load(i) : 0u;
-      }
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int i = i0 + u * 32;
-        if (i < seg_end && slice.valid(i)) atomicAdd(&hist[coarse_bin(k[u])], 1u);
-      }
-    }
-    cp_async_wait<0>();
-    __syncthreads();
-    u32* mine = cache + warp * cw;
-    const int cached_here = min(cw, seg_end - seg_first);
-    for (int r0 = lane; r0 < cached_here; r0 += 4 * 32) {
-      u32 k[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32;
-        k[u] = r < cached_here ? order_key(__uint_as_float(mine[r])) : 0u;
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32;
-        if (r < cached_here) {
-          mine[r] = k[u];
-          if (slice.valid(seg_first + r)) atomicAdd(&hist[coarse_bin(k[u])], 1u);
-        }
+        if (g * GROUP < cw)
+          *reinterpret_cast<uint2*>(mine + g * GROUP) = make_uint2(pre[0] | pre[1] << 16, pre[2] | pre[3] << 16);
       }
     }
   }
@@ -437,15 +502,17 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   const u32 need0 = static_cast<u32>(top_k) - b0.above;
   const u32 lo0 = static_cast<u32>(coarse_bin_first_key(b0.bin));
   const u32 hi0 = static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull);
+  // Bins are whole ranges of key >> 17, so the prefixes decide above / inside exactly.
+  const u32 plo = lo0 >> 16, phi = hi0 >> 16;
   const bool listed = b0.count <= CAND_CAP;  // uniform over the cluster
   TOPK_MARK(3);
 
   // ---- gather: per-warp counts above / inside the threshold bin, candidate list
   {
     u32 n_above = 0, n_in = 0;
-    auto gather = [&](u32 k, bool ok, int i) {
-      const bool above = ok && k > hi0;
-      const bool in = ok && k >= lo0 && !above;
+    auto gather = [&](u32 p, bool ok, int i) {
+      const bool above = ok && p > phi;
+      const bool in = ok && p >= plo && !above;
       const u32 ma = __ballot_sync(0xffffffffu, above);
       const u32 m = __ballot_sync(0xffffffffu, in);
       n_above += __popc(ma);
@@ -456,13 +523,13 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
         if (lane == 0) at = atomicAdd(&cand_count, __popc(m));
         at = __shfl_sync(0xffffffffu, at, 0) + __popc(m & ((1u << lane) - 1u));
         if (in && at < CAND_CAP) {
-          cand[at] = k;
-          cand_warp[at] = static_cast<unsigned char>(warp);
+          cand[at] = slice.load(i);  // the full key, from L2
+          cand_idx[at] = static_cast<u32>(i);
         }
       }
     };
-    if (all_cached) sweep_segment<true, 4>(slice, seg_first, seg_end, gather);
-    else sweep_segment<false, 4>(slice, seg_first, seg_end, gather);
+    if (all_cached) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<true>(i, warp); }, gather);
+    else sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<false>(i, warp); }, gather);
     if (lane == 0) {
       warp_gt[warp] = n_above;
       warp_in[warp] = n_in;
@@ -473,37 +540,58 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
 
   // ---- the exact threshold, and each warp's counts above / equal to it
   Threshold th;
-  if (b0.count == need0) {
+  const bool whole_bin = b0.count == need0;
+  if (whole_bin) {
     th = Threshold{lo0 - 1u, 0u};  // the bin is taken whole (lo0 >= 1: L > top_k keys exist)
     if (tid < NW) warp_gt[tid] += warp_in[tid];
   } else if (listed) {
     const u32 mine = min(cand_count, static_cast<u32>(CAND_CAP));
     u32 total = mine;
     if constexpr (C > 1) {
-      // Every CTA pulls all C lists into `sum` (free now: the pass-0 sums were consumed).
+      // Every CTA pulls all C lists into `sum` (free now: the pass-0 sums were consumed), all
+      // remote loads in flight together.
       cluster::sync();
-      u32 offset = 0;
-      for (int r = 0; r < C; ++r) {
-        const u32 cnt = min(cluster::load(cluster::map(&cand_count, r)), static_cast<u32>(CAND_CAP));
-        const u32 n_fit = min(cnt, static_cast<u32>(CAND_CAP) - offset);
-        const u32 at = cluster::map(cand, r);
-        for (u32 i = tid; i < n_fit; i += THREADS) sum[offset + i] = cluster::load(at + 4u * i);
-        offset += n_fit;
+      u32 cnt = 0;
+      if (lane < C) cnt = min(cluster::load(cluster::map(&cand_count, lane)), static_cast<u32>(CAND_CAP));
+      const u32 incl = warp_inclusive_sum(cnt);
+      u32 first[C];
+#pragma unroll
+      for (int r = 0; r < C; ++r) first[r] = __shfl_sync(0xffffffffu, incl - cnt, r);
+      total = min(__shfl_sync(0xffffffffu, incl, C - 1), static_cast<u32>(CAND_CAP));
+      for (u32 j = tid; j < total; j += THREADS) {
+        u32 r = 0, off = 0;
+#pragma unroll
+        for (int t = 1; t < C; ++t) {
+          if (j >= first[t]) {
+            r = t;
+            off = first[t];
+          }
+        }
+        sum[j] = cluster::load(cluster::map(cand + (j - off), r));
       }
-      total = offset;
       __syncthreads();
     }
-    th = refine<C, THREADS, LIST_BITS, false>(KeyList{sum, total}, lo0, hi0, total, need0, hist,
-                                              sum, buf, &choice, q);
-    for (u32 i = tid; i < mine; i += THREADS) {
-      const u32 k = cand[i];
-      if (k > th.key) atomicAdd(&warp_gt[cand_warp[i]], 1u);
-      else if (k == th.key) atomicAdd(&warp_eq[cand_warp[i]], 1u);
+    if (total <= WARP_REFINE_MAX) {  // short list: one warp, no block barriers
+      if (warp == 0) {
+        const Threshold t = refine_warp<LIST_BITS>(sum, total, lo0, hi0, total, need0, hist);
+        if (lane == 0) th_shared = t;
+      }
+      __syncthreads();
+      th = th_shared;
+    } else {
+      th = refine<C, THREADS, LIST_BITS, false>(KeyList{sum, total}, lo0, hi0, total, need0, hist,
+                                                sum, buf, &choice, q);
+    }
+    for (u32 c = tid; c < mine; c += THREADS) {
+      const u32 k = cand[c];
+      const int w = static_cast<int>(cand_idx[c]) / seg;
+      if (k > th.key) atomicAdd(&warp_gt[w], 1u);
+      else if (k == th.key) atomicAdd(&warp_eq[w], 1u);
     }
   } else {
     th = refine<C, THREADS, 12, true>(slice, lo0, hi0, b0.count, need0, hist, sum, buf, &choice, q);
     u32 gt = 0, eq = 0;
-    sweep_segment<false, 2>(slice, seg_first, seg_end, [&](u32 k, bool ok, int) {
+    sweep_segment<2>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, [&](u32 k, bool ok, int) {
       gt += ok && k > th.key;
       eq += ok && k == th.key;
     });
@@ -552,41 +640,57 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   __syncthreads();
   TOPK_MARK(5);
 
-  // ---- write: selected positions in ascending order. The gather's step masks say which lanes
-  // are above the threshold bin (selected) and which are inside it (compare with T); only the
-  // latter read their key again, and steps with neither are skipped.
-  if (use_masks) {
-    u32 slot = warp_base[warp], ties_left = warp_take[warp];
-    const u32 lanes_before = (1u << lane) - 1u;
-    for (int i0 = seg_first; i0 < seg_end; i0 += 32) {
-      const uint2 mm = step_masks[i0 >> 5];
-      u32 take = mm.x;
-      if (mm.y) {  // lanes inside the threshold bin
-        const int i = i0 + lane;
-        const u32 k = (mm.y >> lane & 1u) ? (all_cached ? slice.template key<true>(i, warp)
-                                                          : slice.template key<false>(i, warp))
-                                           : 0u;
-        const bool in = mm.y >> lane & 1u;
-        take |= __ballot_sync(0xffffffffu, in && k > th.key);
-        const u32 eqm = __ballot_sync(0xffffffffu, in && k == th.key);
-        if (eqm) {  // ties, taken in column order while the quota lasts
-          const u32 rank = __popc(eqm & lanes_before);
-          if ((eqm >> lane & 1u) && rank < ties_left) take |= 1u << lane;
-          take = __reduce_or_sync(0xffffffffu, take);
-          ties_left -= min(ties_left, static_cast<u32>(__popc(eqm)));
+  // ---- write: selected positions in ascending order.
+  const bool fast_write = use_masks && (whole_bin || listed);
+  if (fast_write) {
+    // The listed candidates that made it join the gather's "above" masks: keys above T, and
+    // the ties each warp takes (its lowest columns: only the one warp whose quota ends inside
+    // its ties has to rank them).
+    if (!whole_bin) {
+      const u32 mine = min(cand_count, static_cast<u32>(CAND_CAP));
+      for (u32 c = tid; c < mine; c += THREADS) {
+        const u32 k = cand[c], i = cand_idx[c];
+        bool take = k > th.key;
+        if (k == th.key) {
+          const u32 w = i / static_cast<u32>(seg), quota = warp_take[w];
+          take = quota >= warp_eq[w];
+          if (!take && quota > 0) {
+            u32 rank = 0;
+            for (u32 d = 0; d < mine; ++d)
+              rank += cand[d] == th.key && cand_idx[d] < i && cand_idx[d] / static_cast<u32>(seg) == w;
+            take = rank < quota;
+          }
         }
+        if (take) atomicOr(&step_masks[i >> 5].x, 1u << (i & 31));
       }
-      if (take >> lane & 1u) {
-        const u32 at = slot + __popc(take & lanes_before);
-        if (at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i0 + lane;
-      }
-      slot += __popc(take);
+      __syncthreads();
     }
-  }
-  else {  // no room for masks (very long slices): compare every key
+    // One step per lane, 32 steps at a time: a scan of the steps' counts gives each lane its
+    // slots, then it writes its (few) set bits.
+    u32 slot = warp_base[warp];
+    const int s_first = seg_first >> 5, s_end = seg_first < seg_end ? (seg_end + 31) >> 5 : s_first;
+    for (int s0 = s_first; s0 < s_end; s0 += 32) {
+      const int s = s0 + lane;
+      u32 m = 0;
+      if (s < s_end) {
+        const uint2 mm = step_masks[s];
+        m = mm.x | (whole_bin ? mm.y : 0u);
+      }
+      const u32 cnt = __popc(m);
+      const u32 incl = warp_inclusive_sum(cnt);
+      u32 at = slot + incl - cnt;
+      while (m) {
+        const int b = __ffs(m) - 1;
+        m &= m - 1u;
+        if (at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + s * 32 + b;
+        ++at;
+      }
+      slot += __shfl_sync(0xffffffffu, incl, 31);
+    }
+  } else {  // bin overflow or no room for masks: compare every key again, in column order
     u32 slot = warp_base[warp], ties_left = warp_take[warp];
     const u32 lanes_before = (1u << lane) - 1u;
-    sweep_segment<false, 4>(slice, seg_first, seg_end, [&](u32 k, bool ok, int i) {
+    sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, [&](u32 k, bool ok, int i) {
       bool take = ok && k > th.key;
       const u32 eqm = __ballot_sync(0xffffffffu, ok && k == th.key);
       if (eqm) {

@@ -114,9 +114,9 @@ def test_cluster_size_choice(rows, cols, sms, arch, want):
 @pytest.mark.parametrize("cluster, cols, many_rows, want", [
     (1, 8192, False, 8704),          # the whole slice (+ one group for an unaligned start),
     (8, 163840, False, 20992),       #   in 16 warp segments of a multiple of 32
-    (2, 131072, False, 40128),       # 65536 keys per CTA: what fits next to histograms and masks
+    (2, 131072, False, 66048),       # 65536 keys per CTA: 16-bit prefixes fit whole
     (1, 8192, True, 8704),
-    (1, 65536, True, 15168),         # room for two CTAs per SM
+    (1, 65536, True, 24256),         # room for two CTAs per SM: what fits
 ])
 def test_cache_size(cluster, cols, many_rows, want):
     assert op_module.cache_elems_for(cluster, cols, 232448, many_rows) == want

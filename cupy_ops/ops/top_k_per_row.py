@@ -23,7 +23,7 @@ MODE = {"prefill": 0, "decode": 1, "decode_2d": 2}  # the kernel's MODE_* consta
 BINS, CAND_CAP, GROUP = 4096, 4096, 4                # the kernel's constants
 MIN_COLS_PER_CTA = 4096  # a CTA with fewer columns spends more on cluster barriers than it saves
 MAX_MASK_BYTES = 32 * 1024  # step masks for slices up to 128K elements; longer ones go without
-STATIC_SMEM_SLACK = 6144  # the kernel's static shared memory (4.5 KB: candidate warp tags, counters)
+STATIC_SMEM_SLACK = 2048  # the kernel's static shared memory (under 1 KB: counters, scan buffer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,11 +274,11 @@ def launch_shape(num_rows: int, num_cols: int, sm_count: int, arch: int) -> int:
 
 
 def smem_bytes(cluster: int, cache_elems: int, num_cols: int = 0, threads: int = THREADS) -> int:
-    """Dynamic shared memory: histogram, cluster sums, candidate list, cached keys, and (where
-    they fit, see use_step_masks) two 32-bit masks per 32-element step of the longest slice:
-    the gather's notes that let the write skip most keys."""
-    words = 2 * BINS + (CAND_CAP if cluster > 1 else 0)
-    return 4 * (words + cache_elems) + mask_bytes(cluster, num_cols, threads)
+    """Dynamic shared memory: histogram, cluster sums, candidate keys and element numbers,
+    16-bit key prefixes, and (where they fit) two 32-bit masks per 32-element step of the
+    longest slice: the gather's notes that let the write skip every key."""
+    words = BINS + (BINS if cluster > 1 else 0) + 2 * CAND_CAP
+    return 4 * words + 2 * cache_elems + mask_bytes(cluster, num_cols, threads)
 
 
 def mask_bytes(cluster: int, num_cols: int, threads: int = THREADS) -> int:
@@ -295,7 +295,7 @@ def _segment(cluster: int, num_cols: int, threads: int = THREADS) -> int:
 
 def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool = False,
                     threads: int = THREADS) -> int:
-    """Keys a CTA keeps in shared memory: its whole slice of a num_cols row, or what fits.
+    """Key prefixes a CTA keeps in shared memory: its whole slice of a num_cols row, or what fits.
 
     The slice is split into one segment per warp (a multiple of 32 elements each); each warp
     gets the same number of cache slots. many_rows: the grid has several waves; leave room for
@@ -304,7 +304,7 @@ def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool 
     warps = threads // 32
     need = warps * _segment(cluster, num_cols, threads)
     budget = max_smem // 2 if many_rows else max_smem
-    room = (budget - STATIC_SMEM_SLACK - smem_bytes(cluster, 0, num_cols, threads)) // 4
+    room = (budget - STATIC_SMEM_SLACK - smem_bytes(cluster, 0, num_cols, threads)) // 2
     room = room // (GROUP * warps) * GROUP * warps
     return max(0, min(need, room))
 
