@@ -25,7 +25,10 @@
 //    every later anchor lies more than 2 * BLOCK left of F. So the thread block links, once per
 //    head, each jump to the jump that starts the range after the one it anchors (next[]); a tile
 //    finds its first new range by ballot over the candidates (32 per round, usually one round)
-//    and then follows next[] with one shared load per range.
+//    and then follows the chain. v3: staging also builds lifting tables (the 2, 4, 8, 16-th
+//    successor of each jump, by pointer doubling), so lane i of a batch finds its chain node
+//    with 5 shared loads, all lanes at once: a batch of 32 ranges costs ~45 instructions
+//    instead of ~18 per range in a dependent chain.
 //  * Verticals. A vertical is a column iff it lies in a gap before a range ([end of the previous
 //    range, lo)); in non-causal mode also when it lies right of the last range (and < kv). The
 //    columns of a gap are a contiguous slice of V (two lower bounds).
@@ -37,11 +40,18 @@
 // mix); each warp builds one tile at a time. Ranges are emitted 32 at a time, lane i holding
 // range i: per-lane binary searches for the column slices, warp scans for the output positions,
 // then block offsets written in whole 32-entry chunks of the row (each lane finds the range that
-// owns its entry from a 32-bit mask of range starts) and column slices copied by the warp.
+// owns its entry from a 32-bit mask of range starts); the gaps that hold columns are compacted
+// to the low lanes and their columns written the same way (most gaps are empty or hold one).
+// Staged rows also get a bucket table of V (lower bound per 2^vshift keys, up to 1024
+// buckets), so each vertical search covers one bucket (~1 entry at ctx 131072) instead of
+// 10 binary steps over NNZ_V 1000.
 // Why (v1 -> v2): v1 resolved ranges one at a time (ballot, shuffle, two 32-ary vertical
 // searches, a short store; ~1400 cycles of dependent latency per range per warp). At ctx 131072
 // with uniform slashes a late tile has ~90 ranges (48 on average), so that serial chain, not
 // the bytes, set the time (1167 us for 267 MB); v2 spends ~25 warp instructions per range.
+// Why (v2 -> v3): v2 was issue bound (H200 ncu: 206 M warp instructions, IPC 2.94, 320 us);
+// following next[] (3.2 M ranges x ~18 instructions) and the 10-step vertical searches were
+// ~40% of them.
 // With STAGED the block first copies the head's slash and vertical rows to shared memory and
 // lists the jumps and their links there; without it (rows too long for shared memory) it reads
 // the rows from global memory, tests every slash index as a possible jump and finds each next
@@ -55,7 +65,10 @@
 //              start < q, entries below the counts). false: the plain op; every entry of the
 //              four outputs is written, zeros where no value is defined.
 //   STAGED     rows in shared memory: 4 * (2 * nnz_s + nnz_v) bytes of dynamic shared memory
-//              (S, V as int32; jumps and next[] as uint16, so nnz_s <= 65535)
+//              (S, V as int32; jumps and next[] as uint16, so nnz_s <= 65535). The lifting
+//              tables share next[]'s nnz_s entries (when 5 * (n_jumps + 1) <= nnz_s) and the
+//              bucket table the jump list's unused tail (when >= 33 entries are left); a head
+//              without room uses the v2 paths (serial chain, full binary searches).
 //   THREADS    threads per block (whole warps)
 // Runtime arguments: num_heads (H), n_rows = ceil(context_size / BLOCK), nnz_v / nnz_s (row
 // lengths of the index buffers and of the outputs), row_chunks (thread blocks per (b, h)).
@@ -76,6 +89,8 @@ namespace vertical_slash {
 
 constexpr unsigned short kUnknown = 0xFFFF;  // next[j] not resolved while staging
 constexpr int kNextScan = 32;                 // candidates a staging thread tests per anchor
+constexpr int kLiftLevels = 5;                // successor tables 1, 2, 4, 8, 16: a 32-lane batch
+constexpr int kMaxVBuckets = 1024;            // bucket table for vertical searches (2 KB)
 
 // One (b, h)'s index rows, in shared or global memory, and (STAGED) its jump list and chain.
 template <bool STAGED>
@@ -86,6 +101,12 @@ struct IndexRows {
   const unsigned short* next;   // STAGED: next[j] = the jump index starting the range after the
                                 // one anchored at jumps[j]; n_jumps if none; kUnknown: not staged
   int ns, nv, n_jumps;
+  int lift_stride;              // STAGED: > 0 when next[] is followed by kLiftLevels - 1 lifting
+                                // tables, table t at next + t * lift_stride holding the 2^t-th
+                                // successor (n_jumps maps to itself); 0: no tables
+  const unsigned short* vbucket;  // STAGED, n_vbuckets > 0: vbucket[x] = the first i with
+                                  // V[i] >= x << vshift (vbucket[0] = 0, vbucket[n_vbuckets] = nv)
+  int n_vbuckets, vshift;         // n_vbuckets == 0: no bucket table
 
   __device__ __forceinline__ long long s(int k) const { return STAGED ? slash[k] : __ldg(slash + k); }
   __device__ __forceinline__ int v32(int i) const { return STAGED ? vert[i] : __ldg(vert + i); }
@@ -93,12 +114,24 @@ struct IndexRows {
   // Slash index of candidate j. Without a jump list every index 1..ns-1 is a candidate.
   __device__ __forceinline__ int jump(int j) const { return STAGED ? static_cast<int>(jumps[j]) : j + 1; }
 
+  // STAGED with lifting tables: the m-th successor of jump j (m in [0, 32)), one table per bit
+  // of m, so a whole batch of 32 chain nodes costs 5 dependent shared loads instead of 31.
+  __device__ __forceinline__ int chain_node(int j, int m) const {
+#pragma unroll
+    for (int t = 0; t < kLiftLevels; ++t) {
+      if ((m >> t) & 1) j = next[t * lift_stride + j];
+    }
+    return j;
+  }
+
   // Candidates j whose slash index lies in (k_after, k_before): [x, y).
   __device__ __forceinline__ int2 jumps_between(int k_after, int k_before) const {
     if (STAGED) {
       const unsigned short* js = jumps;
       const int first = warp_partition_point(0, n_jumps, [&](int j) { return js[j] <= k_after; });
-      return make_int2(first, warp_partition_point(first, n_jumps, [&](int j) { return js[j] < k_before; }));
+      // Every jump is below ns, so k_before == ns (causal) needs no search.
+      return make_int2(first, k_before >= ns ? n_jumps
+                                             : warp_partition_point(first, n_jumps, [&](int j) { return js[j] < k_before; }));
     }
     // jump(j) = j + 1 > k_after  <=>  j >= k_after
     return make_int2(k_after, k_before - 1 > k_after ? k_before - 1 : k_after);
@@ -170,11 +203,80 @@ __device__ __forceinline__ int warp_inclusive_max(int x) {
   return x;
 }
 
+// 1 << d, or 0 for d >= 32 (PTX shl clamps the shift; C++ << would be undefined there).
+__device__ __forceinline__ unsigned bit_or_zero(unsigned d) {
+  unsigned r;
+  asm("shl.b32 %0, %1, %2;" : "=r"(r) : "r"(1u), "r"(d));
+  return r;
+}
+
+// Index of the c-th (0-based) set bit of mask, for c < popc(mask); some bit index in [0, 31]
+// otherwise. Binary search on prefix popcounts: five steps, no loop.
+__device__ __forceinline__ int nth_set_bit(unsigned mask, int c) {
+  int at = 0;
+#pragma unroll
+  for (int step = 16; step > 0; step >>= 1) {
+    if (__popc(mask & ((1u << (at + step)) - 1u)) <= c) at += step;
+  }
+  return at;
+}
+
+// Writes a warp's list of `total` entries, dst[0..total), 32 at a time. Lanes [0, m) hold
+// non-empty runs [pos, pos + n) that tile [0, total) in lane order; lanes >= m hold n == 0.
+// Entry p gets emit(key of its run, p). The run owning an entry is found from a 32-bit mask of
+// the run starts inside the current 32 entries (one OR reduction) and a running count.
+// (~17 instructions per 32 entries: this loop writes every block offset.)
+template <typename Emit>
+__device__ __forceinline__ void write_runs(int* dst, int pos, int n, int key, int total, Emit emit) {
+  const int lane = lane_id();
+  const unsigned le_mask = (2u << lane) - 1u;
+  // An empty run starts nowhere: from 2^32 - 1, no chunk start p0 < 2^31 is within 32.
+  const unsigned start = n > 0 ? static_cast<unsigned>(pos) : 0xFFFFFFFFu;
+  int started = 0;
+  for (int p0 = 0; p0 < total; p0 += 32) {
+    const unsigned starts = warp_or(bit_or_zero(start - static_cast<unsigned>(p0)));
+    const int owner = started + __popc(starts & le_mask) - 1;   // in [0, 31] (run 0 starts at 0)
+    const int owner_key = __shfl_sync(kFullWarp, key, owner);
+    const int p = p0 + lane;
+    if (p < total) dst[p] = emit(owner_key, p);
+    started += __popc(starts);
+  }
+}
+
+// With a bucket table: the first i in [vbucket[x], vbucket[x + 1]) with V[i] >= key (that slice
+// holds the answer for sorted V: x is key's bucket, clamped to [0, n_vbuckets)). Per-lane
+// binary search; in [0, nv] for any table contents.
+template <bool STAGED>
+__device__ __forceinline__ int bucket_lower_bound(const IndexRows<STAGED>& rows, long long key) {
+  const long long x64 = key >> rows.vshift;
+  const int x = x64 < 0 ? 0 : (x64 >= rows.n_vbuckets ? rows.n_vbuckets - 1 : static_cast<int>(x64));
+  const int first = rows.vbucket[x], last = rows.vbucket[x + 1];
+  int a = first < rows.nv ? first : rows.nv;
+  int n = (last < rows.nv ? last : rows.nv) - a;
+  while (n > 0) {
+    const int half = n >> 1;
+    if (rows.v(a + half) < key) {
+      a += half + 1;
+      n -= half + 1;
+    } else {
+      n = half;
+    }
+  }
+  return a;
+}
+
 // Per lane: the first i with V[i] >= lo and the first with V[i] >= hi (sorted V; in [0, nv] for
-// any V). Branch-free binary searches with a warp-uniform trip count, interleaved for ILP.
+// any V). Staged rows with a bucket table: searches inside one bucket (about nv * 2^vshift / kv
+// entries, ~1 at ctx 131072 NNZ_V 1000). Otherwise branch-free binary searches with a
+// warp-uniform trip count, interleaved for ILP.
 template <bool STAGED>
 __device__ __forceinline__ void lower_bounds(const IndexRows<STAGED>& rows, long long lo, long long hi,
                                              int& at_lo, int& at_hi) {
+  if (STAGED && rows.n_vbuckets > 0) {
+    at_lo = bucket_lower_bound(rows, lo);
+    at_hi = bucket_lower_bound(rows, hi);
+    return;
+  }
   constexpr long long kMax = 2147483647LL, kMin = -2147483647LL - 1;
   const int key_lo = static_cast<int>(lo > kMax ? kMax : (lo < kMin ? kMin : lo));
   const int key_hi = static_cast<int>(hi > kMax ? kMax : (hi < kMin ? kMin : hi));
@@ -220,15 +322,21 @@ struct TileWriter {
     const int col_pos = warp_exclusive_sum(gap, n_gap_total);
     const int col_room = cap_v - n_columns - col_pos;
     const int n_cols = gap < col_room ? gap : (col_room > 0 ? col_room : 0);
-    for (unsigned m = __ballot_sync(kFullWarp, n_cols > 0); m; m &= m - 1) {
-      const int i = __ffs(m) - 1;
-      const int src = __shfl_sync(kFullWarp, before, i);
-      const int cnt = __shfl_sync(kFullWarp, n_cols, i);
-      int* dst = columns + n_columns + __shfl_sync(kFullWarp, col_pos, i);
-      for (int t = lane; t < cnt; t += 32) dst[t] = rows.v32(src + t);
-    }
     const int col_room0 = cap_v - n_columns;
-    n_columns += n_gap_total < col_room0 ? n_gap_total : col_room0;
+    const int n_cols_total = n_gap_total < col_room0 ? n_gap_total : col_room0;
+    const unsigned with_cols = __ballot_sync(kFullWarp, n_cols > 0);
+    if (with_cols) {
+      // Most gaps are empty: compact the runs (lane c takes the c-th gap with columns), then
+      // copy all columns of the batch 32 entries at a time. Entry p of run c is V[before_c +
+      // p - col_pos_c]; the run's key is before_c - col_pos_c.
+      const int src = nth_set_bit(with_cols, lane);
+      const int run_n = lane < __popc(with_cols) ? __shfl_sync(kFullWarp, n_cols, src) : 0;
+      const int run_pos = __shfl_sync(kFullWarp, col_pos, src);
+      const int run_key = __shfl_sync(kFullWarp, before, src) - run_pos;
+      write_runs(columns + n_columns, run_pos, run_n, run_key, n_cols_total,
+                 [&](int k, int p) { return rows.v32(k + p); });
+    }
+    n_columns += n_cols_total;
     v_next = __shfl_sync(kFullWarp, after, 31);
 
     // Blocks. For valid input lo ascends, so the ranges that emit nothing (lo >= kv, or the row
@@ -246,20 +354,12 @@ struct TileWriter {
     if (lane >= emitting) nb = 0;
     const int total_at_last = __shfl_sync(kFullWarp, pos + nb, emitting > 0 ? emitting - 1 : 0);
     const int total = emitting > 0 ? total_at_last : 0;
-    // Entry p (tile-relative) of the range starting at entry P with offset lo is
+    // Entry p (batch-relative) of the range starting at entry P with offset lo is
     // lo + (p - P) * BLOCK = base + p * BLOCK, computed mod 2^32 (the result fits).
-    const unsigned base = static_cast<unsigned>(lo) - static_cast<unsigned>(n_blocks + pos) * BLOCK;
-    const unsigned le_mask = (2u << lane) - 1u;
-    int started = 0;
-    for (int p0 = 0; p0 < total; p0 += 32) {
-      const unsigned d = static_cast<unsigned>(pos - p0);
-      const unsigned starts = warp_or(nb > 0 && d < 32u ? 1u << d : 0u);
-      const int owner = started + __popc(starts & le_mask) - 1;
-      const unsigned b = __shfl_sync(kFullWarp, base, owner);
-      const int p = p0 + lane;
-      if (p < total) offsets[n_blocks + p] = static_cast<int>(b + static_cast<unsigned>(n_blocks + p) * BLOCK);
-      started += __popc(starts);
-    }
+    const unsigned base = static_cast<unsigned>(lo) - static_cast<unsigned>(pos) * BLOCK;
+    write_runs(offsets + n_blocks, pos, nb, static_cast<int>(base), total, [](int b, int p) {
+      return static_cast<int>(static_cast<unsigned>(b) + static_cast<unsigned>(p) * BLOCK);
+    });
     n_blocks += total;
   }
 
@@ -333,9 +433,18 @@ __device__ __forceinline__ void build_tile(const IndexRows<STAGED>& rows, TileWr
     long long lo = anchor - BLOCK, hi = hi0;
     int count = 1, first_chain = 1, j = hit, my_j = 0;
     for (;;) {
-      for (; count < 32 && j < cands.y; ++count) {
-        if (lane == count) my_j = j;
-        j = next_anchor<BLOCK, STAGED>(rows, j, cands.y);
+      if (STAGED && rows.lift_stride > 0) {
+        // Lanes [first_chain, 32) take the chain nodes j, next(j), ... at once (the chain
+        // ascends, so the nodes below cands.y are a prefix); j moves past the batch.
+        my_j = rows.chain_node(j, lane >= first_chain ? lane - first_chain : 0);
+        count = first_chain + __popc(__ballot_sync(kFullWarp, lane >= first_chain && my_j < cands.y));
+        const int after = rows.next[__shfl_sync(kFullWarp, my_j, count - 1)];
+        j = count == 32 && after < cands.y ? after : cands.y;
+      } else {
+        for (; count < 32 && j < cands.y; ++count) {
+          if (lane == count) my_j = j;
+          j = next_anchor<BLOCK, STAGED>(rows, j, cands.y);
+        }
       }
       const int j_after = __shfl_down_sync(kFullWarp, my_j, 1);
       if (lane >= first_chain && lane < count) {
@@ -381,10 +490,15 @@ __device__ __forceinline__ void copy_to_shared(int* dst, const int* src, int n) 
 // in order through per-warp totals. Each thread then links its jumps by testing up to
 // kNextScan following candidates (a new range usually starts within a few); a link it cannot
 // resolve is kUnknown and the tiles that reach it scan for it by ballot (bounded work for any
-// input). Needs ns <= 65535 (16-bit indices; the host stages only rows that short).
+// input). When every link is resolved and the tables fit in next[]'s nnz_s entries (5 *
+// (n_jumps + 1) <= nnz_s), it also builds the lifting tables by pointer doubling (next of next).
+// In the jump list's unused tail (nnz_s - n_jumps entries) it puts the vertical bucket table,
+// the largest power of two of buckets up to kMaxVBuckets that fits (none below 32).
+// Returns (n_jumps, lift stride or 0, buckets or 0, bucket shift). Needs ns <= nnz_s <= 65535
+// and nv <= 65535 (16-bit indices; the host stages only rows that short).
 template <int BLOCK, int THREADS>
-__device__ int stage_rows(int* s_slash, int* s_vert, unsigned short* s_jumps, unsigned short* s_next,
-                          const int* slash_row, const int* vert_row, int ns, int nv) {
+__device__ int4 stage_rows(int* s_slash, int* s_vert, unsigned short* s_jumps, unsigned short* s_next,
+                           const int* slash_row, const int* vert_row, int ns, int nv, int nnz_s) {
   constexpr int WARPS = THREADS / 32;
   __shared__ int warp_jumps[WARPS];
   copy_to_shared<THREADS>(s_slash, slash_row, ns);
@@ -416,7 +530,34 @@ __device__ int stage_rows(int* s_slash, int* s_vert, unsigned short* s_jumps, un
     if (hit) s_jumps[pos + lanes_below(hits)] = static_cast<unsigned short>(k);
     pos += __popc(hits);
   }
+  // Bucket x covers keys [x << vshift, (x + 1) << vshift); the shift puts V's largest value in
+  // the last bucket or below. Entry x is the lower bound of V for the bucket's first key.
+  int n_buckets = kMaxVBuckets;
+  while (n_buckets >= 32 && n_buckets + 1 > nnz_s - total) n_buckets >>= 1;
+  if (n_buckets < 32 || nv > 65535) n_buckets = 0;
+  int vshift = 0;
+  if (n_buckets > 0) {
+    const int v_max = s_vert[nv - 1];
+    while (vshift < 31 && (v_max >> vshift) >= n_buckets) ++vshift;
+    unsigned short* vbucket = s_jumps + total;
+    for (int x = threadIdx.x; x <= n_buckets; x += THREADS) {
+      const long long key = static_cast<long long>(x) << vshift;
+      int a = 0, n = nv;
+      while (n > 0) {
+        const int half = n >> 1;
+        if (s_vert[a + half] < key) {
+          a += half + 1;
+          n -= half + 1;
+        } else {
+          n = half;
+        }
+      }
+      // The ends are fixed so that any key's answer lies inside its clamped bucket.
+      vbucket[x] = static_cast<unsigned short>(x == 0 ? 0 : (x == n_buckets ? nv : a));
+    }
+  }
   __syncthreads();
+  bool unknown = false;
   for (int j = threadIdx.x; j < total; j += THREADS) {
     const long long s_anchor = s_slash[s_jumps[j]];
     const int stop = j + 1 + kNextScan < total ? j + 1 + kNextScan : total;
@@ -428,10 +569,23 @@ __device__ int stage_rows(int* s_slash, int* s_vert, unsigned short* s_jumps, un
         break;
       }
     }
+    unknown |= next == kUnknown;
     s_next[j] = static_cast<unsigned short>(next);
   }
-  __syncthreads();
-  return total;
+  // The end of the chain maps to itself (total < ns <= nnz_s: in bounds), so that lifting
+  // past it stays there.
+  if (threadIdx.x == 0) s_next[total] = static_cast<unsigned short>(total);
+  const int stride = total + 1;
+  const bool lift = !__syncthreads_or(unknown) && kLiftLevels * stride <= nnz_s;  // block-uniform
+  if (lift) {
+    for (int t = 1; t < kLiftLevels; ++t) {
+      const unsigned short* half = s_next + (t - 1) * stride;   // 2^(t-1)-th successors, in [0, total]
+      unsigned short* full = s_next + t * stride;
+      for (int j = threadIdx.x; j < stride; j += THREADS) full[j] = half[half[j]];
+      __syncthreads();
+    }
+  }
+  return make_int4(total, lift ? stride : 0, n_buckets, vshift);
 }
 
 __device__ __forceinline__ int clamp_count(int count, int cap) {
@@ -441,7 +595,7 @@ __device__ __forceinline__ int clamp_count(int count, int cap) {
 }  // namespace vertical_slash
 
 template <int BLOCK, bool CAUSAL, bool MERGEHEAD, bool STAGED, int THREADS>
-__global__ void __launch_bounds__(THREADS) vertical_slash_kernel(
+__global__ void __launch_bounds__(THREADS, 1024 / THREADS) vertical_slash_kernel(
     int* block_count, int* block_offset, int* column_count, int* column_index,
     const int* q_seqlens, const int* kv_seqlens,
     const int* vertical_indexes, const int* slash_indexes,
@@ -479,15 +633,24 @@ __global__ void __launch_bounds__(THREADS) vertical_slash_kernel(
     rows.vert = s_vert;
     rows.jumps = s_jumps;
     rows.next = s_next;
-    rows.n_jumps = chunk < tiles ? stage_rows<BLOCK, THREADS>(s_slash, s_vert, s_jumps, s_next, slash_row,
-                                                              vert_row, rows.ns, rows.nv)
-                                 : 0;  // block-uniform: only zero rows to write
+    const int4 staged = chunk < tiles ? stage_rows<BLOCK, THREADS>(s_slash, s_vert, s_jumps, s_next, slash_row,
+                                                                   vert_row, rows.ns, rows.nv, nnz_s)
+                                      : make_int4(0, 0, 0, 0);  // block-uniform: only zero rows to write
+    rows.n_jumps = staged.x;
+    rows.lift_stride = staged.y;
+    rows.vbucket = s_jumps + staged.x;
+    rows.n_vbuckets = staged.z;
+    rows.vshift = staged.w;
   } else {
     rows.slash = slash_row;
     rows.vert = vert_row;
     rows.jumps = nullptr;
     rows.next = nullptr;
     rows.n_jumps = 0;
+    rows.lift_stride = 0;
+    rows.vbucket = nullptr;
+    rows.n_vbuckets = 0;
+    rows.vshift = 0;
   }
 
   const int warp = threadIdx.x / 32;
