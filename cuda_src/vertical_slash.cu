@@ -328,9 +328,13 @@ struct TileWriter {
     if (with_cols) {
       // Most gaps are empty: compact the runs (lane c takes the c-th gap with columns), then
       // copy all columns of the batch 32 entries at a time. Entry p of run c is V[before_c +
-      // p - col_pos_c]; the run's key is before_c - col_pos_c.
+      // p - col_pos_c]; the run's key is before_c - col_pos_c. Every lane shuffles (full-mask
+      // shuffles must be executed by the whole warp: one inside `lane < popc ? ... : 0` left the
+      // warp diverged, and write_runs' shuffles then read a lane that was not there, i.e. an
+      // undefined key and an out-of-bounds V index), and lanes past the runs drop the value.
       const int src = nth_set_bit(with_cols, lane);
-      const int run_n = lane < __popc(with_cols) ? __shfl_sync(kFullWarp, n_cols, src) : 0;
+      const int n_at_src = __shfl_sync(kFullWarp, n_cols, src);
+      const int run_n = lane < __popc(with_cols) ? n_at_src : 0;
       const int run_pos = __shfl_sync(kFullWarp, col_pos, src);
       const int run_key = __shfl_sync(kFullWarp, before, src) - run_pos;
       write_runs(columns + n_columns, run_pos, run_n, run_key, n_cols_total,
