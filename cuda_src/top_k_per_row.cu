@@ -73,6 +73,10 @@ constexpr int CAND_CAP = 4096;   // candidate keys refined inside one CTA
 constexpr int LIST_BITS = 8;     // radix digit for candidate lists (few keys: small histograms)
 constexpr u32 WARP_REFINE_MAX = 1024;  // candidate lists up to this long are refined by one warp
 constexpr int GROUP = 4;         // elements per load: 16 bytes of fp32, 8 bytes of fp16/bf16
+constexpr int SHORT_ITEMS = 16;  // scores per thread of the register path (C == 1 short rows)
+#ifndef CUPY_OPS_TOPK_REGISTER_PATH
+#define CUPY_OPS_TOPK_REGISTER_PATH 1  // experiments compare with 0 (tools/exp_top_k.py --define)
+#endif
 
 constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
 constexpr int MODE_DECODE = 1;     // s = 0, e = seq_lens[r / next_n] - next_n + r % next_n + 1
@@ -285,7 +289,7 @@ struct KeyList {
 // f(key) for every key of this CTA's source (a KeyList or the whole Slice; keys outside [lo, hi]
 // are ignored). With CLUSTER_SUM the histograms are summed over the cluster.
 template <int C, int THREADS, int BITS, bool CLUSTER_SUM, typename Source>
-__device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32 need,
+__device__ __forceinline__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32 need,
                             u32* hist, u32* sum, u32* buf, BinChoice* choice, u32 q) {
   constexpr int NB = 1 << BITS;
   // Each pass divides the interval width by NB.
@@ -373,8 +377,112 @@ __device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 cou
   return Threshold{lo, need};
 }
 
+// A short row's keys in registers, as a refine() source.
+template <int N>
+struct RegisterKeys {
+  const u32 (&key)[N];
+  u32 valid;  // bit k: key[k] is a candidate
+  template <typename F>
+  __device__ __forceinline__ void for_each_key(F f) const {
+#pragma unroll
+    for (int k = 0; k < N; ++k)
+      if (valid >> k & 1u) f(key[k]);
+  }
+};
+
+// The register path, for a slice of at most THREADS * SHORT_ITEMS elements (C == 1): the short
+// rows of prefill and of small decode batches, where every phase of the general path is a few
+// dependent latencies and barriers. The row is read once into registers (thread t holds groups
+// t, t + THREADS, ..., so each load is coalesced), the coarse histogram gives the threshold bin,
+// refine() narrows it over the registers (usually one 8-bit pass: a coarse bin of a real row
+// holds tens of keys), and one block scan of per-group counts {above T, equal T} gives every
+// selected element its output slot in column order (ties to the lowest columns), so the output
+// is the same as the general path's. No shared-memory copy of the row, no candidate list.
+// Entered by the whole CTA with hist zeroed by its threads but no barrier since.
+template <typename T, int THREADS>
+__device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec, int top_k, int* out_row,
+                                                 long long out_stride1, u32* hist, u32* buf, BinChoice* choice) {
+  constexpr int G = SHORT_ITEMS / GROUP, NW = THREADS / 32;
+  static_assert(G == 4, "the scan packs one 32-bit word per group into a uint4");
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  u32 key[SHORT_ITEMS];
+  u32 valid = 0;
+#pragma unroll
+  for (int j = 0; j < G; ++j) {
+    const int i = (j * THREADS + tid) * GROUP;  // this group's first element
+    float v[GROUP] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (i < slice.n) load_group(slice, vec, i, v);
+#pragma unroll
+    for (int c = 0; c < GROUP; ++c) {
+      key[j * GROUP + c] = order_key(v[c]);
+      valid |= static_cast<u32>(i < slice.n && slice.valid(i + c)) << (j * GROUP + c);
+    }
+  }
+  __syncthreads();  // hist zeroed
+#pragma unroll
+  for (int k = 0; k < SHORT_ITEMS; ++k)
+    if (valid >> k & 1u) atomicAdd(&hist[coarse_bin(key[k])], 1u);
+  __syncthreads();
+  find_bin<THREADS, BINS>(hist, static_cast<u32>(top_k), buf, choice);
+  const BinChoice b0 = *choice;
+  const u32 lo0 = static_cast<u32>(coarse_bin_first_key(b0.bin));
+  const u32 hi0 = static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull);
+  const Threshold th = refine<1, THREADS, LIST_BITS, false>(RegisterKeys<SHORT_ITEMS>{key, valid}, lo0, hi0,
+                                                            b0.count, static_cast<u32>(top_k) - b0.above,
+                                                            hist, hist, buf, choice, 0u);
+  // Per group: keys above T in the low half-word, keys equal to T in the high one (a group
+  // total is at most 4 * THREADS < 2^16, so the packed sums never carry).
+  u32 count[G], incl[G];
+#pragma unroll
+  for (int j = 0; j < G; ++j) {
+    u32 c = 0;
+#pragma unroll
+    for (int k = j * GROUP; k < (j + 1) * GROUP; ++k)
+      if (valid >> k & 1u) c += key[k] > th.key ? 1u : (key[k] == th.key ? 0x10000u : 0u);
+    count[j] = c;
+    incl[j] = warp_inclusive_sum(c);
+  }
+  uint4* warp_total = reinterpret_cast<uint4*>(hist);  // free: refine's last reads are behind a barrier
+  if (lane == 31) warp_total[warp] = make_uint4(incl[0], incl[1], incl[2], incl[3]);
+  __syncthreads();
+  u32 before[G] = {0u, 0u, 0u, 0u}, total[G] = {0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int w = 0; w < NW; ++w) {
+    const uint4 t = warp_total[w];
+    const u32 tw[G] = {t.x, t.y, t.z, t.w};
+#pragma unroll
+    for (int j = 0; j < G; ++j) {
+      total[j] += tw[j];
+      before[j] += w < warp ? tw[j] : 0u;
+    }
+  }
+  // Column order is (group, thread, element): groups' totals, then threads before this one.
+  u32 group_base = 0;
+#pragma unroll
+  for (int j = 0; j < G; ++j) {
+    const u32 start = group_base + before[j] + incl[j] - count[j];
+    group_base += total[j];
+    u32 above = start & 0xffffu, ties = start >> 16;
+#pragma unroll
+    for (int c = 0; c < GROUP; ++c) {
+      const int k = j * GROUP + c;
+      if (!(valid >> k & 1u)) continue;
+      int at = -1;
+      if (key[k] > th.key) {
+        at = static_cast<int>(above + min(ties, th.take));
+        ++above;
+      } else if (key[k] == th.key) {
+        if (ties < th.take) at = static_cast<int>(above + ties);
+        ++ties;
+      }
+      if (at >= 0 && at < top_k)
+        out_row[static_cast<long long>(at) * out_stride1] = slice.pos0 + (j * THREADS + tid) * GROUP + c;
+    }
+  }
+}
+
 template <typename T, int C, int THREADS>
-__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_per_row_kernel(
+__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREADS <= 512 ? 2 : 1) top_k_per_row_kernel(
     const T* __restrict__ logits, long long logits_extent, long long stride0, long long stride1,
     const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
     const int* __restrict__ row_b, long long row_b_stride,
@@ -457,6 +565,17 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS) top_k_
   const Slice<T> slice{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, L - pos0)), seg, cw, cache};
   const bool all_cached = cw >= seg;
   const bool use_masks = NW * (seg / 32) <= mask_steps;
+  if constexpr (C == 1) {
+    if (CUPY_OPS_TOPK_REGISTER_PATH && n <= THREADS * SHORT_ITEMS) {
+      select_short_row<T, THREADS>(slice, vec, top_k, out_row, out_stride1, hist, buf, &choice);
+      TOPK_MARK(6);
+#ifdef CUPY_OPS_TOPK_TIMING
+      if (blockIdx.x == 0 && threadIdx.x == 0)
+        printf("topk timing register path n=%d: range %lld rest %lld cycles\n", n, marks[1] - marks[0], marks[6] - marks[1]);
+#endif
+      return;
+    }
+  }
 
   // ---- pass 0: every element of this warp's segment once, GROUP at a time straight into
   // registers (U groups in flight per lane): keys, the coarse histogram, and the 16-bit key

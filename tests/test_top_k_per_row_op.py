@@ -105,6 +105,8 @@ def test_indices_must_not_alias_inputs():
     (64, 131072, 132, 90, 2),
     (128, 8192, 132, 90, 1),
     (1, 6000, 132, 90, 1),     # too short to split
+    (1, 8192, 132, 90, 1),     # fits one CTA's registers
+    (1, 8193, 132, 90, 2),
     (1, 32768, 108, 80, 1),    # no clusters before sm_90
 ])
 def test_cluster_size_choice(rows, cols, sms, arch, want):

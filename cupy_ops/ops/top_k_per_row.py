@@ -21,6 +21,7 @@ MAX_TOP_K = reference.MAX_TOP_K
 INT32_MAX = 2**31 - 1
 MODE = {"prefill": 0, "decode": 1, "decode_2d": 2}  # the kernel's MODE_* constants
 BINS, CAND_CAP, GROUP = 4096, 4096, 4                # the kernel's constants
+SHORT_ITEMS = 16  # the kernel's register path: rows of up to THREADS * SHORT_ITEMS elements, C = 1
 MIN_COLS_PER_CTA = 4096  # a CTA with fewer columns spends more on cluster barriers than it saves
 MAX_MASK_BYTES = 32 * 1024  # step masks for slices up to 128K elements; longer ones go without
 STATIC_SMEM_SLACK = 2048  # the kernel's static shared memory (under 1 KB: counters, scan buffer)
@@ -263,9 +264,11 @@ def threads_for(num_rows: int, num_cols: int, cluster: int) -> int:
 
 
 def launch_shape(num_rows: int, num_cols: int, sm_count: int, arch: int) -> int:
-    """CTAs per row: grow the cluster while the grid fills less than one wave of SMs."""
+    """CTAs per row: one where a row fits the kernel's register path (one CTA reads it in one
+    go; a cluster would add barriers to a few-microsecond kernel); otherwise grow the cluster
+    while the grid fills less than one wave of SMs."""
     cluster = 1
-    if arch < 90:
+    if arch < 90 or num_cols <= THREADS * SHORT_ITEMS:
         return cluster
     while (cluster < CLUSTERS[-1] and num_rows * cluster * 2 <= sm_count
            and num_cols // (cluster * 2) >= MIN_COLS_PER_CTA):
