@@ -399,9 +399,10 @@ struct RegisterKeys {
 // selected element its output slot in column order (ties to the lowest columns), so the output
 // is the same as the general path's. No shared-memory copy of the row, no candidate list.
 // Entered by the whole CTA with hist zeroed by its threads but no barrier since.
-template <typename T, int THREADS>
+template <typename T, int C, int THREADS>
 __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec, int top_k, int* out_row,
-                                                 long long out_stride1, u32* hist, u32* buf, BinChoice* choice) {
+                                                 long long out_stride1, u32* hist, u32* sum, u32* buf,
+                                                 BinChoice* choice, u32* published, u32 q) {
   constexpr int G = SHORT_ITEMS / GROUP, NW = THREADS / 32;
   static_assert(G == 4, "the scan packs one 32-bit word per group into a uint4");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -423,13 +424,18 @@ __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec
   for (int k = 0; k < SHORT_ITEMS; ++k)
     if (valid >> k & 1u) atomicAdd(&hist[coarse_bin(key[k])], 1u);
   __syncthreads();
-  find_bin<THREADS, BINS>(hist, static_cast<u32>(top_k), buf, choice);
+  const u32* H0 = hist;
+  if constexpr (C > 1) {
+    cluster_sum_histograms<C, THREADS, BINS>(hist, sum, q);
+    H0 = sum;
+  }
+  find_bin<THREADS, BINS>(H0, static_cast<u32>(top_k), buf, choice);
   const BinChoice b0 = *choice;
   const u32 lo0 = static_cast<u32>(coarse_bin_first_key(b0.bin));
   const u32 hi0 = static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull);
-  const Threshold th = refine<1, THREADS, LIST_BITS, false>(RegisterKeys<SHORT_ITEMS>{key, valid}, lo0, hi0,
-                                                            b0.count, static_cast<u32>(top_k) - b0.above,
-                                                            hist, hist, buf, choice, 0u);
+  const Threshold th = refine<C, THREADS, LIST_BITS, true>(RegisterKeys<SHORT_ITEMS>{key, valid}, lo0, hi0,
+                                                           b0.count, static_cast<u32>(top_k) - b0.above,
+                                                           hist, sum, buf, choice, q);
   // Per group: keys above T in the low half-word, keys equal to T in the high one (a group
   // total is at most 4 * THREADS < 2^16, so the packed sums never carry).
   u32 count[G], incl[G];
@@ -442,7 +448,8 @@ __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec
     count[j] = c;
     incl[j] = warp_inclusive_sum(c);
   }
-  uint4* warp_total = reinterpret_cast<uint4*>(hist);  // free: refine's last reads are behind a barrier
+  // hist is free: refine's last reads (and the cluster's) are behind a barrier
+  uint4* warp_total = reinterpret_cast<uint4*>(hist);
   if (lane == 31) warp_total[warp] = make_uint4(incl[0], incl[1], incl[2], incl[3]);
   __syncthreads();
   u32 before[G] = {0u, 0u, 0u, 0u}, total[G] = {0u, 0u, 0u, 0u};
@@ -456,13 +463,37 @@ __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec
       before[j] += w < warp ? tw[j] : 0u;
     }
   }
-  // Column order is (group, thread, element): groups' totals, then threads before this one.
+  // Column order is (CTA, group, thread, element): earlier CTAs' totals (each CTA publishes
+  // its {above, equal} counts, unpacked: C CTAs' sums may pass 2^16), earlier groups' totals,
+  // then earlier threads.
+  u32 above_base = 0, ties_base = 0;
+  if constexpr (C > 1) {
+    if (tid == 0) {
+      const u32 t = total[0] + total[1] + total[2] + total[3];
+      published[0] = t & 0xffffu;
+      published[1] = t >> 16;
+    }
+    cluster::sync();
+    if (warp == 0) {
+      u32 ra = 0, rt = 0;
+      if (static_cast<u32>(lane) < q) {
+        ra = cluster::load(cluster::map(&published[0], lane));
+        rt = cluster::load(cluster::map(&published[1], lane));
+      }
+      buf[0] = __reduce_add_sync(0xffffffffu, ra);
+      buf[1] = __reduce_add_sync(0xffffffffu, rt);
+    }
+    cluster::arrive();  // this CTA's last remote access is behind it
+    __syncthreads();
+    above_base = buf[0];
+    ties_base = buf[1];
+  }
   u32 group_base = 0;
 #pragma unroll
   for (int j = 0; j < G; ++j) {
     const u32 start = group_base + before[j] + incl[j] - count[j];
     group_base += total[j];
-    u32 above = start & 0xffffu, ties = start >> 16;
+    u32 above = above_base + (start & 0xffffu), ties = ties_base + (start >> 16);
 #pragma unroll
     for (int c = 0; c < GROUP; ++c) {
       const int k = j * GROUP + c;
@@ -479,6 +510,7 @@ __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec
         out_row[static_cast<long long>(at) * out_stride1] = slice.pos0 + (j * THREADS + tid) * GROUP + c;
     }
   }
+  if constexpr (C > 1) cluster::wait();  // keep `published` alive until every CTA has read it
 }
 
 template <typename T, int C, int THREADS>
@@ -565,16 +597,14 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   const Slice<T> slice{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, L - pos0)), seg, cw, cache};
   const bool all_cached = cw >= seg;
   const bool use_masks = NW * (seg / 32) <= mask_steps;
-  if constexpr (C == 1) {
-    if (CUPY_OPS_TOPK_REGISTER_PATH && n <= THREADS * SHORT_ITEMS) {
-      select_short_row<T, THREADS>(slice, vec, top_k, out_row, out_stride1, hist, buf, &choice);
-      TOPK_MARK(6);
+  if (CUPY_OPS_TOPK_REGISTER_PATH && per_cta * GROUP <= THREADS * SHORT_ITEMS) {  // uniform over the cluster
+    select_short_row<T, C, THREADS>(slice, vec, top_k, out_row, out_stride1, hist, sum, buf, &choice, published, q);
+    TOPK_MARK(6);
 #ifdef CUPY_OPS_TOPK_TIMING
-      if (blockIdx.x == 0 && threadIdx.x == 0)
-        printf("topk timing register path n=%d: range %lld rest %lld cycles\n", n, marks[1] - marks[0], marks[6] - marks[1]);
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+      printf("topk timing register path C=%d n=%d: range %lld rest %lld cycles\n", C, n, marks[1] - marks[0], marks[6] - marks[1]);
 #endif
-      return;
-    }
+    return;
   }
 
   // ---- pass 0: every element of this warp's segment once, GROUP at a time straight into
