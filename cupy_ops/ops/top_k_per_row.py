@@ -257,19 +257,34 @@ def _extent_elems(info) -> int:
 # --------------------------------------------------------------------------------------------
 # Plans
 
+def register_path_threads(num_cols: int, cluster: int) -> int | None:
+    """Threads per CTA that let a cluster of `cluster` CTAs hold a num_cols row in registers
+    (SHORT_ITEMS per thread; rows of that many columns with an unaligned start take the general
+    path), 512 where that fits, or None."""
+    for threads in (THREADS, THREADS_LONG):
+        if num_cols <= cluster * threads * SHORT_ITEMS:
+            return threads
+    return None
+
+
 def threads_for(num_rows: int, num_cols: int, cluster: int) -> int:
-    """Threads per CTA: 1024 for long slices (64 x 131072 decode: 58 us vs 74 us with 512 on
-    H100), 512 otherwise (short slices lose 5-10% with 1024: more barrier and scan work)."""
-    return THREADS_LONG if num_cols // cluster >= LONG_SLICE else THREADS
+    """Threads per CTA: the register path's, else 1024 for long slices (64 x 131072 decode:
+    58 us vs 74 us with 512 on H100), 512 otherwise (short slices lose 5-10% with 1024)."""
+    return (register_path_threads(num_cols, cluster)
+            or (THREADS_LONG if num_cols // cluster >= LONG_SLICE else THREADS))
 
 
 def launch_shape(num_rows: int, num_cols: int, sm_count: int, arch: int) -> int:
-    """CTAs per row: one where a row fits the kernel's register path (one CTA reads it in one
-    go; a cluster would add barriers to a few-microsecond kernel); otherwise grow the cluster
-    while the grid fills less than one wave of SMs."""
+    """CTAs per row: the fewest that hold a row in registers (the kernel's register path: one
+    read of the scores, no shared-memory copy), 512-thread CTAs first; rows too long for 8 CTAs
+    grow the cluster while the grid fills less than one wave of SMs."""
     cluster = 1
-    if arch < 90 or num_cols <= THREADS * SHORT_ITEMS:
+    if arch < 90:
         return cluster
+    for threads in (THREADS, THREADS_LONG):
+        for c in CLUSTERS:
+            if num_cols <= c * threads * SHORT_ITEMS:
+                return c
     while (cluster < CLUSTERS[-1] and num_rows * cluster * 2 <= sm_count
            and num_cols // (cluster * 2) >= MIN_COLS_PER_CTA):
         cluster *= 2
