@@ -64,8 +64,12 @@ using u32 = unsigned int;
 // compiled in only with -DCUPY_OPS_TOPK_TIMING.
 #ifdef CUPY_OPS_TOPK_TIMING
 #define TOPK_MARK(i) if (blockIdx.x == 0 && threadIdx.x == 0) marks[i] = clock64()
+#define TOPK_MARKS_PARAM , long long* marks
+#define TOPK_MARKS_ARG , marks
 #else
 #define TOPK_MARK(i)
+#define TOPK_MARKS_PARAM
+#define TOPK_MARKS_ARG
 #endif
 
 constexpr int BINS = 4096;       // 12-bit digits
@@ -402,7 +406,7 @@ struct RegisterKeys {
 template <typename T, int C, int THREADS>
 __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec, int top_k, int* out_row,
                                                  long long out_stride1, u32* hist, u32* sum, u32* buf,
-                                                 BinChoice* choice, u32* published, u32 q) {
+                                                 BinChoice* choice, u32* published, u32 q TOPK_MARKS_PARAM) {
   constexpr int G = SHORT_ITEMS / GROUP, NW = THREADS / 32;
   static_assert(G == 4, "the scan packs one 32-bit word per group into a uint4");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -422,7 +426,13 @@ __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec
   __syncthreads();  // hist zeroed
 #pragma unroll
   for (int k = 0; k < SHORT_ITEMS; ++k)
-    if (valid >> k & 1u) atomicAdd(&hist[coarse_bin(key[k])], 1u);
+    if (valid >> k & 1u) {
+#ifdef CUPY_OPS_TOPK_EXP_NO_HIST  // timing experiment only: wrong answers
+      if (key[k] == 0x12345u)
+#endif
+      atomicAdd(&hist[coarse_bin(key[k])], 1u);
+    }
+  TOPK_MARK(2);
   __syncthreads();
   const u32* H0 = hist;
   if constexpr (C > 1) {
@@ -431,11 +441,13 @@ __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec
   }
   find_bin<THREADS, BINS>(H0, static_cast<u32>(top_k), buf, choice);
   const BinChoice b0 = *choice;
+  TOPK_MARK(3);
   const u32 lo0 = static_cast<u32>(coarse_bin_first_key(b0.bin));
   const u32 hi0 = static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull);
   const Threshold th = refine<C, THREADS, LIST_BITS, true>(RegisterKeys<SHORT_ITEMS>{key, valid}, lo0, hi0,
                                                            b0.count, static_cast<u32>(top_k) - b0.above,
                                                            hist, sum, buf, choice, q);
+  TOPK_MARK(4);
   // Per group: keys above T in the low half-word, keys equal to T in the high one (a group
   // total is at most 4 * THREADS < 2^16, so the packed sums never carry).
   u32 count[G], incl[G];
@@ -488,6 +500,7 @@ __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec
     above_base = buf[0];
     ties_base = buf[1];
   }
+  TOPK_MARK(5);
   u32 group_base = 0;
 #pragma unroll
   for (int j = 0; j < G; ++j) {
@@ -598,11 +611,14 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   const bool all_cached = cw >= seg;
   const bool use_masks = NW * (seg / 32) <= mask_steps;
   if (CUPY_OPS_TOPK_REGISTER_PATH && per_cta * GROUP <= THREADS * SHORT_ITEMS) {  // uniform over the cluster
-    select_short_row<T, C, THREADS>(slice, vec, top_k, out_row, out_stride1, hist, sum, buf, &choice, published, q);
+    select_short_row<T, C, THREADS>(slice, vec, top_k, out_row, out_stride1, hist, sum, buf, &choice, published,
+                                    q TOPK_MARKS_ARG);
     TOPK_MARK(6);
 #ifdef CUPY_OPS_TOPK_TIMING
     if (blockIdx.x == 0 && threadIdx.x == 0)
-      printf("topk timing register path C=%d n=%d: range %lld rest %lld cycles\n", C, n, marks[1] - marks[0], marks[6] - marks[1]);
+      printf("topk timing register path C=%d n=%d: range %lld load+hist %lld bin %lld refine %lld scan %lld write %lld cycles\n",
+             C, n, marks[1] - marks[0], marks[2] - marks[1], marks[3] - marks[2], marks[4] - marks[3],
+             marks[5] - marks[4], marks[6] - marks[5]);
 #endif
     return;
   }

@@ -1,10 +1,31 @@
+# Device run for this session's branches: STEPS="topk_tests phases vs_tests bench_vs bench_topk ncu" OUT=... bash tools/dev_run.sh
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUPY_OPS_CACHE_DIR=/tmp/cupy_ops_cache
 mkdir -p $OUT
 nvidia-smi --query-gpu=name,clocks.sm --format=csv > $OUT/device.txt
-timeout 240 python3 -m pytest -q -p no:cacheprovider -x tests/test_top_k_per_row_gpu.py tests/test_determinism_gpu.py tests/test_large_gpu.py -k "top_k or topk" > $OUT/topk_tests.txt 2>&1
-tail -3 $OUT/topk_tests.txt
-(for d in 1 0; do echo "== REGISTER_PATH=$d"; python3 tools/exp_top_k.py --case 3 --define CUPY_OPS_TOPK_REGISTER_PATH=$d; python3 tools/exp_top_k.py --case 3 --no-timing --define CUPY_OPS_TOPK_REGISTER_PATH=$d; done
- for ct in "1 8 512" "1 4 512" "1 2 1024" "1 4 1024" "0 8 1024" "0 2 1024"; do set -- $ct; echo "== case $1 cluster $2 threads $3"; python3 tools/exp_top_k.py --case $1 --cluster $2 --threads $3; python3 tools/exp_top_k.py --case $1 --no-timing --cluster $2 --threads $3; done) > $OUT/phases.txt 2>&1
-timeout 150 python3 -m cupy_ops bench top_k_per_row --json $OUT/bench_topk.json > $OUT/bench_topk.txt 2>&1
-cat $OUT/phases.txt $OUT/bench_topk.txt
+has() { case " $STEPS " in *" $1 "*) return 0;; esac; return 1; }
+if has topk_tests; then
+  timeout 240 python3 -m pytest -q -p no:cacheprovider -x tests/test_top_k_per_row_gpu.py tests/test_determinism_gpu.py tests/test_large_gpu.py -k "top_k or topk" > $OUT/topk_tests.txt 2>&1
+  tail -3 $OUT/topk_tests.txt
+fi
+if has phases; then
+ (for d in 1 0; do echo "== REGISTER_PATH=$d"; python3 tools/exp_top_k.py --case 3 --define CUPY_OPS_TOPK_REGISTER_PATH=$d; python3 tools/exp_top_k.py --case 3 --no-timing --define CUPY_OPS_TOPK_REGISTER_PATH=$d; done
+  for ct in "1 4 512" "1 2 1024" "1 8 512" "0 8 1024" "0 2 1024"; do set -- $ct; echo "== case $1 cluster $2 threads $3"; python3 tools/exp_top_k.py --case $1 --cluster $2 --threads $3; python3 tools/exp_top_k.py --case $1 --no-timing --cluster $2 --threads $3; done) > $OUT/phases.txt 2>&1
+  grep -E "==|median|timing" $OUT/phases.txt
+fi
+if has bench_topk; then
+  timeout 150 python3 -m cupy_ops bench top_k_per_row --json $OUT/bench_topk.json > $OUT/bench_topk.txt 2>&1; cat $OUT/bench_topk.txt
+fi
+if has ncu; then
+  timeout 200 bash -c "ncu --set full --import-source no -k regex:top_k --launch-skip 2 -c 1 -f -o /tmp/ncu_tk python3 tools/ncu_topk.py > /dev/null && ncu -i /tmp/ncu_tk.ncu-rep --page details | grep -E 'Duration|Throughput|IPC|Issued|Eligible|Warp Cycles|Registers|Achieved|Theoretical Occ|Stall' ; python3 tools/ncu_hot.py /tmp/ncu_tk.ncu-rep 70" > $OUT/ncu_topk.txt 2>&1
+  tail -30 $OUT/ncu_topk.txt
+fi
+if has vs_tests || has bench_vs; then
+  [ -f tools/vs_v3_vertical_slash.cu ] && cp tools/vs_v3_vertical_slash.cu cuda_src/vertical_slash.cu
+  if has vs_tests; then
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_vertical_slash_gpu.py tests/test_vertical_slash_op.py > $OUT/vs_tests.txt 2>&1; tail -3 $OUT/vs_tests.txt
+  fi
+  if has bench_vs; then
+    timeout 150 python3 -m cupy_ops bench vertical_slash --json $OUT/bench_vs.json > $OUT/bench_vs.txt 2>&1; cat $OUT/bench_vs.txt
+  fi
+fi
