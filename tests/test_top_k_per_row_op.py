@@ -100,14 +100,11 @@ def test_indices_must_not_alias_inputs():
 
 
 @pytest.mark.parametrize("rows, cols, sms, arch, want", [
-    (1, 32768, 132, 90, 4),    # register path: 4 x 512 threads x 16 scores
-    (64, 131072, 132, 90, 8),  # register path: 8 x 1024 threads x 16 scores
+    (1, 32768, 132, 90, 8),
+    (4, 163840, 132, 90, 8),
+    (64, 131072, 132, 90, 2),
     (128, 8192, 132, 90, 1),
-    (1, 6000, 132, 90, 1),
-    (1, 8192, 132, 90, 1),     # fits one CTA's registers
-    (1, 8193, 132, 90, 2),
-    (4, 163840, 132, 90, 8),   # too long for registers: grow while under one wave
-    (64, 262144, 132, 90, 2),
+    (1, 6000, 132, 90, 1),     # too short to split
     (1, 32768, 108, 80, 1),    # no clusters before sm_90
 ])
 def test_cluster_size_choice(rows, cols, sms, arch, want):
@@ -126,11 +123,9 @@ def test_cache_size(cluster, cols, many_rows, want):
 
 
 def test_threads_per_cta():
-    assert op_module.threads_for(64, 262144, 2) == 1024  # general path, long slices
-    assert op_module.threads_for(64, 131072, 8) == 1024  # register path: 16 scores per thread
+    assert op_module.threads_for(64, 131072, 2) == 1024
     assert op_module.threads_for(128, 8192, 1) == 512
-    assert op_module.threads_for(1, 32768, 4) == 512
-    assert op_module.threads_for(4, 163840, 8) == 512    # general path, 20480-element slices
+    assert op_module.threads_for(1, 32768, 8) == 512
 
 
 def test_shared_memory_budget_fits_the_device_limit():

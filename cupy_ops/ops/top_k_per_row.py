@@ -21,7 +21,7 @@ MAX_TOP_K = reference.MAX_TOP_K
 INT32_MAX = 2**31 - 1
 MODE = {"prefill": 0, "decode": 1, "decode_2d": 2}  # the kernel's MODE_* constants
 BINS, CAND_CAP, GROUP = 4096, 4096, 4                # the kernel's constants
-SHORT_ITEMS = 16  # the kernel's register path: rows of up to THREADS * SHORT_ITEMS elements, C = 1
+SHORT_ITEMS = 16  # the kernel's register path: CTA slices of up to THREADS * SHORT_ITEMS scores
 MIN_COLS_PER_CTA = 4096  # a CTA with fewer columns spends more on cluster barriers than it saves
 MAX_MASK_BYTES = 32 * 1024  # step masks for slices up to 128K elements; longer ones go without
 STATIC_SMEM_SLACK = 2048  # the kernel's static shared memory (under 1 KB: counters, scan buffer)
@@ -257,34 +257,18 @@ def _extent_elems(info) -> int:
 # --------------------------------------------------------------------------------------------
 # Plans
 
-def register_path_threads(num_cols: int, cluster: int) -> int | None:
-    """Threads per CTA that let a cluster of `cluster` CTAs hold a num_cols row in registers
-    (SHORT_ITEMS per thread; rows of that many columns with an unaligned start take the general
-    path), 512 where that fits, or None."""
-    for threads in (THREADS, THREADS_LONG):
-        if num_cols <= cluster * threads * SHORT_ITEMS:
-            return threads
-    return None
-
-
 def threads_for(num_rows: int, num_cols: int, cluster: int) -> int:
-    """Threads per CTA: the register path's, else 1024 for long slices (64 x 131072 decode:
-    58 us vs 74 us with 512 on H100), 512 otherwise (short slices lose 5-10% with 1024)."""
-    return (register_path_threads(num_cols, cluster)
-            or (THREADS_LONG if num_cols // cluster >= LONG_SLICE else THREADS))
+    """Threads per CTA: 1024 for long slices (64 x 131072 decode: 58 us vs 74 us with 512 on
+    H100), 512 otherwise (short slices lose 5-10% with 1024: more barrier and scan work)."""
+    return THREADS_LONG if num_cols // cluster >= LONG_SLICE else THREADS
 
 
 def launch_shape(num_rows: int, num_cols: int, sm_count: int, arch: int) -> int:
-    """CTAs per row: the fewest that hold a row in registers (the kernel's register path: one
-    read of the scores, no shared-memory copy), 512-thread CTAs first; rows too long for 8 CTAs
-    grow the cluster while the grid fills less than one wave of SMs."""
+    """CTAs per row: grow the cluster while the grid fills less than one wave of SMs. (The
+    kernel takes its register path wherever a CTA's slice fits THREADS * SHORT_ITEMS scores.)"""
     cluster = 1
     if arch < 90:
         return cluster
-    for threads in (THREADS, THREADS_LONG):
-        for c in CLUSTERS:
-            if num_cols <= c * threads * SHORT_ITEMS:
-                return c
     while (cluster < CLUSTERS[-1] and num_rows * cluster * 2 <= sm_count
            and num_cols // (cluster * 2) >= MIN_COLS_PER_CTA):
         cluster *= 2
