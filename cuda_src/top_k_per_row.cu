@@ -77,9 +77,9 @@ constexpr int CAND_CAP = 4096;   // candidate keys refined inside one CTA
 constexpr int LIST_BITS = 8;     // radix digit for candidate lists (few keys: small histograms)
 constexpr u32 WARP_REFINE_MAX = 1024;  // candidate lists up to this long are refined by one warp
 constexpr int GROUP = 4;         // elements per load: 16 bytes of fp32, 8 bytes of fp16/bf16
-constexpr int SHORT_ITEMS = 16;  // scores per thread of the register path (C == 1 short rows)
-#ifndef CUPY_OPS_TOPK_REGISTER_PATH
-#define CUPY_OPS_TOPK_REGISTER_PATH 1  // experiments compare with 0 (tools/exp_top_k.py --define)
+constexpr int SHORT_CAP = 2 * CAND_CAP;  // elements per CTA of the short-slice path (keys in the lists' room)
+#ifndef CUPY_OPS_TOPK_SHORT_PATH
+#define CUPY_OPS_TOPK_SHORT_PATH 1  // experiments compare with 0 (tools/exp_top_k.py --define)
 #endif
 
 constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
@@ -381,57 +381,43 @@ __device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 cou
   return Threshold{lo, need};
 }
 
-// A short row's keys in registers, as a refine() source.
-template <int N>
-struct RegisterKeys {
-  const u32 (&key)[N];
-  u32 valid;  // bit k: key[k] is a candidate
-  template <typename F>
-  __device__ __forceinline__ void for_each_key(F f) const {
-#pragma unroll
-    for (int k = 0; k < N; ++k)
-      if (valid >> k & 1u) f(key[k]);
-  }
-};
-
-// The register path, for a slice of at most THREADS * SHORT_ITEMS elements (C == 1): the short
-// rows of prefill and of small decode batches, where every phase of the general path is a few
-// dependent latencies and barriers. The row is read once into registers (thread t holds groups
-// t, t + THREADS, ..., so each load is coalesced), the coarse histogram gives the threshold bin,
-// refine() narrows it over the registers (usually one 8-bit pass: a coarse bin of a real row
-// holds tens of keys), and one block scan of per-group counts {above T, equal T} gives every
-// selected element its output slot in column order (ties to the lowest columns), so the output
-// is the same as the general path's. No shared-memory copy of the row, no candidate list.
-// Entered by the whole CTA with hist zeroed by its threads but no barrier since.
+// The short-slice path, for a CTA slice of at most SHORT_CAP elements: the short rows of
+// prefill and of small decode batches. There every phase of the general path is a chain of
+// dependent latencies, and the one-shot code itself costs: a CTA that runs a phase once fetches
+// its instructions cold (the 128 x 8192 case has one CTA per SM), so long unrolled code costs
+// cycles per instruction. Here each phase is a short loop: the slice is read once (coalesced
+// 16-byte loads: thread t reads groups t, t + THREADS, ...), its keys go to shared memory in
+// element order (the candidate arrays' room: the general path's lists are not needed) and
+// into the coarse histogram; refine() narrows the threshold bin over the shared keys (usually
+// one 8-bit pass: a coarse bin of a real row holds tens of keys); then thread t counts its
+// SHORT_CAP / THREADS consecutive elements {above T, equal T}, one block scan gives every
+// selected element its slot in column order (ties to the lowest columns: the same output as
+// the general path), and it writes them.
+// Entered by the whole CTA (and cluster) with hist zeroed by its threads but no barrier since.
 template <typename T, int C, int THREADS>
-__device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec, int top_k, int* out_row,
-                                                 long long out_stride1, u32* hist, u32* sum, u32* buf,
-                                                 BinChoice* choice, u32* published, u32 q TOPK_MARKS_PARAM) {
-  constexpr int G = SHORT_ITEMS / GROUP, NW = THREADS / 32;
-  static_assert(G == 4, "the scan packs one 32-bit word per group into a uint4");
+__device__ __forceinline__ void select_short_slice(const Slice<T>& slice, bool vec, int top_k, int* out_row,
+                                                   long long out_stride1, u32* hist, u32* sum, u32* keys,
+                                                   u32* buf, BinChoice* choice, u32* published, u32 q TOPK_MARKS_PARAM) {
+  constexpr int ITEMS = SHORT_CAP / THREADS, G = ITEMS / GROUP, NW = THREADS / 32;
+  static_assert(G >= 1 && ITEMS % GROUP == 0, "whole groups per thread");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  u32 key[SHORT_ITEMS];
-  u32 valid = 0;
+  const int n = slice.n, lo = slice.lo, hi = slice.hi;  // elements [lo, hi) are candidates
+  u32 key[G][GROUP];
 #pragma unroll
   for (int j = 0; j < G; ++j) {
-    const int i = (j * THREADS + tid) * GROUP;  // this group's first element
+    const int i = (j * THREADS + tid) * GROUP;
     float v[GROUP] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (i < slice.n) load_group(slice, vec, i, v);
+    if (i < n) load_group(slice, vec, i, v);
 #pragma unroll
-    for (int c = 0; c < GROUP; ++c) {
-      key[j * GROUP + c] = order_key(v[c]);
-      valid |= static_cast<u32>(i < slice.n && slice.valid(i + c)) << (j * GROUP + c);
-    }
+    for (int c = 0; c < GROUP; ++c) key[j][c] = order_key(v[c]);
+    if (i < n) *reinterpret_cast<uint4*>(keys + i) = make_uint4(key[j][0], key[j][1], key[j][2], key[j][3]);
   }
   __syncthreads();  // hist zeroed
 #pragma unroll
-  for (int k = 0; k < SHORT_ITEMS; ++k)
-    if (valid >> k & 1u) {
-#ifdef CUPY_OPS_TOPK_EXP_NO_HIST  // timing experiment only: wrong answers
-      if (key[k] == 0x12345u)
-#endif
-      atomicAdd(&hist[coarse_bin(key[k])], 1u);
-    }
+  for (int j = 0; j < G; ++j)
+#pragma unroll
+    for (int c = 0; c < GROUP; ++c)
+      if (slice.valid((j * THREADS + tid) * GROUP + c)) atomicAdd(&hist[coarse_bin(key[j][c])], 1u);
   TOPK_MARK(2);
   __syncthreads();
   const u32* H0 = hist;
@@ -442,48 +428,38 @@ __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec
   find_bin<THREADS, BINS>(H0, static_cast<u32>(top_k), buf, choice);
   const BinChoice b0 = *choice;
   TOPK_MARK(3);
-  const u32 lo0 = static_cast<u32>(coarse_bin_first_key(b0.bin));
-  const u32 hi0 = static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull);
-  const Threshold th = refine<C, THREADS, LIST_BITS, true>(RegisterKeys<SHORT_ITEMS>{key, valid}, lo0, hi0,
-                                                           b0.count, static_cast<u32>(top_k) - b0.above,
-                                                           hist, sum, buf, choice, q);
+  const Threshold th = refine<C, THREADS, LIST_BITS, true>(
+      KeyList{keys + lo, static_cast<u32>(max(0, hi - lo))}, static_cast<u32>(coarse_bin_first_key(b0.bin)),
+      static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull), b0.count, static_cast<u32>(top_k) - b0.above,
+      hist, sum, buf, choice, q);
   TOPK_MARK(4);
-  // Per group: keys above T in the low half-word, keys equal to T in the high one (a group
-  // total is at most 4 * THREADS < 2^16, so the packed sums never carry).
-  u32 count[G], incl[G];
-#pragma unroll
-  for (int j = 0; j < G; ++j) {
-    u32 c = 0;
-#pragma unroll
-    for (int k = j * GROUP; k < (j + 1) * GROUP; ++k)
-      if (valid >> k & 1u) c += key[k] > th.key ? 1u : (key[k] == th.key ? 0x10000u : 0u);
-    count[j] = c;
-    incl[j] = warp_inclusive_sum(c);
+  // This thread's elements [first, first + ITEMS) ∩ [lo, hi): keys above T in the low half-word,
+  // keys equal to T in the high one (a CTA total is at most SHORT_CAP < 2^16: no carry).
+  const int first = tid * ITEMS, from = max(first, lo), to = min(first + ITEMS, hi);
+  u32 mine = 0;
+#pragma unroll 1
+  for (int i = from; i < to; ++i) {
+    const u32 k = keys[i];
+    mine += k > th.key ? 1u : (k == th.key ? 0x10000u : 0u);
   }
-  // hist is free: refine's last reads (and the cluster's) are behind a barrier
-  uint4* warp_total = reinterpret_cast<uint4*>(hist);
-  if (lane == 31) warp_total[warp] = make_uint4(incl[0], incl[1], incl[2], incl[3]);
+  const u32 incl = warp_inclusive_sum(mine);
+  u32* warp_total = hist;  // free: refine's last reads (and the cluster's) are behind a barrier
+  if (lane == 31) warp_total[warp] = incl;
   __syncthreads();
-  u32 before[G] = {0u, 0u, 0u, 0u}, total[G] = {0u, 0u, 0u, 0u};
-#pragma unroll
+  u32 start = incl - mine, cta_total = 0;
+#pragma unroll 1
   for (int w = 0; w < NW; ++w) {
-    const uint4 t = warp_total[w];
-    const u32 tw[G] = {t.x, t.y, t.z, t.w};
-#pragma unroll
-    for (int j = 0; j < G; ++j) {
-      total[j] += tw[j];
-      before[j] += w < warp ? tw[j] : 0u;
-    }
+    const u32 t = warp_total[w];
+    cta_total += t;
+    start += w < warp ? t : 0u;
   }
-  // Column order is (CTA, group, thread, element): earlier CTAs' totals (each CTA publishes
-  // its {above, equal} counts, unpacked: C CTAs' sums may pass 2^16), earlier groups' totals,
-  // then earlier threads.
-  u32 above_base = 0, ties_base = 0;
+  u32 above = start & 0xffffu, ties = start >> 16;
+  // Earlier CTAs of the cluster come first in column order; each publishes its counts
+  // unpacked (C CTAs' sums may pass 2^16).
   if constexpr (C > 1) {
     if (tid == 0) {
-      const u32 t = total[0] + total[1] + total[2] + total[3];
-      published[0] = t & 0xffffu;
-      published[1] = t >> 16;
+      published[0] = cta_total & 0xffffu;
+      published[1] = cta_total >> 16;
     }
     cluster::sync();
     if (warp == 0) {
@@ -492,36 +468,31 @@ __device__ __forceinline__ void select_short_row(const Slice<T>& slice, bool vec
         ra = cluster::load(cluster::map(&published[0], lane));
         rt = cluster::load(cluster::map(&published[1], lane));
       }
-      buf[0] = __reduce_add_sync(0xffffffffu, ra);
-      buf[1] = __reduce_add_sync(0xffffffffu, rt);
+      ra = __reduce_add_sync(0xffffffffu, ra);
+      rt = __reduce_add_sync(0xffffffffu, rt);
+      if (lane == 0) {
+        buf[0] = ra;
+        buf[1] = rt;
+      }
     }
     cluster::arrive();  // this CTA's last remote access is behind it
     __syncthreads();
-    above_base = buf[0];
-    ties_base = buf[1];
+    above += buf[0];
+    ties += buf[1];
   }
   TOPK_MARK(5);
-  u32 group_base = 0;
-#pragma unroll
-  for (int j = 0; j < G; ++j) {
-    const u32 start = group_base + before[j] + incl[j] - count[j];
-    group_base += total[j];
-    u32 above = above_base + (start & 0xffffu), ties = ties_base + (start >> 16);
-#pragma unroll
-    for (int c = 0; c < GROUP; ++c) {
-      const int k = j * GROUP + c;
-      if (!(valid >> k & 1u)) continue;
-      int at = -1;
-      if (key[k] > th.key) {
-        at = static_cast<int>(above + min(ties, th.take));
-        ++above;
-      } else if (key[k] == th.key) {
-        if (ties < th.take) at = static_cast<int>(above + ties);
-        ++ties;
-      }
-      if (at >= 0 && at < top_k)
-        out_row[static_cast<long long>(at) * out_stride1] = slice.pos0 + (j * THREADS + tid) * GROUP + c;
+#pragma unroll 1
+  for (int i = from; i < to; ++i) {
+    const u32 k = keys[i];
+    int at = -1;
+    if (k > th.key) {
+      at = static_cast<int>(above + min(ties, th.take));
+      ++above;
+    } else if (k == th.key) {
+      if (ties < th.take) at = static_cast<int>(above + ties);
+      ++ties;
     }
+    if (at >= 0 && at < top_k) out_row[static_cast<long long>(at) * out_stride1] = slice.pos0 + i;
   }
   if constexpr (C > 1) cluster::wait();  // keep `published` alive until every CTA has read it
 }
@@ -610,13 +581,13 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   const Slice<T> slice{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, L - pos0)), seg, cw, cache};
   const bool all_cached = cw >= seg;
   const bool use_masks = NW * (seg / 32) <= mask_steps;
-  if (CUPY_OPS_TOPK_REGISTER_PATH && per_cta * GROUP <= THREADS * SHORT_ITEMS) {  // uniform over the cluster
-    select_short_row<T, C, THREADS>(slice, vec, top_k, out_row, out_stride1, hist, sum, buf, &choice, published,
-                                    q TOPK_MARKS_ARG);
+  if (CUPY_OPS_TOPK_SHORT_PATH && per_cta * GROUP <= SHORT_CAP) {  // uniform over the cluster
+    select_short_slice<T, C, THREADS>(slice, vec, top_k, out_row, out_stride1, hist, sum, cand, buf, &choice,
+                                      published, q TOPK_MARKS_ARG);
     TOPK_MARK(6);
 #ifdef CUPY_OPS_TOPK_TIMING
     if (blockIdx.x == 0 && threadIdx.x == 0)
-      printf("topk timing register path C=%d n=%d: range %lld load+hist %lld bin %lld refine %lld scan %lld write %lld cycles\n",
+      printf("topk timing short path C=%d n=%d: range %lld load+hist %lld bin %lld refine %lld scan %lld write %lld cycles\n",
              C, n, marks[1] - marks[0], marks[2] - marks[1], marks[3] - marks[2], marks[4] - marks[3],
              marks[5] - marks[4], marks[6] - marks[5]);
 #endif

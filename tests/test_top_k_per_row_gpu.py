@@ -208,13 +208,13 @@ def test_tricky_values(torch, cluster, n):
         run_prefill(torch, logits, [0] * len(rows), [n] * len(rows), top_k)
 
 
-def test_register_path_capacity_and_tie_ranking(torch, cluster):
-    """Rows at the register path's capacity (THREADS * SHORT_ITEMS elements after alignment;
-    one element more takes the general path), with heavy ties so the selected ties spread over
-    every load group and thread of the CTA; 512- and 1024-thread CTAs (C1 forces 1024 threads on
-    40000 columns)."""
+def test_short_path_capacity_and_tie_ranking(torch, cluster):
+    """Rows at the short-slice path's capacity (SHORT_CAP elements per CTA after alignment; one
+    element more takes the general path), with heavy ties so the selected ties spread over
+    every thread of the CTA; 512- and 1024-thread CTAs (C1 forces 1024 threads on 40000
+    columns)."""
     gen = torch.Generator(device="cuda").manual_seed(21)
-    cap = op_module.THREADS * op_module.SHORT_ITEMS
+    cap = op_module.SHORT_CAP
     logits = torch.randn(6, cap + 8, device="cuda", generator=gen)
     logits[3:] = torch.randint(0, 40, (3, cap + 8), device="cuda", generator=gen).float() / 8
     starts = [0, 1, 3, 0, 2, 5]
@@ -222,7 +222,7 @@ def test_register_path_capacity_and_tie_ranking(torch, cluster):
     run_prefill(torch, logits, starts, [s + n for s, n in zip(starts, lengths)], 2048)
     wide = torch.randint(0, 64, (6, 40000), device="cuda", generator=gen).float() / 16
     wide[:2] = torch.randn(2, 40000, device="cuda", generator=gen)
-    run_decode(torch, wide, 1, [2 * cap, 2 * cap - 1, 2 * cap, 9000, 2049, 40000], 4096)
+    run_decode(torch, wide, 1, [cap, cap - 1, 2 * cap, 9000, 2049, 40000], 4096)
 
 
 def test_ties_across_cluster_ctas_take_lowest_columns(torch, cluster):

@@ -1,4 +1,4 @@
-# Device run for this session's branches: STEPS="topk_tests phases vs_tests bench_vs bench_topk ncu" OUT=... bash tools/dev_run.sh
+# Device run for this session's branches: STEPS="topk_tests phases ncu bench_topk vs_tests bench_vs" OUT=... bash tools/dev_run.sh
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUPY_OPS_CACHE_DIR=/tmp/cupy_ops_cache
 mkdir -p $OUT
@@ -9,16 +9,17 @@ if has topk_tests; then
   tail -3 $OUT/topk_tests.txt
 fi
 if has phases; then
- (for d in 1 0; do echo "== REGISTER_PATH=$d"; python3 tools/exp_top_k.py --case 3 --define CUPY_OPS_TOPK_REGISTER_PATH=$d; python3 tools/exp_top_k.py --case 3 --no-timing --define CUPY_OPS_TOPK_REGISTER_PATH=$d; done
-  for ct in "1 4 512" "1 2 1024" "1 8 512" "0 8 1024" "0 2 1024"; do set -- $ct; echo "== case $1 cluster $2 threads $3"; python3 tools/exp_top_k.py --case $1 --cluster $2 --threads $3; python3 tools/exp_top_k.py --case $1 --no-timing --cluster $2 --threads $3; done) > $OUT/phases.txt 2>&1
+ (for d in 1 0; do echo "== SHORT_PATH=$d"; python3 tools/exp_top_k.py --case 3 --define CUPY_OPS_TOPK_SHORT_PATH=$d; python3 tools/exp_top_k.py --case 3 --no-timing --define CUPY_OPS_TOPK_SHORT_PATH=$d; done
+  for ct in "1 8 512" "1 4 512"; do set -- $ct; echo "== case $1 cluster $2 threads $3"; python3 tools/exp_top_k.py --case $1 --cluster $2 --threads $3; python3 tools/exp_top_k.py --case $1 --no-timing --cluster $2 --threads $3; done) > $OUT/phases.txt 2>&1
   grep -E "==|median|timing" $OUT/phases.txt
+fi
+if has ncu; then
+  ROWS=128 COLS=8192 timeout 200 ncu --set full --import-source no -k regex:top_k --launch-skip 2 -c 1 -f -o /tmp/ncu_tk python3 tools/ncu_topk.py > /dev/null 2>&1
+  (ncu -i /tmp/ncu_tk.ncu-rep --page details | grep -E 'Duration|IPC|Issued Warp|Eligible|Warp Cycles|Registers|Achieved Occ|Theoretical Occ'; python3 tools/ncu_stalls.py /tmp/ncu_tk.ncu-rep; python3 tools/ncu_hot.py /tmp/ncu_tk.ncu-rep 40) > $OUT/ncu_topk_short.txt 2>&1
+  head -60 $OUT/ncu_topk_short.txt
 fi
 if has bench_topk; then
   timeout 150 python3 -m cupy_ops bench top_k_per_row --json $OUT/bench_topk.json > $OUT/bench_topk.txt 2>&1; cat $OUT/bench_topk.txt
-fi
-if has ncu; then
-  timeout 200 bash -c "ncu --set full --import-source no -k regex:top_k --launch-skip 2 -c 1 -f -o /tmp/ncu_tk python3 tools/ncu_topk.py > /dev/null && ncu -i /tmp/ncu_tk.ncu-rep --page details | grep -E 'Duration|Throughput|IPC|Issued|Eligible|Warp Cycles|Registers|Achieved|Theoretical Occ|Stall' ; python3 tools/ncu_hot.py /tmp/ncu_tk.ncu-rep 70" > $OUT/ncu_topk.txt 2>&1
-  tail -30 $OUT/ncu_topk.txt
 fi
 if has vs_tests || has bench_vs; then
   [ -f tools/vs_v3_vertical_slash.cu ] && cp tools/vs_v3_vertical_slash.cu cuda_src/vertical_slash.cu

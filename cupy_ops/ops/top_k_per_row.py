@@ -21,7 +21,7 @@ MAX_TOP_K = reference.MAX_TOP_K
 INT32_MAX = 2**31 - 1
 MODE = {"prefill": 0, "decode": 1, "decode_2d": 2}  # the kernel's MODE_* constants
 BINS, CAND_CAP, GROUP = 4096, 4096, 4                # the kernel's constants
-SHORT_ITEMS = 16  # the kernel's register path: CTA slices of up to THREADS * SHORT_ITEMS scores
+SHORT_CAP = 2 * CAND_CAP  # the kernel's short-slice path: CTA slices of up to this many scores
 MIN_COLS_PER_CTA = 4096  # a CTA with fewer columns spends more on cluster barriers than it saves
 MAX_MASK_BYTES = 32 * 1024  # step masks for slices up to 128K elements; longer ones go without
 STATIC_SMEM_SLACK = 2048  # the kernel's static shared memory (under 1 KB: counters, scan buffer)
@@ -265,7 +265,7 @@ def threads_for(num_rows: int, num_cols: int, cluster: int) -> int:
 
 def launch_shape(num_rows: int, num_cols: int, sm_count: int, arch: int) -> int:
     """CTAs per row: grow the cluster while the grid fills less than one wave of SMs. (The
-    kernel takes its register path wherever a CTA's slice fits THREADS * SHORT_ITEMS scores.)"""
+    kernel takes its short-slice path wherever a CTA's slice has at most SHORT_CAP scores.)"""
     cluster = 1
     if arch < 90:
         return cluster
