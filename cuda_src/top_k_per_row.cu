@@ -64,12 +64,8 @@ using u32 = unsigned int;
 // compiled in only with -DCUPY_OPS_TOPK_TIMING.
 #ifdef CUPY_OPS_TOPK_TIMING
 #define TOPK_MARK(i) if (blockIdx.x == 0 && threadIdx.x == 0) marks[i] = clock64()
-#define TOPK_MARKS_PARAM , long long* marks
-#define TOPK_MARKS_ARG , marks
 #else
 #define TOPK_MARK(i)
-#define TOPK_MARKS_PARAM
-#define TOPK_MARKS_ARG
 #endif
 
 constexpr int BINS = 4096;       // 12-bit digits
@@ -77,7 +73,7 @@ constexpr int CAND_CAP = 4096;   // candidate keys refined inside one CTA
 constexpr int LIST_BITS = 8;     // radix digit for candidate lists (few keys: small histograms)
 constexpr u32 WARP_REFINE_MAX = 1024;  // candidate lists up to this long are refined by one warp
 constexpr int GROUP = 4;         // elements per load: 16 bytes of fp32, 8 bytes of fp16/bf16
-constexpr int SHORT_CAP = 2 * CAND_CAP;  // elements per CTA of the short-slice path (keys in the lists' room)
+constexpr int SHORT_CAP = 8192;  // slices up to this long keep full keys on chip (the host sizes the room)
 #ifndef CUPY_OPS_TOPK_SHORT_PATH
 #define CUPY_OPS_TOPK_SHORT_PATH 1  // experiments compare with 0 (tools/exp_top_k.py --define)
 #endif
@@ -293,7 +289,7 @@ struct KeyList {
 // f(key) for every key of this CTA's source (a KeyList or the whole Slice; keys outside [lo, hi]
 // are ignored). With CLUSTER_SUM the histograms are summed over the cluster.
 template <int C, int THREADS, int BITS, bool CLUSTER_SUM, typename Source>
-__device__ __forceinline__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32 need,
+__device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32 need,
                             u32* hist, u32* sum, u32* buf, BinChoice* choice, u32 q) {
   constexpr int NB = 1 << BITS;
   // Each pass divides the interval width by NB.
@@ -381,122 +377,6 @@ __device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 cou
   return Threshold{lo, need};
 }
 
-// The short-slice path, for a CTA slice of at most SHORT_CAP elements: the short rows of
-// prefill and of small decode batches. There every phase of the general path is a chain of
-// dependent latencies, and the one-shot code itself costs: a CTA that runs a phase once fetches
-// its instructions cold (the 128 x 8192 case has one CTA per SM), so long unrolled code costs
-// cycles per instruction. Here each phase is a short loop: the slice is read once (coalesced
-// 16-byte loads: thread t reads groups t, t + THREADS, ...), its keys go to shared memory in
-// element order (the candidate arrays' room: the general path's lists are not needed) and
-// into the coarse histogram; refine() narrows the threshold bin over the shared keys (usually
-// one 8-bit pass: a coarse bin of a real row holds tens of keys); then thread t counts its
-// SHORT_CAP / THREADS consecutive elements {above T, equal T}, one block scan gives every
-// selected element its slot in column order (ties to the lowest columns: the same output as
-// the general path), and it writes them.
-// Entered by the whole CTA (and cluster) with hist zeroed by its threads but no barrier since.
-template <typename T, int C, int THREADS>
-__device__ __forceinline__ void select_short_slice(const Slice<T>& slice, bool vec, int top_k, int* out_row,
-                                                   long long out_stride1, u32* hist, u32* sum, u32* keys,
-                                                   u32* buf, BinChoice* choice, u32* published, u32 q TOPK_MARKS_PARAM) {
-  constexpr int ITEMS = SHORT_CAP / THREADS, G = ITEMS / GROUP, NW = THREADS / 32;
-  static_assert(G >= 1 && ITEMS % GROUP == 0, "whole groups per thread");
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int n = slice.n, lo = slice.lo, hi = slice.hi;  // elements [lo, hi) are candidates
-  u32 key[G][GROUP];
-#pragma unroll
-  for (int j = 0; j < G; ++j) {
-    const int i = (j * THREADS + tid) * GROUP;
-    float v[GROUP] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (i < n) load_group(slice, vec, i, v);
-#pragma unroll
-    for (int c = 0; c < GROUP; ++c) key[j][c] = order_key(v[c]);
-    if (i < n) *reinterpret_cast<uint4*>(keys + i) = make_uint4(key[j][0], key[j][1], key[j][2], key[j][3]);
-  }
-  __syncthreads();  // hist zeroed
-#pragma unroll
-  for (int j = 0; j < G; ++j)
-#pragma unroll
-    for (int c = 0; c < GROUP; ++c)
-      if (slice.valid((j * THREADS + tid) * GROUP + c)) atomicAdd(&hist[coarse_bin(key[j][c])], 1u);
-  TOPK_MARK(2);
-  __syncthreads();
-  const u32* H0 = hist;
-  if constexpr (C > 1) {
-    cluster_sum_histograms<C, THREADS, BINS>(hist, sum, q);
-    H0 = sum;
-  }
-  find_bin<THREADS, BINS>(H0, static_cast<u32>(top_k), buf, choice);
-  const BinChoice b0 = *choice;
-  TOPK_MARK(3);
-  const Threshold th = refine<C, THREADS, LIST_BITS, true>(
-      KeyList{keys + lo, static_cast<u32>(max(0, hi - lo))}, static_cast<u32>(coarse_bin_first_key(b0.bin)),
-      static_cast<u32>(coarse_bin_first_key(b0.bin + 1) - 1ull), b0.count, static_cast<u32>(top_k) - b0.above,
-      hist, sum, buf, choice, q);
-  TOPK_MARK(4);
-  // This thread's elements [first, first + ITEMS) ∩ [lo, hi): keys above T in the low half-word,
-  // keys equal to T in the high one (a CTA total is at most SHORT_CAP < 2^16: no carry).
-  const int first = tid * ITEMS, from = max(first, lo), to = min(first + ITEMS, hi);
-  u32 mine = 0;
-#pragma unroll 1
-  for (int i = from; i < to; ++i) {
-    const u32 k = keys[i];
-    mine += k > th.key ? 1u : (k == th.key ? 0x10000u : 0u);
-  }
-  const u32 incl = warp_inclusive_sum(mine);
-  u32* warp_total = hist;  // free: refine's last reads (and the cluster's) are behind a barrier
-  if (lane == 31) warp_total[warp] = incl;
-  __syncthreads();
-  u32 start = incl - mine, cta_total = 0;
-#pragma unroll 1
-  for (int w = 0; w < NW; ++w) {
-    const u32 t = warp_total[w];
-    cta_total += t;
-    start += w < warp ? t : 0u;
-  }
-  u32 above = start & 0xffffu, ties = start >> 16;
-  // Earlier CTAs of the cluster come first in column order; each publishes its counts
-  // unpacked (C CTAs' sums may pass 2^16).
-  if constexpr (C > 1) {
-    if (tid == 0) {
-      published[0] = cta_total & 0xffffu;
-      published[1] = cta_total >> 16;
-    }
-    cluster::sync();
-    if (warp == 0) {
-      u32 ra = 0, rt = 0;
-      if (static_cast<u32>(lane) < q) {
-        ra = cluster::load(cluster::map(&published[0], lane));
-        rt = cluster::load(cluster::map(&published[1], lane));
-      }
-      ra = __reduce_add_sync(0xffffffffu, ra);
-      rt = __reduce_add_sync(0xffffffffu, rt);
-      if (lane == 0) {
-        buf[0] = ra;
-        buf[1] = rt;
-      }
-    }
-    cluster::arrive();  // this CTA's last remote access is behind it
-    __syncthreads();
-    above += buf[0];
-    ties += buf[1];
-  }
-  TOPK_MARK(5);
-#pragma unroll 1
-  for (int i = from; i < to; ++i) {
-    const u32 k = keys[i];
-    int at = -1;
-    if (k > th.key) {
-      at = static_cast<int>(above + min(ties, th.take));
-      ++above;
-    } else if (k == th.key) {
-      if (ties < th.take) at = static_cast<int>(above + ties);
-      ++ties;
-    }
-    if (at >= 0 && at < top_k) out_row[static_cast<long long>(at) * out_stride1] = slice.pos0 + i;
-  }
-  if constexpr (C > 1) cluster::wait();  // keep `published` alive until every CTA has read it
-}
-
 template <typename T, int C, int THREADS>
 __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREADS <= 512 ? 2 : 1) top_k_per_row_kernel(
     const T* __restrict__ logits, long long logits_extent, long long stride0, long long stride1,
@@ -580,23 +460,16 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   const int cw = min(seg, cache_elems / NW / GROUP * GROUP);
   const Slice<T> slice{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, L - pos0)), seg, cw, cache};
   const bool all_cached = cw >= seg;
-  const bool use_masks = NW * (seg / 32) <= mask_steps;
-  if (CUPY_OPS_TOPK_SHORT_PATH && per_cta * GROUP <= SHORT_CAP) {  // uniform over the cluster
-    select_short_slice<T, C, THREADS>(slice, vec, top_k, out_row, out_stride1, hist, sum, cand, buf, &choice,
-                                      published, q TOPK_MARKS_ARG);
-    TOPK_MARK(6);
-#ifdef CUPY_OPS_TOPK_TIMING
-    if (blockIdx.x == 0 && threadIdx.x == 0)
-      printf("topk timing short path C=%d n=%d: range %lld load+hist %lld bin %lld refine %lld scan %lld write %lld cycles\n",
-             C, n, marks[1] - marks[0], marks[2] - marks[1], marks[3] - marks[2], marks[4] - marks[3],
-             marks[5] - marks[4], marks[6] - marks[5]);
-#endif
-    return;
-  }
-
+  // Short slices (prefill rows, small decode batches) keep every full key in shared memory,
+  // in element order, where the host made room (the prefix cache's region): the gather and
+  // the write then read keys on chip, with no L2 round trips for candidates and no step
+  // masks. Uniform over the cluster.
+  const bool short_slice = CUPY_OPS_TOPK_SHORT_PATH && per_cta * GROUP <= SHORT_CAP && cache_elems >= 2 * SHORT_CAP;
+  u32* short_keys = reinterpret_cast<u32*>(cache);
+  const bool use_masks = NW * (seg / 32) <= mask_steps && !short_slice;
   // ---- pass 0: every element of this warp's segment once, GROUP at a time straight into
   // registers (U groups in flight per lane): keys, the coarse histogram, and the 16-bit key
-  // prefix of the first cw elements into the cache.
+  // prefix of the first cw elements into the cache (short slices: every full key).
   __syncthreads();  // hist zeroed
   {
     constexpr int U = 4;  // 64 registers: two 512-thread CTAs per SM for many rows
@@ -614,16 +487,18 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
         const int g = g0 + u * 32;
         if (g >= groups_here) break;
         const int i = seg_first + g * GROUP;
-        u32 pre[GROUP];
+        u32 key[GROUP];
 #pragma unroll
         for (int k = 0; k < GROUP; ++k) {
-          const u32 key = order_key(v[u][k]);
-          const bool ok = slice.valid(i + k);
-          pre[k] = ok ? key >> 16 : 0u;
-          if (ok) atomicAdd(&hist[coarse_bin(key)], 1u);
+          key[k] = order_key(v[u][k]);
+          if (slice.valid(i + k)) atomicAdd(&hist[coarse_bin(key[k])], 1u);
         }
-        if (g * GROUP < cw)
-          *reinterpret_cast<uint2*>(mine + g * GROUP) = make_uint2(pre[0] | pre[1] << 16, pre[2] | pre[3] << 16);
+        if (short_slice) {
+          *reinterpret_cast<uint4*>(short_keys + i) = make_uint4(key[0], key[1], key[2], key[3]);
+        } else if (g * GROUP < cw) {  // prefixes; invalid elements are never read
+          *reinterpret_cast<uint2*>(mine + g * GROUP) =
+              make_uint2(key[0] >> 16 | (key[1] >> 16) << 16, key[2] >> 16 | (key[3] >> 16) << 16);
+        }
       }
     }
   }
@@ -646,9 +521,11 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   // ---- gather: per-warp counts above / inside the threshold bin, candidate list
   {
     u32 n_above = 0, n_in = 0;
-    auto gather = [&](u32 p, bool ok, int i) {
-      const bool above = ok && p > phi;
-      const bool in = ok && p >= plo && !above;
+    // x: the key prefix, or for short slices the full key (then the bin's own key bounds)
+    const u32 x_lo = short_slice ? lo0 : plo, x_hi = short_slice ? hi0 : phi;
+    auto gather = [&](u32 x, bool ok, int i) {
+      const bool above = ok && x > x_hi;
+      const bool in = ok && x >= x_lo && !above;
       const u32 ma = __ballot_sync(0xffffffffu, above);
       const u32 m = __ballot_sync(0xffffffffu, in);
       n_above += __popc(ma);
@@ -659,12 +536,13 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
         if (lane == 0) at = atomicAdd(&cand_count, __popc(m));
         at = __shfl_sync(0xffffffffu, at, 0) + __popc(m & ((1u << lane) - 1u));
         if (in && at < CAND_CAP) {
-          cand[at] = slice.load(i);  // the full key, from L2
+          cand[at] = short_slice ? x : slice.load(i);  // the full key (else from L2)
           cand_idx[at] = static_cast<u32>(i);
         }
       }
     };
-    if (all_cached) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<true>(i, warp); }, gather);
+    if (short_slice) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather);
+    else if (all_cached) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<true>(i, warp); }, gather);
     else sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<false>(i, warp); }, gather);
     if (lane == 0) {
       warp_gt[warp] = n_above;
@@ -823,10 +701,10 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       }
       slot += __shfl_sync(0xffffffffu, incl, 31);
     }
-  } else {  // bin overflow or no room for masks: compare every key again, in column order
+  } else {  // short slices, bin overflow or no room for masks: compare every key again, in column order
     u32 slot = warp_base[warp], ties_left = warp_take[warp];
     const u32 lanes_before = (1u << lane) - 1u;
-    sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, [&](u32 k, bool ok, int i) {
+    auto write = [&](u32 k, bool ok, int i) {
       bool take = ok && k > th.key;
       const u32 eqm = __ballot_sync(0xffffffffu, ok && k == th.key);
       if (eqm) {
@@ -837,14 +715,16 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       const u32 at = slot + __popc(m & lanes_before);
       if (take && at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i;
       slot += __popc(m);
-    });
+    };
+    if (short_slice) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, write);
+    else sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, write);
   }
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
 #ifdef CUPY_OPS_TOPK_TIMING
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    printf("topk timing C=%d n=%d cached/warp=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
-           C, n, cw, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
+    printf("topk timing C=%d n=%d short=%d cached/warp=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
+           C, n, int(short_slice), cw, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
            marks[5] - marks[4], marks[6] - marks[5]);
   }
 #endif

@@ -112,10 +112,11 @@ def test_cluster_size_choice(rows, cols, sms, arch, want):
 
 
 @pytest.mark.parametrize("cluster, cols, many_rows, want", [
-    (1, 8192, False, 8704),          # the whole slice (+ one group for an unaligned start),
+    (1, 8192, False, 16384),         # short slice: room for its 32-bit keys
+    (1, 9000, False, 9216),          # the whole slice (+ one group for an unaligned start),
     (8, 163840, False, 20992),       #   in 16 warp segments of a multiple of 32
     (2, 131072, False, 66048),       # 65536 keys per CTA: 16-bit prefixes fit whole
-    (1, 8192, True, 8704),
+    (1, 8192, True, 16384),
     (1, 65536, True, 24256),         # room for two CTAs per SM: what fits
 ])
 def test_cache_size(cluster, cols, many_rows, want):

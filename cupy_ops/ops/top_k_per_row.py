@@ -21,7 +21,7 @@ MAX_TOP_K = reference.MAX_TOP_K
 INT32_MAX = 2**31 - 1
 MODE = {"prefill": 0, "decode": 1, "decode_2d": 2}  # the kernel's MODE_* constants
 BINS, CAND_CAP, GROUP = 4096, 4096, 4                # the kernel's constants
-SHORT_CAP = 2 * CAND_CAP  # the kernel's short-slice path: CTA slices of up to this many scores
+SHORT_CAP = 8192  # the kernel's short-slice path: CTA slices this long keep full keys in shared memory
 MIN_COLS_PER_CTA = 4096  # a CTA with fewer columns spends more on cluster barriers than it saves
 MAX_MASK_BYTES = 32 * 1024  # step masks for slices up to 128K elements; longer ones go without
 STATIC_SMEM_SLACK = 2048  # the kernel's static shared memory (under 1 KB: counters, scan buffer)
@@ -300,11 +300,14 @@ def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool 
     """Key prefixes a CTA keeps in shared memory: its whole slice of a num_cols row, or what fits.
 
     The slice is split into one segment per warp (a multiple of 32 elements each); each warp
-    gets the same number of cache slots. many_rows: the grid has several waves; leave room for
+    gets the same number of cache slots. Slices of up to SHORT_CAP scores get room for their
+    full keys instead (the kernel's short-slice path reads that region as 32-bit keys). many_rows: the grid has several waves; leave room for
     two CTAs per SM.
     """
     warps = threads // 32
     need = warps * _segment(cluster, num_cols, threads)
+    if num_cols <= cluster * SHORT_CAP:
+        need = max(need, 2 * SHORT_CAP)  # room for the full 32-bit keys of the short-slice path
     budget = max_smem // 2 if many_rows else max_smem
     room = (budget - STATIC_SMEM_SLACK - smem_bytes(cluster, 0, num_cols, threads)) // 2
     room = room // (GROUP * warps) * GROUP * warps
