@@ -9,7 +9,7 @@ if has topk_tests; then
   tail -3 $OUT/topk_tests.txt
 fi
 if has phases; then
- (  for ct in "1 8 512" "3 1 1024" "1 8 1024"; do set -- $ct; echo "== case $1 cluster $2 threads $3"; python3 tools/exp_top_k.py --case $1 --cluster $2 --threads $3; python3 tools/exp_top_k.py --case $1 --no-timing --cluster $2 --threads $3; done) > $OUT/phases.txt 2>&1
+ (  for ct in "3 1 512" "3 1 1024" "1 8 512" "1 8 1024"; do set -- $ct; echo "== case $1 cluster $2 threads $3"; python3 tools/exp_top_k.py --case $1 --cluster $2 --threads $3; python3 tools/exp_top_k.py --case $1 --no-timing --cluster $2 --threads $3; done) > $OUT/phases.txt 2>&1
   grep -E "==|median|timing" $OUT/phases.txt
 fi
 if has ncu; then
