@@ -9,7 +9,14 @@ if has topk_tests; then
   tail -3 $OUT/topk_tests.txt
 fi
 if has phases; then
- (  for ct in "3 1 512" "3 1 1024" "1 8 512" "1 8 1024"; do set -- $ct; echo "== case $1 cluster $2 threads $3"; python3 tools/exp_top_k.py --case $1 --cluster $2 --threads $3; python3 tools/exp_top_k.py --case $1 --no-timing --cluster $2 --threads $3; done) > $OUT/phases.txt 2>&1
+ (while read -r args; do echo "== $args"; python3 tools/exp_top_k.py $args; python3 tools/exp_top_k.py --no-timing $args; done <<'CONFIGS'
+--case 3 --cluster 1 --threads 512
+--case 3 --cluster 1 --threads 512 --define CUPY_OPS_TOPK_PREFETCH=0
+--case 3 --cluster 1 --threads 1024
+--case 1 --cluster 8 --threads 512
+--case 1 --cluster 8 --threads 1024
+CONFIGS
+ ) > $OUT/phases.txt 2>&1
   grep -E "==|median|timing" $OUT/phases.txt
 fi
 if has ncu; then
