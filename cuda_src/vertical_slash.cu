@@ -52,6 +52,14 @@
 // Why (v2 -> v3): v2 was issue bound (H200 ncu: 206 M warp instructions, IPC 2.94, 320 us);
 // following next[] (3.2 M ranges x ~18 instructions) and the 10-step vertical searches were
 // ~40% of them.
+// Why (v3 -> v3b): v3 made the cases without a range chain 8-14% slower (near-diagonal
+// slashes, ctx 32768): every block built the bucket table by 1025 binary searches and the
+// lifting tables (4 more barriers) though no tile followed a chain, each tile still ran the
+// lifted batch lookup for an empty chain, and the compacted column copy (~17 instructions per
+// 32 entries plus ~30 per batch) replaced v2's per-gap loop (~7 per 32) where one gap holds
+// hundreds of columns. v3b builds the bucket table in one pass over V, the lifting tables only
+// for heads with >= kLiftMinJumps jumps, skips the chain lookup when there is no chain, and
+// writes few or long runs (offsets and columns) one run at a time with the whole warp.
 // With STAGED the block first copies the head's slash and vertical rows to shared memory and
 // lists the jumps and their links there; without it (rows too long for shared memory) it reads
 // the rows from global memory, tests every slash index as a possible jump and finds each next
@@ -66,9 +74,10 @@
 //              four outputs is written, zeros where no value is defined.
 //   STAGED     rows in shared memory: 4 * (2 * nnz_s + nnz_v) bytes of dynamic shared memory
 //              (S, V as int32; jumps and next[] as uint16, so nnz_s <= 65535). The lifting
-//              tables share next[]'s nnz_s entries (when 5 * (n_jumps + 1) <= nnz_s) and the
-//              bucket table the jump list's unused tail (when >= 33 entries are left); a head
-//              without room uses the v2 paths (serial chain, full binary searches).
+//              tables share next[]'s nnz_s entries (when n_jumps >= kLiftMinJumps and
+//              5 * (n_jumps + 1) <= nnz_s) and the bucket table the jump list's unused tail
+//              (when >= 33 entries are left, sorted V only); a head without room uses the v2
+//              paths (serial chain, full binary searches).
 //   THREADS    threads per block (whole warps)
 // Runtime arguments: num_heads (H), n_rows = ceil(context_size / BLOCK), nnz_v / nnz_s (row
 // lengths of the index buffers and of the outputs), row_chunks (thread blocks per (b, h)).
@@ -91,6 +100,10 @@ constexpr unsigned short kUnknown = 0xFFFF;  // next[j] not resolved while stagi
 constexpr int kNextScan = 32;                 // candidates a staging thread tests per anchor
 constexpr int kLiftLevels = 5;                // successor tables 1, 2, 4, 8, 16: a 32-lane batch
 constexpr int kMaxVBuckets = 1024;            // bucket table for vertical searches (2 KB)
+// Lifting tables only for heads with at least this many jumps: with fewer, a tile's chain has
+// fewer links than that (<= ~16 x 18 instructions to follow serially), about what the tables'
+// four extra barriers cost each block; chain-free heads (near-diagonal, ctx 32768) skip them.
+constexpr int kLiftMinJumps = 16;
 
 // One (b, h)'s index rows, in shared or global memory, and (STAGED) its jump list and chain.
 template <bool STAGED>
@@ -221,6 +234,13 @@ __device__ __forceinline__ int nth_set_bit(unsigned mask, int c) {
   return at;
 }
 
+// One run [pos, pos + n) written by the whole warp (pos, n, key warp-uniform), entry p =
+// emit(key, p): ~7 instructions per 32 entries. For long runs (v2's column copy).
+template <typename Emit>
+__device__ __forceinline__ void write_run(int* dst, int pos, int n, int key, Emit emit) {
+  for (int p = pos + lane_id(); p < pos + n; p += 32) dst[p] = emit(key, p);
+}
+
 // Writes a warp's list of `total` entries, dst[0..total), 32 at a time. Lanes [0, m) hold
 // non-empty runs [pos, pos + n) that tile [0, total) in lane order; lanes >= m hold n == 0.
 // Entry p gets emit(key of its run, p). The run owning an entry is found from a 32-bit mask of
@@ -325,8 +345,21 @@ struct TileWriter {
     const int col_room0 = cap_v - n_columns;
     const int n_cols_total = n_gap_total < col_room0 ? n_gap_total : col_room0;
     const unsigned with_cols = __ballot_sync(kFullWarp, n_cols > 0);
-    if (with_cols) {
-      // Most gaps are empty: compact the runs (lane c takes the c-th gap with columns), then
+    const int n_runs = __popc(with_cols);
+    auto emit_column = [&](int k, int p) { return rows.v32(k + p); };
+    if (n_runs <= 2 || n_runs * 32 <= n_cols_total) {
+      // Few or long gaps (near-diagonal slashes: one gap holding most verticals): copy gap by
+      // gap with the whole warp (v2's loop; the compaction below would cost ~17 instead of ~7
+      // instructions per 32 columns). The mask is warp-uniform, so every lane shuffles.
+      for (unsigned m = with_cols; m; m &= m - 1) {
+        const int i = __ffs(m) - 1;
+        const int run_pos = __shfl_sync(kFullWarp, col_pos, i);
+        const int run_n = __shfl_sync(kFullWarp, n_cols, i);
+        const int run_key = __shfl_sync(kFullWarp, before, i) - run_pos;
+        write_run(columns + n_columns, run_pos, run_n, run_key, emit_column);
+      }
+    } else {
+      // Many short gaps (ctx 131072 uniform: ~3.5 per batch, ~1 column each): compact the runs (lane c takes the c-th gap with columns), then
       // copy all columns of the batch 32 entries at a time. Entry p of run c is V[before_c +
       // p - col_pos_c]; the run's key is before_c - col_pos_c. Every lane shuffles (full-mask
       // shuffles must be executed by the whole warp: one inside `lane < popc ? ... : 0` left the
@@ -337,8 +370,7 @@ struct TileWriter {
       const int run_n = lane < __popc(with_cols) ? n_at_src : 0;
       const int run_pos = __shfl_sync(kFullWarp, col_pos, src);
       const int run_key = __shfl_sync(kFullWarp, before, src) - run_pos;
-      write_runs(columns + n_columns, run_pos, run_n, run_key, n_cols_total,
-                 [&](int k, int p) { return rows.v32(k + p); });
+      write_runs(columns + n_columns, run_pos, run_n, run_key, n_cols_total, emit_column);
     }
     n_columns += n_cols_total;
     v_next = __shfl_sync(kFullWarp, after, 31);
@@ -361,9 +393,21 @@ struct TileWriter {
     // Entry p (batch-relative) of the range starting at entry P with offset lo is
     // lo + (p - P) * BLOCK = base + p * BLOCK, computed mod 2^32 (the result fits).
     const unsigned base = static_cast<unsigned>(lo) - static_cast<unsigned>(pos) * BLOCK;
-    write_runs(offsets + n_blocks, pos, nb, static_cast<int>(base), total, [](int b, int p) {
+    auto emit_block = [](int b, int p) {
       return static_cast<int>(static_cast<unsigned>(b) + static_cast<unsigned>(p) * BLOCK);
-    });
+    };
+    if (emitting <= 2 || emitting * 32 <= total) {
+      // Few or long runs (tiles without a chain: one range, up to n_rows offsets): one run at
+      // a time costs ~10 instructions per run + ~7 per 32 entries, the chunk loop ~17 per 32.
+      for (int c = 0; c < emitting; ++c) {   // warp-uniform trip count: every lane shuffles
+        const int run_pos = __shfl_sync(kFullWarp, pos, c);
+        const int run_n = __shfl_sync(kFullWarp, nb, c);
+        const int run_base = __shfl_sync(kFullWarp, static_cast<int>(base), c);
+        write_run(offsets + n_blocks, run_pos, run_n, run_base, emit_block);
+      }
+    } else {
+      write_runs(offsets + n_blocks, pos, nb, static_cast<int>(base), total, emit_block);
+    }
     n_blocks += total;
   }
 
@@ -437,7 +481,10 @@ __device__ __forceinline__ void build_tile(const IndexRows<STAGED>& rows, TileWr
     long long lo = anchor - BLOCK, hi = hi0;
     int count = 1, first_chain = 1, j = hit, my_j = 0;
     for (;;) {
-      if (STAGED && rows.lift_stride > 0) {
+      if (j >= cands.y) {
+        // No chain (tiles with one range: near-diagonal slashes, ctx 32768): lane 0's first
+        // range only, no lookups, shuffles or per-lane range setup.
+      } else if (STAGED && rows.lift_stride > 0) {
         // Lanes [first_chain, 32) take the chain nodes j, next(j), ... at once (the chain
         // ascends, so the nodes below cands.y are a prefix); j moves past the batch.
         my_j = rows.chain_node(j, lane >= first_chain ? lane - first_chain : 0);
@@ -450,14 +497,16 @@ __device__ __forceinline__ void build_tile(const IndexRows<STAGED>& rows, TileWr
           j = next_anchor<BLOCK, STAGED>(rows, j, cands.y);
         }
       }
-      const int j_after = __shfl_down_sync(kFullWarp, my_j, 1);
-      if (lane >= first_chain && lane < count) {
-        const int k = rows.jump(my_j);
-        const int next = lane + 1 < count ? j_after : j;
-        const int k_next = next < cands.y ? rows.jump(next) : k_end;
-        const long long a = seg_end(k);
-        lo = a - BLOCK;
-        hi = range_end<BLOCK>(a, seg_end(k_next - 1));
+      if (count > first_chain) {   // warp-uniform
+        const int j_after = __shfl_down_sync(kFullWarp, my_j, 1);
+        if (lane >= first_chain && lane < count) {
+          const int k = rows.jump(my_j);
+          const int next = lane + 1 < count ? j_after : j;
+          const int k_next = next < cands.y ? rows.jump(next) : k_end;
+          const long long a = seg_end(k);
+          lo = a - BLOCK;
+          hi = range_end<BLOCK>(a, seg_end(k_next - 1));
+        }
       }
       out.ranges(rows, lo, hi, count);
       if (j >= cands.y) break;
@@ -494,8 +543,8 @@ __device__ __forceinline__ void copy_to_shared(int* dst, const int* src, int n) 
 // in order through per-warp totals. Each thread then links its jumps by testing up to
 // kNextScan following candidates (a new range usually starts within a few); a link it cannot
 // resolve is kUnknown and the tiles that reach it scan for it by ballot (bounded work for any
-// input). When every link is resolved and the tables fit in next[]'s nnz_s entries (5 *
-// (n_jumps + 1) <= nnz_s), it also builds the lifting tables by pointer doubling (next of next).
+// input). When every link is resolved, the head has >= kLiftMinJumps jumps and the tables fit
+// in next[]'s nnz_s entries (5 * (n_jumps + 1) <= nnz_s), it also builds the lifting tables by pointer doubling (next of next).
 // In the jump list's unused tail (nnz_s - n_jumps entries) it puts the vertical bucket table,
 // the largest power of two of buckets up to kMaxVBuckets that fits (none below 32).
 // Returns (n_jumps, lift stride or 0, buckets or 0, bucket shift). Needs ns <= nnz_s <= 65535
@@ -540,27 +589,34 @@ __device__ int4 stage_rows(int* s_slash, int* s_vert, unsigned short* s_jumps, u
   while (n_buckets >= 32 && n_buckets + 1 > nnz_s - total) n_buckets >>= 1;
   if (n_buckets < 32 || nv > 65535) n_buckets = 0;
   int vshift = 0;
+  bool v_unsorted = false;
   if (n_buckets > 0) {
     const int v_max = s_vert[nv - 1];
     while (vshift < 31 && (v_max >> vshift) >= n_buckets) ++vshift;
     unsigned short* vbucket = s_jumps + total;
-    for (int x = threadIdx.x; x <= n_buckets; x += THREADS) {
-      const long long key = static_cast<long long>(x) << vshift;
-      int a = 0, n = nv;
-      while (n > 0) {
-        const int half = n >> 1;
-        if (s_vert[a + half] < key) {
-          a += half + 1;
-          n -= half + 1;
-        } else {
-          n = half;
-        }
-      }
-      // The ends are fixed so that any key's answer lies inside its clamped bucket.
-      vbucket[x] = static_cast<unsigned short>(x == 0 ? 0 : (x == n_buckets ? nv : a));
+    // One pass over V (v3 ran 1025 binary searches here, ~40 dependent shared loads per thread
+    // at the start of every block): with c(i) = V[i]'s bucket clamped to [0, n_buckets - 1],
+    // c(-1) = 0 and c(nv) = n_buckets - 1, vertical i is the lower bound of the buckets x in
+    // (c(i-1), c(i)]. For sorted V these intervals tile [1, n_buckets - 1] (each entry written
+    // once); unsorted V (invalid input) is detected and gets no table.
+    auto bucket_of = [&](int i) {
+      if (i >= nv) return n_buckets - 1;
+      const int c = s_vert[i] >> vshift;
+      return c < 0 ? 0 : (c >= n_buckets ? n_buckets - 1 : c);
+    };
+    for (int i = threadIdx.x; i <= nv; i += THREADS) {
+      const int c_prev = i > 0 ? bucket_of(i - 1) : 0;
+      const int c_here = bucket_of(i);
+      if (i > 0 && i < nv && s_vert[i - 1] > s_vert[i]) v_unsorted = true;
+      for (int x = c_prev + 1; x <= c_here; ++x) vbucket[x] = static_cast<unsigned short>(i);
+    }
+    // The ends are fixed so that any key's answer lies inside its clamped bucket.
+    if (threadIdx.x == 0) {
+      vbucket[0] = 0;
+      vbucket[n_buckets] = static_cast<unsigned short>(nv);
     }
   }
-  __syncthreads();
+  if (__syncthreads_or(v_unsorted)) n_buckets = 0;   // block-uniform
   bool unknown = false;
   for (int j = threadIdx.x; j < total; j += THREADS) {
     const long long s_anchor = s_slash[s_jumps[j]];
@@ -580,7 +636,8 @@ __device__ int4 stage_rows(int* s_slash, int* s_vert, unsigned short* s_jumps, u
   // past it stays there.
   if (threadIdx.x == 0) s_next[total] = static_cast<unsigned short>(total);
   const int stride = total + 1;
-  const bool lift = !__syncthreads_or(unknown) && kLiftLevels * stride <= nnz_s;  // block-uniform
+  const bool any_unknown = __syncthreads_or(unknown);   // every thread: also the barrier for next[]
+  const bool lift = !any_unknown && total >= kLiftMinJumps && kLiftLevels * stride <= nnz_s;  // block-uniform
   if (lift) {
     for (int t = 1; t < kLiftLevels; ++t) {
       const unsigned short* half = s_next + (t - 1) * stride;   // 2^(t-1)-th successors, in [0, total]
