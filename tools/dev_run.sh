@@ -25,12 +25,10 @@ if has bench_topk; then
   timeout 150 python3 -m cupy_ops bench top_k_per_row --json $OUT/bench_topk.json > $OUT/bench_topk.txt 2>&1; cat $OUT/bench_topk.txt
 fi
 if has phases; then
- (while read -r args; do echo "== $args"; python3 tools/exp_top_k.py $args; python3 tools/exp_top_k.py --no-timing $args; done <<'CONFIGS'
+ (while read -r args; do echo "== $args"; python3 tools/exp_top_k.py --no-timing $args; done <<'CONFIGS'
 --case 3 --cluster 1 --threads 512
 --case 3 --cluster 1 --threads 512 --define CUPY_OPS_TOPK_PREFETCH=0
 --case 3 --cluster 1 --threads 1024
---case 1 --cluster 8 --threads 512
---case 1 --cluster 8 --threads 1024
 CONFIGS
  ) > $OUT/phases.txt 2>&1
   grep -E "==|median|timing" $OUT/phases.txt
