@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
-#   topk_tests topk_phases ncu_vs paged_floor paged8_tests paged_warps paged_tests bench_paged bench_topk bench_vs bench_merge
+#   topk_tests topk_phases ncu_vs ncu_topk paged_floor paged8_tests paged_warps paged_tests bench_paged bench_topk bench_vs bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
 # step in $OUT/summary.txt; each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -37,6 +37,7 @@ step topk_tests 200 python3 -m pytest -q -p no:cacheprovider -x tests/test_top_k
   tests/test_determinism_gpu.py tests/test_large_gpu.py -k "top_k or topk"
 step topk_phases 120 bash -c "for t in 512 1024; do python3 tools/exp_top_k.py --threads \$t; done"
 step ncu_vs 200 bash -c "ncu --set full --import-source no -k regex:vertical --launch-skip 1 -c 1 -f -o /tmp/ncu_vs python3 tools/ncu_vs.py > /dev/null && ncu -i /tmp/ncu_vs.ncu-rep --page details | grep -E 'Duration|Throughput|IPC|Issued|Eligible|Warp Cycles|Registers|Achieved|Theoretical Occ|Stall' ; python3 tools/ncu_hot.py /tmp/ncu_vs.ncu-rep 40"
+step ncu_topk 200 bash -c "ROWS=\${ROWS:-128} COLS=\${COLS:-8192} ncu --set full --import-source no -k regex:top_k --launch-skip 2 -c 1 -f -o /tmp/ncu_tk python3 tools/ncu_topk.py > /dev/null && ncu -i /tmp/ncu_tk.ncu-rep --page details | grep -E 'Duration|IPC|Issued Warp|Eligible|Warp Cycles|Registers|Occupancy' ; python3 tools/ncu_stalls.py /tmp/ncu_tk.ncu-rep; python3 tools/ncu_hot.py /tmp/ncu_tk.ncu-rep 40"
 step paged_floor 200 python3 tools/exp_paged_floor.py
 step paged8_tests 200 env CUPY_OPS_PAGED_WARPS=8 python3 -m pytest -q -p no:cacheprovider -x tests/test_paged_attention_gpu.py
 step paged_warps 200 python3 tools/exp_paged_warps.py
