@@ -74,9 +74,6 @@ constexpr int LIST_BITS = 8;     // radix digit for candidate lists (few keys: s
 constexpr u32 WARP_REFINE_MAX = 1024;  // candidate lists up to this long are refined by one warp
 constexpr int GROUP = 4;         // elements per load: 16 bytes of fp32, 8 bytes of fp16/bf16
 constexpr int SHORT_CAP = 8192;  // slices up to this long keep full keys on chip (the host sizes the room)
-#ifndef CUPY_OPS_TOPK_PREFETCH
-#define CUPY_OPS_TOPK_PREFETCH 1  // decode rows' L2 prefetch; experiments compare with 0
-#endif
 #ifndef CUPY_OPS_TOPK_SHORT_PATH
 #define CUPY_OPS_TOPK_SHORT_PATH 1  // experiments compare with 0 (tools/exp_top_k.py --define)
 #endif
@@ -430,15 +427,6 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   for (int i = tid; i < BINS; i += THREADS) hist[i] = 0u;  // overlaps the loads above
   if (tid == 0) cand_count = 0u;
   const long long row_offset = row * stride0;
-  if (CUPY_OPS_TOPK_PREFETCH && C == 1 && mode != MODE_PREFILL && stride1 == 1) {
-    // Decode rows start at column 0: fetch a short row's first SHORT_CAP scores into L2 while
-    // seq_lens is still in flight, so that pass 0's loads hit L2 (the range read is ~1.8K
-    // cycles of a ~18K-cycle kernel at 128 x 8192). Inside logits only; a hint, never a fault.
-    constexpr int LINE = 128 / static_cast<int>(sizeof(T));
-    const long long avail = logits_extent - row_offset;
-    for (int l = tid; l * LINE < SHORT_CAP && l * LINE < avail; l += THREADS)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(logits + row_offset + l * LINE));
-  }
   long long col_limit = 0;  // columns c with row_offset + c * stride1 inside logits
   if (row_offset < logits_extent) {
     col_limit = stride1 > 0 ? (logits_extent - 1 - row_offset) / stride1 + 1 : (1ll << 40);
