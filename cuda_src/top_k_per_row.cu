@@ -32,6 +32,12 @@
 //            Without masks (bin overflow, or slices too long for them) the write sweep
 //            compares every key again, in column order.
 //
+// Short slices (<= SHORT_CAP scores per CTA: prefill rows, small decode batches) keep every full
+// key in shared memory instead of its prefix, where the host sized the cache for that: the
+// gather compares full keys with the bin's bounds and lists candidates without an L2 round
+// trip, and the write compares keys read from shared memory (no masks). These rows are latency
+// bound: a few dependent phases, one CTA per SM at 128 x 8192, code fetched cold.
+//
 // The ordered sweeps give each warp one contiguous segment of the slice, walked 32 elements at a
 // time, so column order is (CTA, warp, step, lane). The phases are short and latency bound (a
 // few dependent shared-memory and vote steps per element at ~16 warps per SM); docs/perf.md has
