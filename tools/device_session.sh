@@ -20,6 +20,13 @@ wheel() { rm -rf /tmp/whl /tmp/wv && python3 -m pip wheel --no-deps --no-build-i
   python3 -m pip install -q --no-deps --no-index --target "$site" /tmp/whl/*.whl &&
   cd /tmp && env -u PYTHONPATH /tmp/wv/bin/python -c "import cupy_ops; print(cupy_ops.__file__)" &&
   env -u PYTHONPATH /tmp/wv/bin/python -m cupy_ops selftest; }
+# ncu_profile KERNEL_REGEX LAUNCHES_TO_SKIP SCRIPT: one launch's headline metrics, stall
+# reasons and hottest SASS lines.
+ncu_profile() { ncu --set full --import-source no -k "regex:$1" --launch-skip "$2" -c 1 -f -o /tmp/ncu_prof \
+    python3 "$3" > /dev/null &&
+  ncu -i /tmp/ncu_prof.ncu-rep --page details |
+    grep -E 'Duration|Throughput|IPC|Issued|Eligible|Warp Cycles|Registers|Achieved|Theoretical Occ|Stall';
+  python3 tools/ncu_stalls.py /tmp/ncu_prof.ncu-rep; python3 tools/ncu_hot.py /tmp/ncu_prof.ncu-rep 40; }
 GPU_FILES=$(ls tests/test_*_gpu.py | tr '\n' ' ')
 step precompile 170 python3 -m cupy_ops precompile --all -j 16
 step pytest_gpu 300 python3 -m pytest -q -p no:cacheprovider -rs $GPU_FILES tests/test_torch_ops.py \
@@ -36,8 +43,8 @@ step initcheck 120 env OUT="$OUT/initcheck" TOOLS=initcheck TOOL_TIMEOUT=110 bas
 step topk_tests 200 python3 -m pytest -q -p no:cacheprovider -x tests/test_top_k_per_row_gpu.py \
   tests/test_determinism_gpu.py tests/test_large_gpu.py -k "top_k or topk"
 step topk_phases 120 bash -c "for t in 512 1024; do python3 tools/exp_top_k.py --threads \$t; done"
-step ncu_vs 200 bash -c "ncu --set full --import-source no -k regex:vertical --launch-skip 1 -c 1 -f -o /tmp/ncu_vs python3 tools/ncu_vs.py > /dev/null && ncu -i /tmp/ncu_vs.ncu-rep --page details | grep -E 'Duration|Throughput|IPC|Issued|Eligible|Warp Cycles|Registers|Achieved|Theoretical Occ|Stall' ; python3 tools/ncu_hot.py /tmp/ncu_vs.ncu-rep 40"
-step ncu_topk 200 bash -c "ROWS=\${ROWS:-128} COLS=\${COLS:-8192} ncu --set full --import-source no -k regex:top_k --launch-skip 2 -c 1 -f -o /tmp/ncu_tk python3 tools/ncu_topk.py > /dev/null && ncu -i /tmp/ncu_tk.ncu-rep --page details | grep -E 'Duration|IPC|Issued Warp|Eligible|Warp Cycles|Registers|Occupancy' ; python3 tools/ncu_stalls.py /tmp/ncu_tk.ncu-rep; python3 tools/ncu_hot.py /tmp/ncu_tk.ncu-rep 40"
+step ncu_vs 200 bash -c "$(declare -f ncu_profile); ncu_profile vertical 1 tools/ncu_vs.py"
+step ncu_topk 200 bash -c "$(declare -f ncu_profile); ROWS=\${ROWS:-128} COLS=\${COLS:-8192} ncu_profile top_k 2 tools/ncu_topk.py"
 step paged_floor 200 python3 tools/exp_paged_floor.py
 step paged8_tests 200 env CUPY_OPS_PAGED_WARPS=8 python3 -m pytest -q -p no:cacheprovider -x tests/test_paged_attention_gpu.py
 step paged_warps 200 python3 tools/exp_paged_warps.py

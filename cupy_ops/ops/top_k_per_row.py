@@ -301,8 +301,8 @@ def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool 
 
     The slice is split into one segment per warp (a multiple of 32 elements each); each warp
     gets the same number of cache slots. Slices of up to SHORT_CAP scores get room for their
-    full keys instead (the kernel's short-slice path reads that region as 32-bit keys). many_rows: the grid has several waves; leave room for
-    two CTAs per SM.
+    full keys instead (the kernel's short-slice path reads that region as 32-bit keys).
+    many_rows: the grid has several waves; leave room for two CTAs per SM.
     """
     warps = threads // 32
     need = warps * _segment(cluster, num_cols, threads)
