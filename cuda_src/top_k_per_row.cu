@@ -290,6 +290,14 @@ struct KeyList {
   }
 };
 
+// [lo, hi] -> its sub-interval `bin` of width 2^shift (clipped at hi): one radix pass's step.
+__device__ __forceinline__ void narrow_to_bin(u32& lo, u32& hi, u32 bin, int shift) {
+  const unsigned long long new_lo = lo + (static_cast<unsigned long long>(bin) << shift);
+  const unsigned long long new_hi = new_lo + ((1ull << shift) - 1ull);
+  lo = static_cast<u32>(new_lo);
+  hi = static_cast<u32>(new_hi < hi ? new_hi : hi);
+}
+
 // Narrow the key interval [lo, hi], holding `count` keys of which the largest `need` are still
 // to select, to the exact threshold, with BITS-bit radix passes. source.for_each_key(f) calls
 // f(key) for every key of this CTA's source (a KeyList or the whole Slice; keys outside [lo, hi]
@@ -319,10 +327,7 @@ __device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32
     const BinChoice b = *choice;
     need -= b.above;
     count = b.count;
-    const unsigned long long new_lo = lo + (static_cast<unsigned long long>(b.bin) << shift);
-    const unsigned long long new_hi = new_lo + ((1ull << shift) - 1ull);
-    lo = static_cast<u32>(new_lo);
-    hi = static_cast<u32>(new_hi < hi ? new_hi : hi);
+    narrow_to_bin(lo, hi, b.bin, shift);
   }
   return Threshold{lo, need};  // unreachable with consistent data
 }
@@ -375,10 +380,7 @@ __device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 cou
     __syncwarp();  // hist is read by all lanes before the next pass clears it
     need -= above;
     count = cnt;
-    const unsigned long long new_lo = lo + (static_cast<unsigned long long>(bin) << shift);
-    const unsigned long long new_hi = new_lo + ((1ull << shift) - 1ull);
-    lo = static_cast<u32>(new_lo);
-    hi = static_cast<u32>(new_hi < hi ? new_hi : hi);
+    narrow_to_bin(lo, hi, bin, shift);
   }
   return Threshold{lo, need};
 }
