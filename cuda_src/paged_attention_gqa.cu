@@ -48,8 +48,10 @@ __device__ __forceinline__ int s_row_token(int m) {
   return ((r >> 1) << 2) + (r & 1) + ((m >> 3) << 1);
 }
 
+// Minimum CTAs per SM for ptxas: head sizes above 64 run 2-3 CTAs per SM (shared memory), where
+// ptxas's own choice of 128 registers spilled inside the tile loop; head size 64 runs 4.
 template <typename T, typename KV, typename O, int DMAX, int STAGES, int HT>
-__global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECODE_MMA_PARAMS) {
+__global__ void __launch_bounds__(PA_THREADS, DMAX >= 128 ? 2 : 4) paged_decode_gqa_kernel(PAGED_DECODE_MMA_PARAMS) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
   static_assert(HT == 1 || HT == 2, "8 or 16 query heads per CTA");
@@ -145,9 +147,12 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
   };
   reset_softmax();
   const bool multi_part = part_tokens < split_tokens;
-  // Where warps publish (m, l, O) for finish_cta: [WARPS][HEADS] m and l, [WARPS][HEADS][head_size]
-  // O. Mid-loop (multi_part) after the stages; at the end of a v1 CTA over the free stages.
+  // Where warps publish (m, l, O) for finish_cta: [WARPS][HEADS] m and l, [WARPS][HEADS][o_pitch]
+  // O (rows padded by 4 floats: the 4 lanes of a quad write different columns of the same dims,
+  // which an unpadded pitch of a multiple of 32 floats put in one bank). Mid-loop (multi_part)
+  // after the stages; at the end of a v1 CTA over the free stages.
   float* flush_s = reinterpret_cast<float*>(smem + (multi_part ? 2 * STAGES * tile_bytes : 0));
+  const int o_pitch = head_size + 4;
   auto publish = [&]() {
     float* m_s = flush_s;
     float* l_s = m_s + WARPS * HEADS;
@@ -165,7 +170,7 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
           m_s[warp * HEADS + col] = m_run[h][j];
           l_s[warp * HEADS + col] = l;
         }
-        float* orow = o_s + (warp * HEADS + col) * head_size;
+        float* orow = o_s + (warp * HEADS + col) * o_pitch;
 #pragma unroll
         for (int mt = 0; mt < KSTEPS; ++mt) {
           if (mt * 16 >= head_size) break;
@@ -176,12 +181,11 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
   };
   // finish_cta over what publish() wrote, for partition (or v1 split) `part`.
   auto flush = [&](int part, T* fin, int* counters) {
-    const float* m_s = flush_s;
-    finish_cta<T, O, PA_THREADS, WARPS, HEADS>(m_s, m_s + WARPS * HEADS, m_s + 2 * WARPS * HEADS, v_scale, out, seq,
+    finish_cta<T, O, PA_THREADS, WARPS, HEADS>(flush_s, flush_s + WARPS * HEADS, flush_s + 2 * WARPS * HEADS, v_scale, out, seq,
                                                head0, heads_here, head_size, part, out_stride_seq,
                                                out_stride_head, out_stride_part, exp_sums, max_logits, num_heads,
                                                num_partitions, fin, final_stride_seq, final_stride_head, counters,
-                                               seq_len, split_tokens, part_tokens, smem);
+                                               seq_len, split_tokens, part_tokens, smem, o_pitch);
   };
 
   // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel, and the
@@ -259,9 +263,11 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
   const int tiles_per_part = part_tokens / TILE;
   for (int it = 0; it < num_tiles; ++it) {
     if (multi_part && it > 0 && it % tiles_per_part == 0) {  // tiles [it - tiles_per_part, it): a partition
+#ifndef CUPY_OPS_EXP_SKIP_FLUSH  // experiment: no merge of the warps' results
       publish();
       __syncthreads();
       flush((begin + (it - 1) * TILE) / part_tokens, nullptr, nullptr);
+#endif
       reset_softmax();
       // The next publish() is a partition later, after this loop's barriers.
     }
@@ -297,6 +303,9 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
       }
     }
     if (tw >= valid) continue;
+#ifdef CUPY_OPS_EXP_SKIP_MATH  // experiment (tools/exp_paged_parts.py): the pipeline alone
+    continue;
+#endif
     const unsigned ks = k_frag + stage * tile_bytes, vs = v_frag + stage * tile_bytes;
 
     // S^T (16 tokens x 8 heads per n-tile); even and odd k-steps in two independent chains.
@@ -365,6 +374,9 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
 #pragma unroll
     for (int mt = 0; mt < KSTEPS; ++mt) {
       if (mt * 16 >= head_size) break;
+#ifdef CUPY_OPS_EXP_SKIP_PV  // experiment: P V for the first 16 dims only
+      if (mt > 0) break;
+#endif
       unsigned a[4];
       if constexpr (IS_FP8) {
         const unsigned w0 = lds32(vs + mt * v_step), w1 = lds32(vs + mt * v_step + v_row8);
@@ -381,6 +393,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_gqa_kernel(PAGED_DECO
   __syncthreads();
 
   // The last partition (v2) or the CTA's split (v1); for v1 the stages are free now.
+#ifdef CUPY_OPS_EXP_SKIP_FLUSH
+  if (tid == 0) out[seq * out_stride_seq] = from_float<O>(o[0][0][0]);
+  return;
+#endif
   publish();
   __syncthreads();
   flush(num_tiles > 0 ? (begin + (num_tiles - 1) * TILE) / part_tokens : split, final_out, split_counters);

@@ -156,41 +156,55 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
 
 // The end of a v1-style decode CTA (or of one v2 partition inside it) whose WARPS warps each ran
 // their own online softmax over part of the tokens and published, in base-2 units, m_s[w][r],
-// l_s[w][r] (row pitch ROWS) and o_s[w][r][head_size] (unnormalised) for query rows r of the CTA,
-// followed by a barrier. Merges the warps per row and writes out[seq][head0 + r][part] (v_scale
-// applied; part: the split, or the v2 partition), and:
+// l_s[w][r] (row pitch ROWS) and o_s[w][r][o_pitch] (unnormalised; o_pitch 0: head_size) for
+// query rows r of the CTA, followed by a barrier. Merges the warps per row and writes
+// out[seq][head0 + r][part] (v_scale applied; part: the split, or the v2 partition), and:
 //   exp_sums != nullptr      exp_sums / max_logits (natural units) of this part (v2, split v1)
 //   final_out, no counters   the same value to final_out as well (v2 with one partition)
 //   split_counters           the last CTA of (seq, head chunk) merges all parts into final_out
+// One thread per row first turns its warps' (m, l) into final weights (in place of l_s) and
+// writes the row's statistics; then every element is a 4-term dot product with no exponential
+// or division (per element, the earlier form cost WARPS exp2f, a division and a division by
+// head_size: the flush was ~2.6 us per CTA on H200, docs/perf.md p20).
 template <typename T, typename O, int THREADS, int WARPS, int ROWS = 16>
-__device__ void finish_cta(const float* m_s, const float* l_s, const float* o_s, float v_scale, O* out,
+__device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float v_scale, O* out,
                            int seq, int head0, int heads_here, int head_size, int part,
                            long long out_stride_seq, long long out_stride_head, long long out_stride_part,
                            float* exp_sums, float* max_logits, int num_heads, int num_partitions,
                            T* final_out, long long final_stride_seq, long long final_stride_head,
                            int* split_counters, int seq_len, int split_tokens, int part_tokens,
-                           unsigned char* smem) {
-  for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
-    const int r = i / head_size, d = i - r * head_size;
+                           unsigned char* smem, int o_pitch = 0) {
+  if (o_pitch == 0) o_pitch = head_size;
+  const int r0 = threadIdx.x;
+  if (r0 < heads_here) {
     float mx = -PA_FLT_MAX;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, m_s[w * ROWS + r]);
-    float l = 0.0f, acc = 0.0f;
+    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, m_s[w * ROWS + r0]);
+    float wt[WARPS], l = 0.0f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
-      const float wt = exp2f(m_s[w * ROWS + r] - mx);
-      l += l_s[w * ROWS + r] * wt;
-      acc += o_s[(w * ROWS + r) * head_size + d] * wt;
+      wt[w] = exp2f(m_s[w * ROWS + r0] - mx);
+      l += l_s[w * ROWS + r0] * wt[w];
     }
-    const O value = from_float<O>(acc * (v_scale / (l + 1e-6f)));
-    out[seq * out_stride_seq + (head0 + r) * out_stride_head + part * out_stride_part + d] = value;
-    if (final_out != nullptr && split_counters == nullptr)
-      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
-    if (exp_sums != nullptr && d == 0) {
-      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + part;
+    const float norm = v_scale / (l + 1e-6f);
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) l_s[w * ROWS + r0] = wt[w] * norm;
+    if (exp_sums != nullptr) {
+      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r0) * num_partitions + part;
       exp_sums[idx] = l;
       max_logits[idx] = mx * LN2;
     }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
+    const int r = i / head_size, d = i - r * head_size;
+    float acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) acc += o_s[(w * ROWS + r) * o_pitch + d] * l_s[w * ROWS + r];
+    const O value = from_float<O>(acc);
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + part * out_stride_part + d] = value;
+    if (final_out != nullptr && split_counters == nullptr)
+      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
   }
   if (split_counters != nullptr)
     merge_splits_if_last<T, O, THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,

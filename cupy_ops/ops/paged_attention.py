@@ -517,12 +517,13 @@ def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool 
     if isinstance(variant, MmaVariant):
         stages = variant.stages * 2 * MMA_TILE * head_size * cache_elem
         if multi_part:  # GQA kernel over several v2 partitions: the warps' (m, l, O) after the stages
-            return stages + (2 * 4 * variant.heads + 4 * variant.heads * head_size) * 4
+            return stages + (2 * 4 * variant.heads + 4 * variant.heads * (head_size + 4)) * 4
         if parts:
             return 16 * (MMA_TILE + 4) * 4 + stages  # + S of one tile, rows padded (S_PITCH)
         if eight_warps:
             stages += MMA8_EXCHANGE_BYTES
-        merge = (2 * 4 * 16 + 4 * 16 * head_size) * 4  # the warps' (m, l, O), reusing the stages
+        # the warps' (m, l, O), reusing the stages (GQA kernel: O rows padded by 4 floats)
+        merge = (2 * 4 * 16 + 4 * 16 * (head_size + 4)) * 4
         return max(stages, merge)
     gt = variant.group_tile
     floats = gt * head_size + gt * tile + 2 * gt + 2
