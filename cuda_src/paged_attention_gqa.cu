@@ -48,10 +48,13 @@ __device__ __forceinline__ int s_row_token(int m) {
   return ((r >> 1) << 2) + (r & 1) + ((m >> 3) << 1);
 }
 
-// Minimum CTAs per SM for ptxas: head sizes above 64 run 2-3 CTAs per SM (shared memory), where
-// ptxas's own choice of 128 registers spilled inside the tile loop; head size 64 runs 4.
+// Minimum CTAs per SM, which caps ptxas's registers: 4 (128 registers) where the stages leave
+// room for 4 CTAs (head size 64; fp8 head size 128 with <= 8 heads: 4 CTAs per SM make B64 L4096
+// one wave, docs/perf.md p20); else 2: 16-bit head size 128 runs 2 CTAs per SM (shared memory)
+// and ptxas's own choice of 128 registers spilled inside the tile loop there.
 template <typename T, typename KV, typename O, int DMAX, int STAGES, int HT>
-__global__ void __launch_bounds__(PA_THREADS, DMAX >= 128 ? 2 : 4) paged_decode_gqa_kernel(PAGED_DECODE_MMA_PARAMS) {
+__global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 && DMAX == 128 && HT == 1)) ? 4 : 2)
+    paged_decode_gqa_kernel(PAGED_DECODE_MMA_PARAMS) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
   static_assert(HT == 1 || HT == 2, "8 or 16 query heads per CTA");
