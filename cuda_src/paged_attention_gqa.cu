@@ -266,11 +266,9 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   const int tiles_per_part = part_tokens / TILE;
   for (int it = 0; it < num_tiles; ++it) {
     if (multi_part && it > 0 && it % tiles_per_part == 0) {  // tiles [it - tiles_per_part, it): a partition
-#ifndef CUPY_OPS_EXP_SKIP_FLUSH  // experiment: no merge of the warps' results
       publish();
       __syncthreads();
       flush((begin + (it - 1) * TILE) / part_tokens, nullptr, nullptr);
-#endif
       reset_softmax();
       // The next publish() is a partition later, after this loop's barriers.
     }
@@ -396,10 +394,6 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   __syncthreads();
 
   // The last partition (v2) or the CTA's split (v1); for v1 the stages are free now.
-#ifdef CUPY_OPS_EXP_SKIP_FLUSH
-  if (tid == 0) out[seq * out_stride_seq] = from_float<O>(o[0][0][0]);
-  return;
-#endif
   publish();
   __syncthreads();
   flush(num_tiles > 0 ? (begin + (num_tiles - 1) * TILE) / part_tokens : split, final_out, split_counters);
