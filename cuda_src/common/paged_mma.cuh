@@ -163,9 +163,10 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
 //   final_out, no counters   the same value to final_out as well (v2 with one partition)
 //   split_counters           the last CTA of (seq, head chunk) merges all parts into final_out
 // One thread per row first turns its warps' (m, l) into final weights (in place of l_s) and
-// writes the row's statistics; then every element is a 4-term dot product with no exponential
-// or division (per element, the earlier form cost WARPS exp2f, a division and a division by
-// head_size: the flush was ~2.6 us per CTA on H200, docs/perf.md p20).
+// writes the row's statistics; then every element is a WARPS-term dot product with no
+// exponential or division (per element, the earlier form cost WARPS exp2f and a division; v2,
+// which merges at every 512-token partition, went from 298.9 to 284.7 us at B64 L4096 on H200,
+// docs/perf.md p20).
 template <typename T, typename O, int THREADS, int WARPS, int ROWS = 16>
 __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float v_scale, O* out,
                            int seq, int head0, int heads_here, int head_size, int part,
