@@ -512,19 +512,23 @@ def tile_tokens(head_size: int, cache_elem: int) -> int:
     return max(t, 16 // cache_elem, 16)
 
 
+def warp_merge_bytes(rows: int, head_size: int) -> int:
+    """Where 4 warps publish (m, l, O) for finish_cta: [4][rows] m and l, [4][rows][head_size + 4]
+    O (the GQA kernel pads O's rows by 4 floats, o_pitch; the head-as-M kernels use less)."""
+    return (2 * 4 * rows + 4 * rows * (head_size + 4)) * 4
+
+
 def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool = False,
                eight_warps: bool = False, multi_part: bool = False) -> int:
     if isinstance(variant, MmaVariant):
         stages = variant.stages * 2 * MMA_TILE * head_size * cache_elem
-        if multi_part:  # GQA kernel over several v2 partitions: the warps' (m, l, O) after the stages
-            return stages + (2 * 4 * variant.heads + 4 * variant.heads * (head_size + 4)) * 4
+        if multi_part:  # GQA kernel over several v2 partitions: the merge region after the stages
+            return stages + warp_merge_bytes(variant.heads, head_size)
         if parts:
             return 16 * (MMA_TILE + 4) * 4 + stages  # + S of one tile, rows padded (S_PITCH)
         if eight_warps:
             stages += MMA8_EXCHANGE_BYTES
-        # the warps' (m, l, O), reusing the stages (GQA kernel: O rows padded by 4 floats)
-        merge = (2 * 4 * 16 + 4 * 16 * (head_size + 4)) * 4
-        return max(stages, merge)
+        return max(stages, warp_merge_bytes(16, head_size))  # the merge reuses the stages
     gt = variant.group_tile
     floats = gt * head_size + gt * tile + 2 * gt + 2
     return floats * 4 + 16 + 2 * variant.stages * tile * head_size * cache_elem
