@@ -149,17 +149,25 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     }
   };
   reset_softmax();
-  const bool multi_part = part_tokens < split_tokens;
-  // Where warps publish (m, l, O) for finish_cta: [WARPS][HEADS] m and l, [WARPS][HEADS][o_pitch]
-  // O (rows padded by 4 floats: the 4 lanes of a quad write different columns of the same dims,
-  // which an unpadded pitch of a multiple of 32 floats put in one bank). Mid-loop (multi_part)
-  // after the stages; at the end of a v1 CTA over the free stages.
-  float* flush_s = reinterpret_cast<float*>(smem + (multi_part ? 2 * STAGES * tile_bytes : 0));
-  const int o_pitch = head_size + 4;
+  // (v2 runs groups above 8, HT 2, on the parts kernel: ops/paged_attention.py never asks for
+  // multi_part there, and compiling it out keeps the HT 2 loop's registers.)
+  const bool multi_part = HT == 1 && part_tokens < split_tokens;
+  // Where warps publish (m, l, O) for the merge: [WARPS][rows] m and l, [WARPS][rows][o_pitch] O,
+  // rows = the most query heads a CTA of this launch has (O rows padded by 4 floats: the 4 lanes
+  // of a quad write different columns of the same dims, which an unpadded pitch of a multiple of
+  // 32 floats put in one bank). Mid-loop (multi_part) after the stages; at the end of a v1 CTA
+  // over the free stages. A v2 CTA that spans its whole sequence (final_out without counters)
+  // keeps a running merge of its partitions after that (WarpMerge::run) and writes final_out.
+  // (Built where used, not held across the tile loop: its pointers cost registers there.)
+  auto warp_merge = [&]() {
+    float* flush_s = reinterpret_cast<float*>(smem + (multi_part ? 2 * STAGES * tile_bytes : 0));
+    const int rows = min(HEADS, group), o_pitch = head_size + 4;
+    return WarpMerge{flush_s, flush_s + WARPS * rows, flush_s + 2 * WARPS * rows, rows, o_pitch, v_scale,
+                     (multi_part && final_out != nullptr && split_counters == nullptr)
+                         ? flush_s + WARPS * rows * (2 + o_pitch) : nullptr};
+  };
   auto publish = [&]() {
-    float* m_s = flush_s;
-    float* l_s = m_s + WARPS * HEADS;
-    float* o_s = l_s + WARPS * HEADS;
+    const WarpMerge wm = warp_merge();
 #pragma unroll
     for (int h = 0; h < HT; ++h)
 #pragma unroll
@@ -169,11 +177,12 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         l += __shfl_xor_sync(0xffffffffu, l, 8);
         l += __shfl_xor_sync(0xffffffffu, l, 16);
         const int col = 8 * h + 2 * c + j;
+        if (col >= heads_here) continue;
         if (g == 0) {
-          m_s[warp * HEADS + col] = m_run[h][j];
-          l_s[warp * HEADS + col] = l;
+          wm.m_s[warp * wm.rows + col] = m_run[h][j];
+          wm.l_s[warp * wm.rows + col] = l;
         }
-        float* orow = o_s + (warp * HEADS + col) * o_pitch;
+        float* orow = const_cast<float*>(wm.o_s) + (warp * wm.rows + col) * wm.o_pitch;
 #pragma unroll
         for (int mt = 0; mt < KSTEPS; ++mt) {
           if (mt * 16 >= head_size) break;
@@ -182,13 +191,21 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         }
       }
   };
-  // finish_cta over what publish() wrote, for partition (or v1 split) `part`.
-  auto flush = [&](int part, T* fin, int* counters) {
-    finish_cta<T, O, PA_THREADS, WARPS, HEADS>(flush_s, flush_s + WARPS * HEADS, flush_s + 2 * WARPS * HEADS, v_scale, out, seq,
-                                               head0, heads_here, head_size, part, out_stride_seq,
-                                               out_stride_head, out_stride_part, exp_sums, max_logits, num_heads,
-                                               num_partitions, fin, final_stride_seq, final_stride_head, counters,
-                                               seq_len, split_tokens, part_tokens, smem, o_pitch);
+  // The merge of partition (or v1 split) `part` from what publish() wrote, in two steps that need
+  // a CTA barrier between them and after the publish (WarpMerge).
+  const int first_part = begin / part_tokens;
+  auto merge_weights = [&](int part) {
+    if (tid < heads_here)
+      finish_weights<WARPS>(warp_merge(), tid, exp_sums, max_logits,
+                            exp_sums != nullptr ? (static_cast<long long>(seq) * num_heads + head0 + tid) * num_partitions + part : -1,
+                            part == first_part);
+  };
+  auto merge_output = [&](int part, bool last) {
+    finish_output<T, O, PA_THREADS, WARPS>(
+        warp_merge(), heads_here, head_size, out + seq * out_stride_seq + head0 * out_stride_head + part * out_stride_part,
+        out_stride_head,
+        (final_out != nullptr && split_counters == nullptr) ? final_out + seq * final_stride_seq + head0 * final_stride_head : nullptr,
+        final_stride_head, part == first_part, last);
   };
 
   // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel, and the
@@ -263,14 +280,18 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   }
   // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
   // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
+  // v2 partition ends inside the loop cost no barrier of their own: the warps publish and restart
+  // their softmax, the weights step runs after the next tile's barrier and the output step after
+  // the one after that (pending: steps left), while warp 0 keeps the stages filling. The next
+  // publish is a partition (8 tiles) later.
   const int tiles_per_part = part_tokens / TILE;
+  int pending = 0, pending_part = 0;
   for (int it = 0; it < num_tiles; ++it) {
     if (multi_part && it > 0 && it % tiles_per_part == 0) {  // tiles [it - tiles_per_part, it): a partition
       publish();
-      __syncthreads();
-      flush((begin + (it - 1) * TILE) / part_tokens, nullptr, nullptr);
       reset_softmax();
-      // The next publish() is a partition later, after this loop's barriers.
+      pending = 2;
+      pending_part = (begin + (it - 1) * TILE) / part_tokens;
     }
     const int stage = it % STAGES;
     if (bulk) {
@@ -283,6 +304,13 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES);
     } else if (!bulk) {
       cp_async_commit();
+    }
+    if (pending == 2) {
+      merge_weights(pending_part);
+      pending = 1;
+    } else if (pending == 1) {
+      merge_output(pending_part, false);
+      pending = 0;
     }
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);
@@ -392,11 +420,23 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   }
   if (!bulk) cp_async_wait<0>();  // bulk: every stage that was filled was also waited for
   __syncthreads();
+  if (pending == 1) {  // a partition ended before the last tile: its output step is left
+    merge_output(pending_part, false);
+    __syncthreads();
+  }
 
   // The last partition (v2) or the CTA's split (v1); for v1 the stages are free now.
+  const int part = num_tiles > 0 ? (begin + (num_tiles - 1) * TILE) / part_tokens : split;
   publish();
   __syncthreads();
-  flush(num_tiles > 0 ? (begin + (num_tiles - 1) * TILE) / part_tokens : split, final_out, split_counters);
+  merge_weights(part);
+  __syncthreads();
+  merge_output(part, true);
+  if (split_counters != nullptr)
+    merge_splits_if_last<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,
+                                           max_logits, out, seq, head0, heads_here, head_size, num_heads,
+                                           num_partitions, (seq_len + split_tokens - 1) / split_tokens,
+                                           (seq_len + part_tokens - 1) / part_tokens, smem);
 }
 
 }  // namespace cupy_ops

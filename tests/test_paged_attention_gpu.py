@@ -155,6 +155,13 @@ def run_v1(case, **kw):
     return out
 
 
+def whole_sequence_ctas(monkeypatch):
+    """Make the wave model never split a sequence across CTAs, so that v2 over several
+    partitions takes the GQA CTAs that merge their own partitions (V2_OWN_MERGE)."""
+    monkeypatch.setattr(pa, "v1_splits", lambda num_seqs, ctas, max_len, granule, slots: -(-max(max_len, 1) // granule) * granule)
+    pa._PLANS.clear()
+
+
 def run_v2(case, **kw):
     t = case.torch
     S, H, D = case.query.shape
@@ -223,20 +230,23 @@ def test_fp8_caches_with_distinct_scales(torch, kv, dtype, D, BS):
     check_out(case, run_v2(case)[0], want, v2=True)
 
 
-@pytest.mark.parametrize("v2_kernel", ["parts", "part_ctas", "multi_part", "multi_part_reduce"])
+@pytest.mark.parametrize("v2_kernel", ["parts", "part_ctas", "multi_part", "multi_part_reduce", "multi_part_own"])
 @pytest.mark.parametrize("warps", ["gqa", "4", "8"])
 @pytest.mark.parametrize("kv,D,BS", [("auto", 128, 16), ("auto", 64, 8), ("auto", 80, 32),
                                      ("auto", 256, 16), ("fp8_e4m3", 128, 16)])
 def test_both_tensor_core_kernels(torch, monkeypatch, warps, kv, D, BS, v2_kernel):
     """v1 runs the GQA kernel unless CUPY_OPS_PAGED_WARPS forces a head-as-M kernel (4 or 8
     warps), and v2 over several partitions runs the parts kernel, one v1-kernel CTA per
-    partition, or GQA CTAs spanning several partitions (flushing one result per partition):
-    each must be right on every shape."""
+    partition, or GQA CTAs spanning several partitions (flushing one result per partition; the
+    partitions merged in the launch, by the reduce kernel, or by the CTA itself when it spans the
+    whole sequence): each must be right on every shape."""
     monkeypatch.setattr(pa, "MMA_WARPS", warps)
     monkeypatch.setattr(pa, "V2_PART_CTAS_MIN_WAVES", 10**9 if v2_kernel == "parts" else 0)
     monkeypatch.setattr(pa, "V2_PARTS_MIN_GROUP", 0 if v2_kernel == "parts" else 10**9)
     monkeypatch.setattr(pa, "V2_MULTI_PART", v2_kernel.startswith("multi_part"))
     monkeypatch.setattr(pa, "V2_FUSED_MERGE", v2_kernel != "multi_part_reduce")
+    if v2_kernel == "multi_part_own":
+        whole_sequence_ctas(monkeypatch)
     pa._PLANS.clear()
     try:
         case = Case(torch, [1000, 17, 64, 4100], 32, 8, D, BS, kv=kv, alibi=True, seed=D + BS)
@@ -287,11 +297,20 @@ def test_long_sequences(torch, L):
     check_out(case, run_v2(case)[0], want, v2=True)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_v2_scratch_contract(torch, dtype):
-    case = Case(torch, [1500, 512, 3], 8, 2, 128, 16, dtype=dtype, alibi=True, seed=8)
+@pytest.mark.parametrize("dtype,own_merge", [("bfloat16", False), ("bfloat16", True), ("float32", False)])
+def test_v2_scratch_contract(torch, monkeypatch, dtype, own_merge):
+    """exp_sums / max_logits / tmp_out of every partition (and nothing past them), whichever
+    path merges the partitions; own_merge: GQA CTAs over whole sequences, one launch."""
+    if own_merge:
+        whole_sequence_ctas(monkeypatch)
+    case = Case(torch, [1500, 512, 3, 2049], 8, 2, 128, 16, dtype=dtype, alibi=True, seed=8)
     out, es, ml, tmp = run_v2(case)
+    if own_merge:
+        (plan,) = pa._PLANS._plans.values()
+        assert len(plan.launches) == 1 and plan.launches[0].dims[2] == 1
+        pa._PLANS.clear()
     args, opts = case.reference_args()
+    check_out(case, out, ref.paged_attention(*args, **opts), v2=True)
     parts = ref.paged_attention_v2_partials(*args, **opts)
     d = parts.defined
     got_es, got_ml = es.cpu().numpy(), ml.cpu().numpy()

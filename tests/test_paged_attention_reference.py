@@ -987,7 +987,7 @@ def _plan_routes(monkeypatch, op, B, L, Hq, Hkv, D, BS, dtype="bfloat16", kv="au
 def test_plan_routes_every_path_without_a_gpu(monkeypatch):
     """The plan builder's routes (which kernel, how many launches, what shared memory), with the
     device mocked: v1 whole / split-in-one-launch / split-over-waves, v2 one partition /
-    multi-partition CTAs with the merge in the launch or the reduce kernel / parts kernel for
+    multi-partition CTAs with the merge in the CTA, in the launch or the reduce kernel / parts kernel for
     groups above 8, fp8 and fp32. Every kernel asked for is in its family's table and every
     shared-memory size within the opt-in limit."""
     from cupy_ops.ops import paged_attention as pa
@@ -1006,9 +1006,13 @@ def test_plan_routes_every_path_without_a_gpu(monkeypatch):
     assert fam == gqa and grid[2] > 1 and grid[1] * grid[2] <= 264
     # v2, one partition: the kernel writes out itself.
     assert route(pa.OP_V2, 64, 500, 32, 8, 128, 16) == [(gqa, (64, 8, 1))]
-    # v2, several partitions, many waves: CTAs span partitions, then the reduce kernel.
+    # v2, several partitions, many waves: one CTA per (sequence, kv head) spans all partitions
+    # and merges them itself; with that off, the reduce kernel merges them.
     r = route(pa.OP_V2, 64, 4096, 32, 8, 128, 16)
-    assert [f for f, _ in r] == [gqa, reduce_] and r[0][1][2] < 8
+    assert r == [(gqa, (64, 8, 1))]
+    monkeypatch.setattr(pa, "V2_OWN_MERGE", False)
+    assert route(pa.OP_V2, 64, 4096, 32, 8, 128, 16) == [(gqa, (64, 8, 1)), (reduce_, (64, 32, 1))]
+    monkeypatch.setattr(pa, "V2_OWN_MERGE", True)
     # v2, small batch: one wave, partitions merged in the launch.
     r = route(pa.OP_V2, 8, 4096, 32, 8, 128, 16)
     assert [f for f, _ in r] == [gqa]

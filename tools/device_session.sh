@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
-#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2
+#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
 #   sanitize_paged sanitize_vs bench_topk bench_vs bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
 # step in $OUT/summary.txt; each step has its own time limit so one hang cannot eat the run.
@@ -53,8 +53,10 @@ step paged_warps 200 python3 tools/exp_paged_warps.py
 step paged_tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_paged_attention_gpu.py
 step bench_paged 200 python3 -m cupy_ops bench paged_attention --json "$OUT/bench_paged.json"
 step bench_paged2 200 python3 -m cupy_ops bench paged_attention --json "$OUT/bench_paged2.json"
+step bench_paged_noown 200 python3 -c "import sys; from cupy_ops.ops import paged_attention as pa; pa.V2_OWN_MERGE = False; \
+from cupy_ops.__main__ import main; sys.exit(main(['bench', 'paged_attention', '--json', '$OUT/bench_paged_noown.json']))"
 step sanitize_paged 400 env OUT="$OUT/sanitize_paged" TOOLS="memcheck racecheck" TOOL_TIMEOUT=190 bash tools/sanitize.sh \
-  "(split_call and 128 and auto) or (both_tensor_core and gqa and (auto-128-16 or fp8_e4m3))"
+  "(split_call and 128 and auto) or (both_tensor_core and gqa and (auto-128-16 or fp8_e4m3) and multi_part) or scratch_contract"
 step sanitize_vs 300 env OUT="$OUT/sanitize_vs" TOOLS="memcheck racecheck" TOOL_TIMEOUT=140 bash tools/sanitize.sh \
   "test_vertical_slash_gpu and (golden or random_sweep and 64-3)"
 step bench_topk 150 python3 -m cupy_ops bench top_k_per_row --json "$OUT/bench_topk.json"

@@ -44,6 +44,10 @@ V2_MULTI_PART = True
 # v2 on the GQA kernel with a one-wave grid merges its partitions in the decode launch (no reduce
 # launch), like v1's splits under FUSED_MERGE_MAX_WAVES. docs/perf.md, p18.
 V2_FUSED_MERGE = True
+# v2 on the GQA kernel with one CTA per (sequence, head chunk) over the whole sequence: the CTA
+# merges its partitions as they finish and writes out itself (no reduce launch, no re-read of
+# tmp_out). docs/perf.md, p22.
+V2_OWN_MERGE = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,12 +522,24 @@ def warp_merge_bytes(rows: int, head_size: int) -> int:
     return (2 * 4 * rows + 4 * rows * (head_size + 4)) * 4
 
 
+def run_merge_bytes(rows: int, head_size: int) -> int:
+    """A v2 CTA's running merge of its partitions (WarpMerge::run in paged_mma.cuh): [4][rows]
+    then [rows][head_size] floats, after the warps' region."""
+    return (4 * rows + rows * head_size) * 4
+
+
 def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool = False,
-               eight_warps: bool = False, multi_part: bool = False) -> int:
+               eight_warps: bool = False, multi_part: bool = False, rows: int | None = None,
+               own_merge: bool = False) -> int:
+    """Dynamic shared memory of a decode launch. GQA kernel over several v2 partitions
+    (multi_part): the stages, then the warps' merge region for ``rows`` query heads per CTA
+    (default: the variant's most), then the running merge when the CTA spans its sequence."""
     if isinstance(variant, MmaVariant):
         stages = variant.stages * 2 * MMA_TILE * head_size * cache_elem
-        if multi_part:  # GQA kernel over several v2 partitions: the merge region after the stages
-            return stages + warp_merge_bytes(variant.heads, head_size)
+        if multi_part:
+            rows = variant.heads if rows is None else rows
+            return (stages + warp_merge_bytes(rows, head_size)
+                    + (run_merge_bytes(rows, head_size) if own_merge else 0))
         if parts:
             return 16 * (MMA_TILE + 4) * 4 + stages  # + S of one tile, rows padded (S_PITCH)
         if eight_warps:
@@ -596,13 +612,16 @@ def _plan(arrays, scalars, validate):
             return GQA_FAMILY, THREADS
         return (MMA8_FAMILY, MMA8_THREADS) if eight else (MMA_FAMILY, THREADS)
 
-    def slots(parts: bool = False, multi_part: bool = False) -> int:
+    # Query heads per GQA CTA (the warps' merge region of multi-partition v2 is sized for them).
+    rows = min(group, heads_per_cta(probe, group))
+
+    def slots(parts: bool = False, multi_part: bool = False, own_merge: bool = False) -> int:
         """CTAs of the decode kernel resident on the whole GPU at once."""
         fam, threads = family_of(parts)
         v = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse, parts)
         per_sm = _device.resident_blocks(_runtime.get_kernel(fam, v, device), threads,
                                          smem_bytes(v, a.head_size, tile, cache_elem, parts,
-                                                    eight and not parts, multi_part))
+                                                    eight and not parts, multi_part, rows, own_merge))
         return per_sm * sm_count
 
     v1_slots = slots()  # the v1 kernel's: its wave model, the v2 kernel choice, the split merge
@@ -618,9 +637,11 @@ def _plan(arrays, scalars, validate):
                   or a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * v1_slots))
     # v2 on the GQA kernel: CTAs span several partitions (split by the wave model), flushing one
     # result per partition; V2_MULTI_PART off: one CTA per partition.
+    # (Not with 16 heads per CTA: the kernel compiles that path out, and groups above 8 take the
+    # parts kernel anyway.)
     can_multi = (a.op == OP_V2 and mma and not parts and isinstance(probe, GqaVariant) and V2_MULTI_PART
-                 and a.max_seq_len > PARTITION_SIZE
-                 and smem_bytes(probe, a.head_size, tile, cache_elem, multi_part=True)
+                 and probe.heads == 8 and a.max_seq_len > PARTITION_SIZE
+                 and smem_bytes(probe, a.head_size, tile, cache_elem, multi_part=True, rows=rows)
                  <= _device.max_dynamic_smem(device) - GQA_STATIC_SMEM)
     multi_slots = slots(multi_part=True) if can_multi else 0
     if a.op == OP_V2:
@@ -639,11 +660,15 @@ def _plan(arrays, scalars, validate):
         splits = max(1, -(-a.max_seq_len // split))
         direct = splits == 1
     multi = can_multi and split > PARTITION_SIZE  # (can_multi implies v2)
+    # One CTA per (sequence, head chunk) spanning every partition: it merges them itself, when the
+    # running merge's shared memory leaves as many CTAs per SM.
+    own_merge = (multi and splits == 1 and V2_OWN_MERGE
+                 and slots(multi_part=True, own_merge=True) == multi_slots)
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
     variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse, parts)
     family, threads = family_of(parts)
     kernel = _runtime.get_kernel(family, variant, device)
-    smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts, multi)
+    smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts, multi, rows, own_merge)
     launches = []
     workspace = None
     if direct:
@@ -677,7 +702,8 @@ def _plan(arrays, scalars, validate):
     # partitions from tmp_out, as v1's splits (counters in a zeroed plan workspace).
     # (Only when the merge's weights fit in the shared memory the kernel has anyway: the
     # partition count is the caller's scratch size, unbounded.)
-    fused_v2 = (a.op == OP_V2 and mma and not parts and not single and isinstance(variant, GqaVariant)
+    fused_v2 = (a.op == OP_V2 and mma and not parts and not single and not own_merge
+                and isinstance(variant, GqaVariant)
                 and V2_FUSED_MERGE and merge_smem_bytes(pitch) <= smem
                 and a.num_seqs * ctas_per_split * splits
                 <= FUSED_MERGE_MAX_WAVES * (multi_slots if multi else v1_slots))
@@ -689,7 +715,7 @@ def _plan(arrays, scalars, validate):
             smem = max(smem, merge_smem_bytes(splits))
         elif fused_v2:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], workspace.ptr)
-        elif single:
+        elif single or own_merge:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], 0)
         else:
             finish = (0, 0, 0, 0)
@@ -697,7 +723,7 @@ def _plan(arrays, scalars, validate):
                                             args + (part,) + finish, smem))
     else:
         launches.append(_interop.LaunchPlan(DECODE_PARAMS, kernel, a.query, grid, (THREADS,), args, smem))
-    if not direct and not fused and not single and not fused_v2:
+    if not direct and not fused and not single and not fused_v2 and not own_merge:
         rv = ReduceVariant(a.query.dtype, out_dtype)
         reduce_kernel = _runtime.get_kernel(REDUCE_FAMILY, rv, device)
         exp_ptr, max_ptr, tmp_ptr = target[1], target[2], target[0]
