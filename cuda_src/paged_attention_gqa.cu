@@ -287,12 +287,16 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   const int tiles_per_part = part_tokens / TILE;
   int pending = 0, pending_part = 0;
   for (int it = 0; it < num_tiles; ++it) {
+#ifndef CUPY_OPS_EXP_NO_PART_END  // experiment (tools/exp_paged_parts.py): no partition ends at all
     if (multi_part && it > 0 && it % tiles_per_part == 0) {  // tiles [it - tiles_per_part, it): a partition
       publish();
       reset_softmax();
+#ifndef CUPY_OPS_EXP_PUBLISH_ONLY  // experiment: publish and restart, no merge steps
       pending = 2;
+#endif
       pending_part = (begin + (it - 1) * TILE) / part_tokens;
     }
+#endif
     const int stage = it % STAGES;
     if (bulk) {
       mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);

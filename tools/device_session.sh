@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
-#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
+#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged ncu_paged_v12 paged_parts paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
 #   sanitize_paged sanitize_vs bench_topk bench_vs bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
 # step in $OUT/summary.txt; each step has its own time limit so one hang cannot eat the run.
@@ -47,6 +47,9 @@ step topk_phases 120 bash -c "for t in 512 1024; do python3 tools/exp_top_k.py -
 step ncu_vs 200 bash -c "$(declare -f ncu_profile); ncu_profile vertical 1 tools/ncu_vs.py"
 step ncu_paged 300 bash -c "$(declare -f ncu_profile); for s in '64 4096' '256 1024'; do set -- \$s; echo \"== B\$1 L\$2\"; B=\$1 L=\$2 ncu_profile paged_decode_gqa 2 tools/ncu_paged.py; done"
 step ncu_topk 200 bash -c "$(declare -f ncu_profile); ROWS=\${ROWS:-128} COLS=\${COLS:-8192} ncu_profile top_k 2 tools/ncu_topk.py"
+step paged_parts 300 env SWITCHES="${SWITCHES:-- CUPY_OPS_EXP_NO_PART_END CUPY_OPS_EXP_PUBLISH_ONLY CUPY_OPS_EXP_SKIP_MATH CUPY_OPS_EXP_SKIP_MATH+CUPY_OPS_EXP_NO_PART_END}" \
+  python3 tools/exp_paged_parts.py
+step ncu_paged_v12 300 bash -c "$(declare -f ncu_profile); for op in v1 v2; do echo \"== \$op B64 L4096\"; OP=\$op ncu_profile paged_decode_gqa 2 tools/ncu_paged.py; done"
 step paged_floor 200 python3 tools/exp_paged_floor.py
 step paged8_tests 200 env CUPY_OPS_PAGED_WARPS=8 python3 -m pytest -q -p no:cacheprovider -x tests/test_paged_attention_gpu.py
 step paged_warps 200 python3 tools/exp_paged_warps.py

@@ -4,10 +4,12 @@ issue's shapes:
     -                      the kernel as shipped
     CUPY_OPS_EXP_SKIP_PV     P V for the first 16 dims only
     CUPY_OPS_EXP_SKIP_MATH   no math at all: the pipeline (copies, barriers) alone
+    (SWITCHES="- A B+C": the shipped kernel, A, then B and C together; the others are below)
 
     PYTHONPATH=. python3 tools/exp_paged_parts.py
 """
 import math
+import os
 
 import torch
 
@@ -17,10 +19,12 @@ from cupy_ops.ops import paged_attention as pa
 
 CONFIGS = [("v1 B64 L4096", "v1", 64, 4096, "auto"), ("v1 B256 L1024", "v1", 256, 1024, "auto"),
            ("v2 B64 L4096", "v2", 64, 4096, "auto"), ("v2 B256 L1024", "v2", 256, 1024, "auto"),
-           ("v1 fp8 B64 L4096", "v1", 64, 4096, "fp8_e4m3")]
+           ("v1 fp8 B64 L4096", "v1", 64, 4096, "fp8_e4m3"), ("v2 fp8 B64 L4096", "v2", 64, 4096, "fp8_e4m3")]
 # (A switch that skipped the warps' merge measured nothing useful: without the epilogue the
-# compiler deletes the O accumulators and most of P V with it.)
-SWITCHES = ["", "CUPY_OPS_EXP_SKIP_PV", "CUPY_OPS_EXP_SKIP_MATH"]
+# compiler deletes the O accumulators and most of P V with it.) v2's partition ends:
+#   CUPY_OPS_EXP_NO_PART_END     none (one softmax over the CTA's tokens, written as its last partition)
+#   CUPY_OPS_EXP_PUBLISH_ONLY    the warps publish and restart, no merge steps
+SWITCHES = os.environ.get("SWITCHES", "- CUPY_OPS_EXP_SKIP_PV CUPY_OPS_EXP_SKIP_MATH").split()
 
 
 def main():
@@ -49,7 +53,8 @@ def main():
         expr = pa.GQA_FAMILY.name_expression(variant)
         cells = []
         for sw in SWITCHES:
-            c = _runtime.nvrtc_compile(src, [expr], opts + ((f"-D{sw}",) if sw else ()))
+            sw = "" if sw == "-" else sw
+            c = _runtime.nvrtc_compile(src, [expr], opts + tuple(f"-D{x}" for x in sw.split("+") if x))
             fn = _device.load_function(0, c.binary, c.lowered_names[expr])
             for p in plans:
                 (p.launches[0] if hasattr(p, "launches") else p).func_ptr = fn.ptr
