@@ -158,16 +158,16 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // 32 floats put in one bank). Mid-loop (multi_part) after the stages; at the end of a v1 CTA
   // over the free stages. A v2 CTA that spans its whole sequence (final_out without counters)
   // keeps a running merge of its partitions after that (WarpMerge::run) and writes final_out.
-  // (Built where used, not held across the tile loop: its pointers cost registers there.)
-  auto warp_merge = [&]() {
-    float* flush_s = reinterpret_cast<float*>(smem + (multi_part ? 2 * STAGES * tile_bytes : 0));
-    const int rows = min(HEADS, group), o_pitch = head_size + 4;
-    return WarpMerge{flush_s, flush_s + WARPS * rows, flush_s + 2 * WARPS * rows, rows, o_pitch, v_scale,
-                     (multi_part && final_out != nullptr && split_counters == nullptr)
-                         ? flush_s + WARPS * rows * (2 + o_pitch) : nullptr};
-  };
+  // O rows padded by 4 floats (the 4 lanes of a quad write different columns of the same dims,
+  // which an unpadded pitch of a multiple of 32 floats put in one bank); rows: the most query heads
+  // a CTA of this launch has. A v2 CTA spanning its whole sequence (final_out without counters)
+  // keeps the running merge of its partitions after that region and writes final_out itself.
+  auto region = [&]() { return reinterpret_cast<float*>(smem + (multi_part ? 2 * STAGES * tile_bytes : 0)); };
   auto publish = [&]() {
-    const WarpMerge wm = warp_merge();
+    const int rows = min(HEADS, group), o_pitch = head_size + 4;
+    float* m_s = region();
+    float* l_s = m_s + WARPS * rows;
+    float* o_s = l_s + WARPS * rows;
 #pragma unroll
     for (int h = 0; h < HT; ++h)
 #pragma unroll
@@ -179,10 +179,10 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         const int col = 8 * h + 2 * c + j;
         if (col >= heads_here) continue;
         if (g == 0) {
-          wm.m_s[warp * wm.rows + col] = m_run[h][j];
-          wm.l_s[warp * wm.rows + col] = l;
+          m_s[warp * rows + col] = m_run[h][j];
+          l_s[warp * rows + col] = l;
         }
-        float* orow = const_cast<float*>(wm.o_s) + (warp * wm.rows + col) * wm.o_pitch;
+        float* orow = o_s + (warp * rows + col) * o_pitch;
 #pragma unroll
         for (int mt = 0; mt < KSTEPS; ++mt) {
           if (mt * 16 >= head_size) break;
@@ -191,21 +191,21 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         }
       }
   };
-  // The merge of partition (or v1 split) `part` from what publish() wrote, in two steps that need
-  // a CTA barrier between them and after the publish (WarpMerge).
+  // The merge of partition (or v1 split) `part` from what publish() wrote (merge_warps: one step,
+  // after a CTA barrier). (Addresses built here, not held across the tile loop: registers.)
   const int first_part = begin / part_tokens;
-  auto merge_weights = [&](int part) {
-    if (tid < heads_here)
-      finish_weights<WARPS>(warp_merge(), tid, exp_sums, max_logits,
-                            exp_sums != nullptr ? (static_cast<long long>(seq) * num_heads + head0 + tid) * num_partitions + part : -1,
-                            part == first_part);
-  };
-  auto merge_output = [&](int part, bool last) {
-    finish_output<T, O, PA_THREADS, WARPS>(
-        warp_merge(), heads_here, head_size, out + seq * out_stride_seq + head0 * out_stride_head + part * out_stride_part,
-        out_stride_head,
+  auto merge = [&](int part, bool last) {
+    const int rows = min(HEADS, group), o_pitch = head_size + 4;
+    float* reg = region();
+    const bool own = multi_part && final_out != nullptr && split_counters == nullptr;
+    merge_warps<T, O, PA_THREADS, WARPS>(
+        reg, rows, o_pitch, v_scale, heads_here, head_size,
+        out + seq * out_stride_seq + head0 * out_stride_head + part * out_stride_part, out_stride_head, exp_sums,
+        max_logits, exp_sums != nullptr ? (static_cast<long long>(seq) * num_heads + head0) * num_partitions + part : -1,
+        num_partitions,
         (final_out != nullptr && split_counters == nullptr) ? final_out + seq * final_stride_seq + head0 * final_stride_head : nullptr,
-        final_stride_head, part == first_part, last);
+        final_stride_head, own ? reg + WARPS * rows * (2 + o_pitch) : nullptr, (part - first_part) & 1,
+        part == first_part, last);
   };
 
   // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel, and the
@@ -281,18 +281,18 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
   // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
   // v2 partition ends inside the loop cost no barrier of their own: the warps publish and restart
-  // their softmax, the weights step runs after the next tile's barrier and the output step after
-  // the one after that (pending: steps left), while warp 0 keeps the stages filling. The next
-  // publish is a partition (8 tiles) later.
+  // their softmax, and the merge runs after the next tile's barrier (pending), while warp 0 keeps
+  // the stages filling. The next publish is a partition (8 tiles) later.
   const int tiles_per_part = part_tokens / TILE;
-  int pending = 0, pending_part = 0;
+  bool pending = false;
+  int pending_part = 0;
   for (int it = 0; it < num_tiles; ++it) {
 #ifndef CUPY_OPS_EXP_NO_PART_END  // experiment (tools/exp_paged_parts.py): no partition ends at all
     if (multi_part && it > 0 && it % tiles_per_part == 0) {  // tiles [it - tiles_per_part, it): a partition
       publish();
       reset_softmax();
-#ifndef CUPY_OPS_EXP_PUBLISH_ONLY  // experiment: publish and restart, no merge steps
-      pending = 2;
+#ifndef CUPY_OPS_EXP_PUBLISH_ONLY  // experiment: publish and restart, no merge
+      pending = true;
 #endif
       pending_part = (begin + (it - 1) * TILE) / part_tokens;
     }
@@ -309,12 +309,9 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     } else if (!bulk) {
       cp_async_commit();
     }
-    if (pending == 2) {
-      merge_weights(pending_part);
-      pending = 1;
-    } else if (pending == 1) {
-      merge_output(pending_part, false);
-      pending = 0;
+    if (pending) {
+      merge(pending_part, false);
+      pending = false;
     }
     const int tile_begin = begin + it * TILE;
     const int valid = min(TILE, end - tile_begin);
@@ -424,18 +421,11 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   }
   if (!bulk) cp_async_wait<0>();  // bulk: every stage that was filled was also waited for
   __syncthreads();
-  if (pending == 1) {  // a partition ended before the last tile: its output step is left
-    merge_output(pending_part, false);
-    __syncthreads();
-  }
-
   // The last partition (v2) or the CTA's split (v1); for v1 the stages are free now.
   const int part = num_tiles > 0 ? (begin + (num_tiles - 1) * TILE) / part_tokens : split;
   publish();
   __syncthreads();
-  merge_weights(part);
-  __syncthreads();
-  merge_output(part, true);
+  merge(part, true);
   if (split_counters != nullptr)
     merge_splits_if_last<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,
                                            max_logits, out, seq, head0, heads_here, head_size, num_heads,

@@ -156,99 +156,17 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
 
 // The end of a v1-style decode CTA (or of one v2 partition inside it) whose WARPS warps each ran
 // their own online softmax over part of the tokens and published, in base-2 units, m_s[w][r],
-// l_s[w][r] (row pitch `rows`) and o_s[w][r][o_pitch] (unnormalised) for query rows r of the CTA.
-// It runs in two steps with a CTA barrier between them (finish_cta below; the GQA kernel spreads
-// them over its tile barriers instead):
-//   finish_weights  one thread per row turns its warps' (m, l) into final weights (in place of
-//                   l_s) and writes the row's statistics;
-//   finish_output   every element is then a WARPS-term dot product with no exponential or division
-//                   (per element, the earlier form cost WARPS exp2f and a division; v2, which merges
-//                   at every 512-token partition, went from 298.9 to 284.7 us at B64 L4096 on
-//                   H200, docs/perf.md p20), written to out[seq][head0 + r][part] (v_scale
-//                   applied; part: the split, or the v2 partition).
-// A running merge (`run`, v2 CTAs that span a whole sequence) folds the CTA's partitions into
-// final_out as they finish, so no other launch or CTA re-reads tmp_out: run[0..4 rows) holds per
-// row the max M and sum L so far (base 2) and this partition's factors a (old result) and b (this
-// partition), then run[4 rows + r * head_size + d] the merged result so far (normalised).
-struct WarpMerge {
-  float* m_s;
-  float* l_s;
-  const float* o_s;
-  int rows, o_pitch;
-  float v_scale;
-  float* run;  // nullptr: no running merge
-};
-
-// Thread r (< heads_here) of the CTA: row r's weights; stat_idx >= 0: its exp_sums / max_logits
-// entry. first: the CTA's first partition (the running merge starts there).
-template <int WARPS>
-__device__ __forceinline__ void finish_weights(const WarpMerge& wm, int r, float* exp_sums, float* max_logits,
-                                               long long stat_idx, bool first) {
-  float mx = -PA_FLT_MAX;
-#pragma unroll
-  for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, wm.m_s[w * wm.rows + r]);
-  float wt[WARPS], l = 0.0f;
-#pragma unroll
-  for (int w = 0; w < WARPS; ++w) {
-    wt[w] = exp2f(wm.m_s[w * wm.rows + r] - mx);
-    l += wm.l_s[w * wm.rows + r] * wt[w];
-  }
-  const float norm = wm.v_scale / (l + 1e-6f);
-#pragma unroll
-  for (int w = 0; w < WARPS; ++w) wm.l_s[w * wm.rows + r] = wt[w] * norm;
-  if (stat_idx >= 0) {
-    exp_sums[stat_idx] = l;
-    max_logits[stat_idx] = mx * LN2;
-  }
-  if (wm.run != nullptr) {
-    // merged = merged * L_old e^(M_old - M) / L + part * l e^(mx - M) / L (base 2); the first
-    // partition's b is exactly 1 (L = l), so a one-partition sequence gets exactly its tmp_out.
-    float* run = wm.run;
-    const int rows = wm.rows;
-    const float m_new = first ? mx : fmaxf(run[r], mx);
-    const float kept = first ? 0.0f : run[rows + r] * exp2f(run[r] - m_new);
-    const float added = l * exp2f(mx - m_new);
-    const float sum = kept + added;
-    run[r] = m_new;
-    run[rows + r] = sum;
-    run[2 * rows + r] = kept / sum;
-    run[3 * rows + r] = added / sum;
-  }
-}
-
-// Every thread: the outputs of rows [0, heads_here). out_row0: out at (seq, head0, part); last:
-// write the running merge to final_out (else keep it in run). Without a running merge,
-// final_out != nullptr gets the same value as out (v2 with one partition).
-template <typename T, typename O, int THREADS, int WARPS>
-__device__ __forceinline__ void finish_output(const WarpMerge& wm, int heads_here, int head_size, O* out_row0,
-                                              long long out_stride_head, T* final_row0, long long final_stride_head,
-                                              bool first, bool last) {
-  for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
-    const int r = i / head_size, d = i - r * head_size;
-    float acc = 0.0f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) acc += wm.o_s[(w * wm.rows + r) * wm.o_pitch + d] * wm.l_s[w * wm.rows + r];
-    const O value = from_float<O>(acc);
-    out_row0[r * out_stride_head + d] = value;
-    if (wm.run != nullptr) {
-      float* merged = wm.run + 4 * wm.rows + r * head_size + d;
-      const float b = wm.run[3 * wm.rows + r];
-      const float m = first ? acc * b : *merged * wm.run[2 * wm.rows + r] + acc * b;
-      if (last) {
-        final_row0[r * final_stride_head + d] = from_float<T>(m);
-      } else {
-        *merged = m;
-      }
-    } else if (final_row0 != nullptr) {
-      final_row0[r * final_stride_head + d] = from_float<T>(to_float(value));
-    }
-  }
-}
-
-// Both steps at the end of a CTA (rows: the pitch of m_s / l_s / o_s; o_pitch 0: head_size), and:
+// l_s[w][r] (row pitch ROWS) and o_s[w][r][o_pitch] (unnormalised; o_pitch 0: head_size) for
+// query rows r of the CTA, followed by a barrier. Merges the warps per row and writes
+// out[seq][head0 + r][part] (v_scale applied; part: the split, or the v2 partition), and:
 //   exp_sums != nullptr      exp_sums / max_logits (natural units) of this part (v2, split v1)
 //   final_out, no counters   the same value to final_out as well (v2 with one partition)
 //   split_counters           the last CTA of (seq, head chunk) merges all parts into final_out
+// One thread per row first turns its warps' (m, l) into final weights (in place of l_s) and
+// writes the row's statistics; then every element is a WARPS-term dot product with no
+// exponential or division (per element, the earlier form cost WARPS exp2f and a division; v2,
+// which merges at every 512-token partition, went from 298.9 to 284.7 us at B64 L4096 on H200,
+// docs/perf.md p20).
 template <typename T, typename O, int THREADS, int WARPS, int ROWS = 16>
 __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float v_scale, O* out,
                            int seq, int head0, int heads_here, int head_size, int part,
@@ -257,23 +175,137 @@ __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float
                            T* final_out, long long final_stride_seq, long long final_stride_head,
                            int* split_counters, int seq_len, int split_tokens, int part_tokens,
                            unsigned char* smem, int o_pitch = 0) {
-  const WarpMerge wm{const_cast<float*>(m_s), l_s, o_s, ROWS, o_pitch == 0 ? head_size : o_pitch, v_scale, nullptr};
-  const int r = threadIdx.x;
-  if (r < heads_here)
-    finish_weights<WARPS>(wm, r, exp_sums, max_logits,
-                          exp_sums != nullptr ? (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions + part : -1,
-                          true);
+  if (o_pitch == 0) o_pitch = head_size;
+  const int r0 = threadIdx.x;
+  if (r0 < heads_here) {
+    float mx = -PA_FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, m_s[w * ROWS + r0]);
+    float wt[WARPS], l = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      wt[w] = exp2f(m_s[w * ROWS + r0] - mx);
+      l += l_s[w * ROWS + r0] * wt[w];
+    }
+    const float norm = v_scale / (l + 1e-6f);
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) l_s[w * ROWS + r0] = wt[w] * norm;
+    if (exp_sums != nullptr) {
+      const long long idx = (static_cast<long long>(seq) * num_heads + head0 + r0) * num_partitions + part;
+      exp_sums[idx] = l;
+      max_logits[idx] = mx * LN2;
+    }
+  }
   __syncthreads();
-  finish_output<T, O, THREADS, WARPS>(wm, heads_here, head_size, out + seq * out_stride_seq + head0 * out_stride_head + part * out_stride_part,
-                                      out_stride_head,
-                                      (final_out != nullptr && split_counters == nullptr)
-                                          ? final_out + seq * final_stride_seq + head0 * final_stride_head : nullptr,
-                                      final_stride_head, true, false);
+  for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
+    const int r = i / head_size, d = i - r * head_size;
+    float acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) acc += o_s[(w * ROWS + r) * o_pitch + d] * l_s[w * ROWS + r];
+    const O value = from_float<O>(acc);
+    out[seq * out_stride_seq + (head0 + r) * out_stride_head + part * out_stride_part + d] = value;
+    if (final_out != nullptr && split_counters == nullptr)
+      final_out[seq * final_stride_seq + (head0 + r) * final_stride_head + d] = from_float<T>(to_float(value));
+  }
   if (split_counters != nullptr)
     merge_splits_if_last<T, O, THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,
                                         max_logits, out, seq, head0, heads_here, head_size, num_heads,
                                         num_partitions, (seq_len + split_tokens - 1) / split_tokens,
                                         (seq_len + part_tokens - 1) / part_tokens, smem);
+}
+
+// The GQA kernel's merge of its warps' results for one v2 partition (or a v1 split), in one step
+// after the CTA barrier that follows the warps' publish: no barrier inside, so that v2 can run it
+// at a partition end behind the next tile's barrier while warp 0 keeps the stages filling. What the
+// warps published (base-2 units, unnormalised O): m[WARPS][rows], l[WARPS][rows],
+// o[WARPS][rows][o_pitch] (o_pitch % 4 == 0, 16-byte aligned) from `region`.
+// Each thread takes 4 consecutive dims of a row at a time and computes that row's weights itself
+// (~20 independent instructions; H200, docs/perf.md p22: the two-step form, one thread per row
+// computing weights with IEEE division and exp2f between two barriers, cost v2 ~1.3 us per
+// partition end on the kernel's critical path, 18 us at B64 L4096).
+// Writes out[row][d] (v_scale applied) and, for stat_row0 >= 0, exp_sums / max_logits at
+// stat_row0 + row * stat_stride (natural units). final_row0 != nullptr: also the final output,
+//   run == nullptr   the same value (v2 with one partition);
+//   run != nullptr   the running merge of the CTA's partitions (a CTA spanning its sequence):
+//                    run = M[2][rows], L[2][rows] (max and sum so far, base 2; two slots by
+//                    partition parity, as other threads of a row may still read the old pair
+//                    while one writes the new), then merged[rows][head_size] (normalised), which
+//                    needs no barrier: a thread owns the same elements in every partition.
+//                    final_row0 is written at the last partition only.
+template <typename T, typename O, int THREADS, int WARPS>
+__device__ __forceinline__ void merge_warps(const float* region, int rows, int o_pitch, float v_scale,
+                                            int heads_here, int head_size, O* out_row0, long long out_stride_head,
+                                            float* exp_sums, float* max_logits, long long stat_row0, long long stat_stride,
+                                            T* final_row0, long long final_stride_head, float* run, int parity,
+                                            bool first, bool last) {
+  const float* m_s = region;
+  const float* l_s = region + WARPS * rows;
+  const float* o_s = region + 2 * WARPS * rows;
+  const int quads = head_size >> 2;
+  for (int idx = threadIdx.x; idx < heads_here * quads; idx += THREADS) {
+    const int r = idx / quads, d = (idx - r * quads) * 4;
+    float m[WARPS], wt[WARPS], mx = -PA_FLT_MAX, l = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      m[w] = m_s[w * rows + r];
+      mx = fmaxf(mx, m[w]);
+    }
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      wt[w] = exp2_ftz(m[w] - mx);
+      l += l_s[w * rows + r] * wt[w];
+    }
+    const float norm = __fdividef(v_scale, l + 1e-6f);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      const float4 ow = *reinterpret_cast<const float4*>(o_s + (w * rows + r) * o_pitch + d);
+      const float s = wt[w] * norm;
+      acc[0] += ow.x * s;
+      acc[1] += ow.y * s;
+      acc[2] += ow.z * s;
+      acc[3] += ow.w * s;
+    }
+    O* o = out_row0 + r * out_stride_head + d;
+    O value[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) o[k] = value[k] = from_float<O>(acc[k]);
+    if (d == 0 && stat_row0 >= 0) {
+      exp_sums[stat_row0 + r * stat_stride] = l;
+      max_logits[stat_row0 + r * stat_stride] = mx * LN2;
+    }
+    if (final_row0 == nullptr) continue;
+    T* f = final_row0 + r * final_stride_head + d;
+    if (run == nullptr) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) f[k] = from_float<T>(to_float(value[k]));
+      continue;
+    }
+    float* merged = run + 4 * rows + r * head_size + d;
+    float m_new = mx, l_new = l;
+    if (!first) {  // merged * L e^(M - M') / L' + this part * l e^(mx - M') / L'
+      const float m_old = run[(parity ^ 1) * rows + r], l_old = run[(2 + (parity ^ 1)) * rows + r];
+      m_new = fmaxf(m_old, mx);
+      const float kept = l_old * exp2_ftz(m_old - m_new), added = l * exp2_ftz(mx - m_new);
+      l_new = kept + added;
+      const float inv = __fdividef(1.0f, l_new);
+      const float4 prev = *reinterpret_cast<const float4*>(merged);
+      acc[0] = prev.x * (kept * inv) + acc[0] * (added * inv);
+      acc[1] = prev.y * (kept * inv) + acc[1] * (added * inv);
+      acc[2] = prev.z * (kept * inv) + acc[2] * (added * inv);
+      acc[3] = prev.w * (kept * inv) + acc[3] * (added * inv);
+    }
+    if (d == 0) {
+      run[parity * rows + r] = m_new;
+      run[(2 + parity) * rows + r] = l_new;
+    }
+    if (last) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) f[k] = from_float<T>(acc[k]);
+    } else {
+      *reinterpret_cast<float4*>(merged) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    }
+  }
 }
 
 // An empty sequence when final_out is given (split v1, one-partition v2): no CTA has a result,

@@ -517,13 +517,14 @@ def tile_tokens(head_size: int, cache_elem: int) -> int:
 
 
 def warp_merge_bytes(rows: int, head_size: int) -> int:
-    """Where 4 warps publish (m, l, O) for finish_cta: [4][rows] m and l, [4][rows][head_size + 4]
-    O (the GQA kernel pads O's rows by 4 floats, o_pitch; the head-as-M kernels use less)."""
+    """Where 4 warps publish (m, l, O) for the merge (finish_cta, merge_warps): [4][rows] m and l,
+    [4][rows][head_size + 4] O (the GQA kernel pads O's rows by 4 floats, o_pitch; the head-as-M
+    kernels use less)."""
     return (2 * 4 * rows + 4 * rows * (head_size + 4)) * 4
 
 
 def run_merge_bytes(rows: int, head_size: int) -> int:
-    """A v2 CTA's running merge of its partitions (WarpMerge::run in paged_mma.cuh): [4][rows]
+    """A v2 CTA's running merge of its partitions (merge_warps' run in paged_mma.cuh): [4][rows]
     then [rows][head_size] floats, after the warps' region."""
     return (4 * rows + rows * head_size) * 4
 
