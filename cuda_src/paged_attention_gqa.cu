@@ -106,9 +106,11 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   const TileCopier<KV> copier(tiles);
 
   // Q^T as B fragments (k = dims, n = heads): lane holds head 8h + g, dims lo/hi of each k-step.
+  // Loaded after the first stages' copies are issued (load_q below): a CTA's first global reads
+  // are then its KV stream, with the query rows' latency behind them instead of in front.
   unsigned qb[KSTEPS][HT][2];
   float slope2[HT][2];  // ALiBi slopes (base 2) of this lane's S columns: heads 8h + 2c, + 1
-  {
+  auto load_q = [&]() {
     const int lo = IS_FP8 ? 4 * c : 2 * c, hi = IS_FP8 ? 4 * c + 2 : 2 * c + 8;
     const T* q0 = query + seq * q_stride_seq + head0 * q_stride_head;
 #pragma unroll
@@ -128,12 +130,15 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         slope2[h][j] = (alibi_slopes != nullptr && col < heads_here) ? __ldg(alibi_slopes + head0 + col) * LOG2E : 0.0f;
       }
     }
-  }
+  };
+#ifdef CUPY_OPS_EXP_Q_FIRST  // experiment (tools/exp_paged_parts.py): the query before the stages
+  load_q();
+#endif
   // Softmax in base 2 (logits times log2 e, exp2_ftz); max logits are written back in natural units.
   // v2 with CTAs spanning several 512-token partitions (part_tokens < split_tokens): at each
-  // partition end the warps publish their (m, l, O) to a region after the stages, merge them
-  // (finish_cta without the split merge) and start the next partition from zero; the last
-  // partition, like v1, ends the CTA.
+  // partition end the warps publish their (m, l, O) to a region after the stages and start the
+  // next partition from zero; the merge of what they published runs after the next tile's
+  // barrier (merge_warps); the last partition, like v1, ends the CTA.
   const float s_scale = scale * (IS_FP8 ? __ldg(k_scale_ptr) : 1.0f) * LOG2E;
   const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
 
@@ -278,6 +283,9 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       cp_async_commit();  // keep one cp.async group per stage
     }
   }
+#ifndef CUPY_OPS_EXP_Q_FIRST
+  load_q();
+#endif
   // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
   // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
   // v2 partition ends inside the loop cost no barrier of their own: the warps publish and restart
