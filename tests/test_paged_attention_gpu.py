@@ -325,6 +325,30 @@ def test_v2_scratch_contract(torch, monkeypatch, dtype, own_merge):
     assert np.all(got_tmp[~d] == -7.0)
 
 
+def test_v2_merge_in_launch_with_unaligned_tmp_out(torch):
+    """The in-launch merge reads tmp_out 4 elements at a time when its base allows; a caller's
+    tmp_out that starts 2 bytes past an 8-byte boundary takes the scalar loop and must give the
+    same answer."""
+    case = Case(torch, [3000, 700, 1], 32, 8, 128, 16, seed=41)
+    t = case.torch
+    S, H, D = case.query.shape
+    P = math.ceil(case.max_seq_len / 512)
+    args, opts = case.args()
+    want = ref.paged_attention(*case.reference_args()[0], **case.reference_args()[1])
+    pa._PLANS.clear()
+    for offset in (0, 1):
+        out = t.full((S, H, D), float("nan"), dtype=case.query.dtype, device="cuda")
+        es, ml = t.full((S, H, P), -7.0, device="cuda"), t.full((S, H, P), -7.0, device="cuda")
+        store = t.full((S * H * P * D + 4,), -7.0, dtype=case.query.dtype, device="cuda")
+        tmp = store.narrow(0, offset, S * H * P * D).view(S, H, P, D)
+        cupy_ops.paged_attention_v2(out, es, ml, tmp, *args, **opts)
+        t.cuda.synchronize()
+        check_out(case, out, want, v2=True)
+    plans = list(pa._PLANS._plans.values())
+    assert all(len(getattr(p, "launches", (p,))) == 1 for p in plans), "expected the merge in the decode launch"
+    pa._PLANS.clear()
+
+
 def test_v1_and_v2_agree_bitwise_for_one_partition(torch):
     """With seq_len <= 512 and enough sequences that v1 does not split, both run the same
     single-pass arithmetic (spec §9.7)."""

@@ -59,7 +59,7 @@ step bench_paged2 200 python3 -m cupy_ops bench paged_attention --json "$OUT/ben
 step bench_paged_noown 200 python3 -c "import sys; from cupy_ops.ops import paged_attention as pa; pa.V2_OWN_MERGE = False; \
 from cupy_ops.__main__ import main; sys.exit(main(['bench', 'paged_attention', '--json', '$OUT/bench_paged_noown.json']))"
 step sanitize_paged 400 env OUT="$OUT/sanitize_paged" TOOLS="memcheck racecheck" TOOL_TIMEOUT=190 bash tools/sanitize.sh \
-  "(split_call and 128 and auto) or (both_tensor_core and gqa and (auto-128-16 or fp8_e4m3) and multi_part) or scratch_contract"
+  "(split_call and 128 and auto) or (both_tensor_core and gqa and (auto-128-16 or fp8_e4m3) and multi_part) or scratch_contract or unaligned_tmp_out"
 step sanitize_vs 300 env OUT="$OUT/sanitize_vs" TOOLS="memcheck racecheck" TOOL_TIMEOUT=140 bash tools/sanitize.sh \
   "test_vertical_slash_gpu and (golden or random_sweep and 64-3)"
 step bench_topk 150 python3 -m cupy_ops bench top_k_per_row --json "$OUT/bench_topk.json"

@@ -4,6 +4,7 @@
 
 #include "mma.cuh"
 #include "paged_tiles.cuh"
+#include "vec.cuh"
 
 namespace cupy_ops {
 
@@ -144,12 +145,38 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
     for (int p = lane; p < n; p += 32) w_s[r * n + p] *= inv;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < heads_here * head_size; i += THREADS) {
-    const int r = i / head_size, d = i - r * head_size;
+  // 4 dims of a row per thread with one vector load per entry, BATCH entries loaded before any is
+  // used: this tail is latency bound (L2 reads of what the other CTAs just wrote), so what counts
+  // is the loads in flight. (p21's vector form with `unroll 4` kept fewer in flight than the
+  // scalar loop, which ptxas had batched ~16 deep: docs/perf.md.) A tmp_out base that is not
+  // aligned to 4 elements (a caller's view) takes the scalar loop.
+  constexpr int BATCH = 8;
+  const bool vec4 = (reinterpret_cast<unsigned long long>(tmp_out) & (4 * sizeof(TT) - 1)) == 0;
+  const int per = vec4 ? 4 : 1, units = head_size / per;
+  for (int i = threadIdx.x; i < heads_here * units; i += THREADS) {
+    const int r = i / units, d = (i - r * units) * per;
     const TT* t = tmp_out + (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions * head_size + d;
-    float acc = 0.0f;
-    for (int p = 0; p < n; ++p) acc += to_float(__ldcg(t + static_cast<long long>(p) * head_size)) * w_s[r * n + p];
-    final_out[seq * fo_seq + (head0 + r) * fo_head + d] = from_float<T>(acc);
+    const float* w = w_s + r * n;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (vec4) {
+      for (int p0 = 0; p0 < n; p0 += BATCH) {
+        Vec<TT, 4> v[BATCH];
+#pragma unroll
+        for (int k = 0; k < BATCH; ++k)
+          if (p0 + k < n) v[k].raw = __ldcg(reinterpret_cast<const typename Vec<TT, 4>::Raw*>(t + static_cast<long long>(p0 + k) * head_size));
+#pragma unroll
+        for (int k = 0; k < BATCH; ++k)
+          if (p0 + k < n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[e] += to_float(v[k].get(e)) * w[p0 + k];
+      }
+    } else {
+      for (int p = 0; p < n; ++p) acc[0] += to_float(__ldcg(t + static_cast<long long>(p) * head_size)) * w[p];
+    }
+    T* f = final_out + seq * fo_seq + (head0 + r) * fo_head + d;
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (e < per) f[e] = from_float<T>(acc[e]);
   }
   if (threadIdx.x == 0) *counter = 0;
 }

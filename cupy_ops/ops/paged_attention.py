@@ -681,12 +681,16 @@ def _plan(arrays, scalars, validate):
         # v1 split: partial results, then (tensor cores) one arrival counter per (sequence, head
         # chunk): the last CTA of each merges the splits in the same launch. Zeroed once here;
         # the kernel resets each counter after use.
+        # [exp_sums | max_logits | partials | counters], float32; the partials 16-byte aligned
+        # (the in-launch merge reads 4 at a time).
         stats = a.num_seqs * a.num_heads * splits
+        padded = -(-stats // 4) * 4
         counters = a.num_seqs * ctas_per_split if mma else 0
-        workspace = _interop.empty_like_framework(a.query, (stats * (a.head_size + 2) + counters,),
+        workspace = _interop.empty_like_framework(a.query, (2 * padded + stats * a.head_size + counters,),
                                                   "float32", zero=True)
         ws = workspace.ptr
-        target = (ws + 8 * stats, ws, ws + 4 * stats,
+        counters_ptr = ws + 4 * (2 * padded + stats * a.head_size)
+        target = (ws + 8 * padded, ws, ws + 4 * padded,
                   a.num_heads * splits * a.head_size, splits * a.head_size, a.head_size)
     grid = (a.num_seqs, ctas_per_split, splits)
     pitch = a.partitions if a.op == OP_V2 else splits  # partial results per (seq, head)
@@ -712,7 +716,7 @@ def _plan(arrays, scalars, validate):
         workspace = _interop.empty_like_framework(a.query, (a.num_seqs * ctas_per_split,), "float32", zero=True)
     if mma:
         if fused:
-            finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], ws + 4 * stats * (a.head_size + 2))
+            finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], counters_ptr)
             smem = max(smem, merge_smem_bytes(splits))
         elif fused_v2:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], workspace.ptr)
