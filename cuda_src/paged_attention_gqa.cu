@@ -162,10 +162,6 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // of a quad write different columns of the same dims, which an unpadded pitch of a multiple of
   // 32 floats put in one bank). Mid-loop (multi_part) after the stages; at the end of a v1 CTA
   // over the free stages. A v2 CTA that spans its whole sequence (final_out without counters)
-  // keeps a running merge of its partitions after that (WarpMerge::run) and writes final_out.
-  // O rows padded by 4 floats (the 4 lanes of a quad write different columns of the same dims,
-  // which an unpadded pitch of a multiple of 32 floats put in one bank); rows: the most query heads
-  // a CTA of this launch has. A v2 CTA spanning its whole sequence (final_out without counters)
   // keeps the running merge of its partitions after that region and writes final_out itself.
   auto region = [&]() { return reinterpret_cast<float*>(smem + (multi_part ? 2 * STAGES * tile_bytes : 0)); };
   auto publish = [&]() {
