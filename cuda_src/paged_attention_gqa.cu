@@ -27,6 +27,9 @@
 //   DMAX    head_size bound (64, 128, 256): sizes the register arrays; head_size % 16 == 0
 //   STAGES  pipeline depth (2..4), from gqa_stages() in ops/paged_attention.py
 //   HT      head n-tiles: 1 (<= 8 query heads per CTA) or 2 (<= 16)
+//   MULTI   CTAs may span several v2 partitions (part_tokens < split_tokens): v2's instantiations
+//           only (HT 1, O = T). v1's loop is smaller without that code: B256 L1024 275.8 us
+//           against 279.3 with it, never executed (H200, docs/perf.md p22e).
 // fp8 fragments: a lane's k-indices {2c, 2c+1, 2c+8, 2c+9} of a 16-wide k-step are mapped to four
 // consecutive elements (dims 4c..4c+3 of K, tokens 4c..4c+3 of V), so each is one 32-bit shared
 // load; Q's B fragments use the same dimension order, and the S rows (tokens) follow the V token
@@ -52,12 +55,13 @@ __device__ __forceinline__ int s_row_token(int m) {
 // room for 4 CTAs (head size 64; fp8 head size 128 with <= 8 heads: 4 CTAs per SM make B64 L4096
 // one wave, docs/perf.md p20); else 2: 16-bit head size 128 runs 2 CTAs per SM (shared memory)
 // and ptxas's own choice of 128 registers spilled inside the tile loop there.
-template <typename T, typename KV, typename O, int DMAX, int STAGES, int HT>
+template <typename T, typename KV, typename O, int DMAX, int STAGES, int HT, bool MULTI>
 __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 && DMAX == 128 && HT == 1)) ? 4 : 2)
     paged_decode_gqa_kernel(PAGED_DECODE_MMA_PARAMS) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
   static_assert(HT == 1 || HT == 2, "8 or 16 query heads per CTA");
+  static_assert(!MULTI || HT == 1, "v2 runs groups above 8 on the parts kernel");
   constexpr bool IS_FP8 = sizeof(KV) == 1;
   using MT = typename pick_type<IS_FP8, __half, T>::type;
   constexpr int ELEM = static_cast<int>(sizeof(KV));
@@ -154,9 +158,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     }
   };
   reset_softmax();
-  // (v2 runs groups above 8, HT 2, on the parts kernel: ops/paged_attention.py never asks for
-  // multi_part there, and compiling it out keeps the HT 2 loop's registers.)
-  const bool multi_part = HT == 1 && part_tokens < split_tokens;
+  const bool multi_part = MULTI && part_tokens < split_tokens;
   // Where warps publish (m, l, O) for the merge: [WARPS][rows] m and l, [WARPS][rows][o_pitch] O,
   // rows = the most query heads a CTA of this launch has (O rows padded by 4 floats: the 4 lanes
   // of a quad write different columns of the same dims, which an unpadded pitch of a multiple of

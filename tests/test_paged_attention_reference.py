@@ -1013,6 +1013,12 @@ def test_plan_routes_every_path_without_a_gpu(monkeypatch):
     monkeypatch.setattr(pa, "V2_OWN_MERGE", False)
     assert route(pa.OP_V2, 64, 4096, 32, 8, 128, 16) == [(gqa, (64, 8, 1)), (reduce_, (64, 32, 1))]
     monkeypatch.setattr(pa, "V2_OWN_MERGE", True)
+    # Only v2's CTAs over several partitions run the instantiation with that code (MULTI); v1 and
+    # one-partition v2 (bit-identical to v1, §9.7) run the other.
+    variant_of = lambda *args: _plan_routes(monkeypatch, *args)[0][1]  # noqa: E731
+    assert variant_of(pa.OP_V2, 64, 4096, 32, 8, 128, 16).multi
+    assert not variant_of(pa.OP_V1, 64, 4096, 32, 8, 128, 16).multi
+    assert not variant_of(pa.OP_V2, 64, 500, 32, 8, 128, 16).multi
     # v2, small batch: one wave, partitions merged in the launch.
     r = route(pa.OP_V2, 8, 4096, 32, 8, 128, 16)
     assert [f for f, _ in r] == [gqa]

@@ -50,7 +50,8 @@ def main():
                                             lens, 16, L, kv_cache_dtype=kv, k_scale=one, v_scale=one)
             plans.append(list(pa._PLANS._plans.values())[-1])
         first = plans[0].launches[0] if hasattr(plans[0], "launches") else plans[0]
-        variant = pa.choose_variant("bfloat16", pa.KV_KINDS[kv], 128, 4, "bfloat16", False)
+        # The plan's instantiation: v2's CTAs span partitions here (MULTI), v1's do not.
+        variant = pa.choose_variant("bfloat16", pa.KV_KINDS[kv], 128, 4, "bfloat16", False, multi=op == "v2")
         expr = pa.GQA_FAMILY.name_expression(variant)
         cells = []
         for sw in SWITCHES:

@@ -139,12 +139,14 @@ MMA8_EXCHANGE_BYTES = 8 * 32 * 8 * 4  # partial S of every lane of the 8 warps
 @dataclasses.dataclass(frozen=True)
 class GqaVariant(MmaVariant):
     """paged_decode_gqa_kernel: MmaVariant's parameters plus the query heads per CTA (the mma's N:
-    8, or 16 for groups above 8)."""
+    8, or 16 for groups above 8) and whether CTAs may span several v2 partitions (``multi``: only
+    v2's instantiations carry that code; v1's loop is smaller without it, docs/perf.md p22e)."""
 
     heads: int = 8
+    multi: bool = False
 
     def template_args(self) -> tuple[str, ...]:
-        return super().template_args() + (str(self.heads // 8),)
+        return super().template_args() + (str(self.heads // 8), "true" if self.multi else "false")
 
 
 def gqa_stages(dmax: int, kv: str) -> int:
@@ -157,8 +159,9 @@ def gqa_stages(dmax: int, kv: str) -> int:
 
 
 GQA_HEADS = (8, 16)
-GQA_VARIANTS = tuple(GqaVariant(v.dtype, v.kv, v.out, v.dmax, gqa_stages(v.dmax, v.kv), h)
-                     for v in MMA_VARIANTS for h in GQA_HEADS)
+GQA_VARIANTS = tuple(GqaVariant(v.dtype, v.kv, v.out, v.dmax, gqa_stages(v.dmax, v.kv), h, multi)
+                     for v in MMA_VARIANTS for h in GQA_HEADS for multi in (False, True)
+                     if not multi or (h == 8 and v.out == v.dtype))
 # The v1 kernel for tensor-core shapes (and v2's one-CTA-per-partition path): the GQA group as the
 # mma's N dimension, tokens as M (paged_attention_gqa.cu). H200 (docs/perf.md, p14).
 GQA_FAMILY = _runtime.KernelFamily(
@@ -487,16 +490,18 @@ def group_tile(group: int) -> int:
 
 
 def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str, sparse: bool,
-                   parts: bool = False):
+                   parts: bool = False, multi: bool = False):
     """The tensor-core kernels for 16-bit queries with head_size % 16 == 0 and no block-sparse
-    pattern (v1: the GQA kernel, a GqaVariant; ``parts``: v2's parts kernel, a MmaVariant); the
-    CUDA-core kernel otherwise (fp32 queries, head sizes 8 (mod 16), block-sparse)."""
+    pattern (v1: the GQA kernel, a GqaVariant; ``parts``: v2's parts kernel, a MmaVariant;
+    ``multi``: the GQA kernel's v2 form, CTAs over several partitions); the CUDA-core kernel
+    otherwise (fp32 queries, head sizes 8 (mod 16), block-sparse)."""
     if dtype in MMA_DTYPES and head_size % 16 == 0 and not sparse:
         dmax = 64 if head_size <= 64 else (128 if head_size <= 128 else 256)
         v = MmaVariant(dtype, kv, out, dmax, mma_stages(dmax, kv))
         if parts or v1_kernel() != "gqa":
             return v
-        return GqaVariant(dtype, kv, out, dmax, gqa_stages(dmax, kv), heads=8 if group <= 8 else 16)
+        heads = 8 if group <= 8 else 16
+        return GqaVariant(dtype, kv, out, dmax, gqa_stages(dmax, kv), heads=heads, multi=multi and heads == 8)
     return Variant(dtype, kv, out, group_tile(group), 1 if head_size <= THREADS else 2)
 
 
@@ -619,7 +624,7 @@ def _plan(arrays, scalars, validate):
     def slots(parts: bool = False, multi_part: bool = False, own_merge: bool = False) -> int:
         """CTAs of the decode kernel resident on the whole GPU at once."""
         fam, threads = family_of(parts)
-        v = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse, parts)
+        v = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse, parts, multi_part)
         per_sm = _device.resident_blocks(_runtime.get_kernel(fam, v, device), threads,
                                          smem_bytes(v, a.head_size, tile, cache_elem, parts,
                                                     eight and not parts, multi_part, rows, own_merge))
@@ -666,7 +671,7 @@ def _plan(arrays, scalars, validate):
     own_merge = (multi and splits == 1 and V2_OWN_MERGE
                  and slots(multi_part=True, own_merge=True) == multi_slots)
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
-    variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse, parts)
+    variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse, parts, multi)
     family, threads = family_of(parts)
     kernel = _runtime.get_kernel(family, variant, device)
     smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts, multi, rows, own_merge)
