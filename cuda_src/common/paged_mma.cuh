@@ -183,7 +183,7 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
 
 // The end of a v1-style decode CTA (or of one v2 partition inside it) whose WARPS warps each ran
 // their own online softmax over part of the tokens and published, in base-2 units, m_s[w][r],
-// l_s[w][r] (row pitch ROWS) and o_s[w][r][o_pitch] (unnormalised; o_pitch 0: head_size) for
+// l_s[w][r] (row pitch ROWS) and o_s[w][r][head_size] (unnormalised) for
 // query rows r of the CTA, followed by a barrier. Merges the warps per row and writes
 // out[seq][head0 + r][part] (v_scale applied; part: the split, or the v2 partition), and:
 //   exp_sums != nullptr      exp_sums / max_logits (natural units) of this part (v2, split v1)
@@ -191,9 +191,9 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
 //   split_counters           the last CTA of (seq, head chunk) merges all parts into final_out
 // One thread per row first turns its warps' (m, l) into final weights (in place of l_s) and
 // writes the row's statistics; then every element is a WARPS-term dot product with no
-// exponential or division (per element, the earlier form cost WARPS exp2f and a division; v2,
-// which merges at every 512-token partition, went from 298.9 to 284.7 us at B64 L4096 on H200,
-// docs/perf.md p20).
+// exponential or division (docs/perf.md p20). Used by the head-as-M kernels, which merge once
+// per CTA; the GQA kernel, which merges at every v2 partition end, uses merge_warps below (one
+// step, no barrier inside).
 template <typename T, typename O, int THREADS, int WARPS, int ROWS = 16>
 __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float v_scale, O* out,
                            int seq, int head0, int heads_here, int head_size, int part,
@@ -201,8 +201,7 @@ __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float
                            float* exp_sums, float* max_logits, int num_heads, int num_partitions,
                            T* final_out, long long final_stride_seq, long long final_stride_head,
                            int* split_counters, int seq_len, int split_tokens, int part_tokens,
-                           unsigned char* smem, int o_pitch = 0) {
-  if (o_pitch == 0) o_pitch = head_size;
+                           unsigned char* smem) {
   const int r0 = threadIdx.x;
   if (r0 < heads_here) {
     float mx = -PA_FLT_MAX;
@@ -228,7 +227,7 @@ __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float
     const int r = i / head_size, d = i - r * head_size;
     float acc = 0.0f;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) acc += o_s[(w * ROWS + r) * o_pitch + d] * l_s[w * ROWS + r];
+    for (int w = 0; w < WARPS; ++w) acc += o_s[(w * ROWS + r) * head_size + d] * l_s[w * ROWS + r];
     const O value = from_float<O>(acc);
     out[seq * out_stride_seq + (head0 + r) * out_stride_head + part * out_stride_part + d] = value;
     if (final_out != nullptr && split_counters == nullptr)
