@@ -158,7 +158,8 @@ def run_v1(case, **kw):
 def whole_sequence_ctas(monkeypatch):
     """Make the wave model never split a sequence across CTAs, so that v2 over several
     partitions takes the GQA CTAs that merge their own partitions (V2_OWN_MERGE)."""
-    monkeypatch.setattr(pa, "v1_splits", lambda num_seqs, ctas, max_len, granule, slots: -(-max(max_len, 1) // granule) * granule)
+    monkeypatch.setattr(pa, "v1_splits",
+                        lambda num_seqs, ctas, max_len, granule, slots: -(-max(max_len, 1) // granule) * granule)
     pa._PLANS.clear()
 
 
@@ -334,7 +335,8 @@ def test_v2_merge_in_launch_with_unaligned_tmp_out(torch):
     S, H, D = case.query.shape
     P = math.ceil(case.max_seq_len / 512)
     args, opts = case.args()
-    want = ref.paged_attention(*case.reference_args()[0], **case.reference_args()[1])
+    ref_args, ref_opts = case.reference_args()
+    want = ref.paged_attention(*ref_args, **ref_opts)
     pa._PLANS.clear()
     for offset in (0, 1):
         out = t.full((S, H, D), float("nan"), dtype=case.query.dtype, device="cuda")

@@ -49,7 +49,7 @@ def main():
                 cupy_ops.paged_attention_v2(out, es, es.clone(), tmp, q, kc, vc, 8, 128 ** -0.5, table,
                                             lens, 16, L, kv_cache_dtype=kv, k_scale=one, v_scale=one)
             plans.append(list(pa._PLANS._plans.values())[-1])
-        first = plans[0].launches[0] if hasattr(plans[0], "launches") else plans[0]
+        decode = [p.launches[0] if hasattr(p, "launches") else p for p in plans]  # the decode launches
         # The plan's instantiation: v2's CTAs span partitions here (MULTI), v1's do not.
         variant = pa.choose_variant("bfloat16", pa.KV_KINDS[kv], 128, 4, "bfloat16", False, multi=op == "v2")
         expr = pa.GQA_FAMILY.name_expression(variant)
@@ -58,11 +58,11 @@ def main():
             sw = "" if sw == "-" else sw
             c = _runtime.nvrtc_compile(src, [expr], opts + tuple(f"-D{x}" for x in sw.split("+") if x))
             fn = _device.load_function(0, c.binary, c.lowered_names[expr])
-            for p in plans:
-                (p.launches[0] if hasattr(p, "launches") else p).func_ptr = fn.ptr
+            for launch in decode:
+                launch.func_ptr = fn.ptr
             us = _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=100)
             cells.append(f"{sw.replace('CUPY_OPS_EXP_', '') or 'shipped'} {us:.1f}")
-        print(f"{name:18s} grid={first.dims[:3]}: " + " | ".join(cells), flush=True)
+        print(f"{name:18s} grid={decode[0].dims[:3]}: " + " | ".join(cells), flush=True)
         del sets
         torch.cuda.empty_cache()
 

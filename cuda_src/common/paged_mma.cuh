@@ -183,9 +183,9 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
 
 // The end of a v1-style decode CTA (or of one v2 partition inside it) whose WARPS warps each ran
 // their own online softmax over part of the tokens and published, in base-2 units, m_s[w][r],
-// l_s[w][r] (row pitch ROWS) and o_s[w][r][head_size] (unnormalised) for
-// query rows r of the CTA, followed by a barrier. Merges the warps per row and writes
-// out[seq][head0 + r][part] (v_scale applied; part: the split, or the v2 partition), and:
+// l_s[w][r] (row pitch ROWS) and o_s[w][r][head_size] (unnormalised) for query rows r of the CTA,
+// followed by a barrier. Merges the warps per row and writes out[seq][head0 + r][part] (v_scale
+// applied; part: the split, or the v2 partition), and:
 //   exp_sums != nullptr      exp_sums / max_logits (natural units) of this part (v2, split v1)
 //   final_out, no counters   the same value to final_out as well (v2 with one partition)
 //   split_counters           the last CTA of (seq, head chunk) merges all parts into final_out
