@@ -11,9 +11,9 @@
 //     caches: one instruction per 16x16 fragment instead of four 32-bit loads);
 //   - P^T feeds O^T += V^T P^T after an in-register 8x8 transpose (movmatrix), no shared memory.
 // Each of the 4 warps owns 16 tokens of every 64-token tile with its own online softmax; the warps'
-// (m, l, O) merge once at the end (finish_cta), or at every v2 partition end when a CTA spans
-// several partitions. Stages are filled by bulk copies (block sizes 8, 16) or cp.async (see the
-// loader below).
+// (m, l, O) merge once at the CTA's end (merge_warps). A v2 CTA over several partitions gives each
+// warp its own partition, 4 at a time (token_at below), so a partition's result needs no merge.
+// Stages are filled by bulk copies (block sizes 8, 16) or cp.async (see the loader below).
 // Why (docs/perf.md, p14-p17): on H200 the head-as-M 8-warp kernel issued ~460 instructions per
 // warp per tile at 0.47 IPC per scheduler and 3.7 TB/s, while a read-only kernel with the same
 // pipeline streams 4.38 TB/s: the math, not the copies, set the pace.
@@ -27,9 +27,9 @@
 //   DMAX    head_size bound (64, 128, 256): sizes the register arrays; head_size % 16 == 0
 //   STAGES  pipeline depth (2..4), from gqa_stages() in ops/paged_attention.py
 //   HT      head n-tiles: 1 (<= 8 query heads per CTA) or 2 (<= 16)
-//   MULTI   CTAs may span several v2 partitions (part_tokens < split_tokens): v2's instantiations
-//           only (HT 1, O = T). v1's loop is smaller without that code: B256 L1024 275.8 us
-//           against 279.3 with it, never executed (H200, docs/perf.md p22e).
+//   MULTI   CTAs may span several v2 partitions (part_tokens < split_tokens; part_tokens = 512,
+//           block sizes <= 16): v2's instantiations only (HT 1, O = T). v1's loop is smaller
+//           without that code (H200, docs/perf.md p22e).
 // fp8 fragments: a lane's k-indices {2c, 2c+1, 2c+8, 2c+9} of a 16-wide k-step are mapped to four
 // consecutive elements (dims 4c..4c+3 of K, tokens 4c..4c+3 of V), so each is one 32-bit shared
 // load; Q's B fragments use the same dimension order, and the S rows (tokens) follow the V token
@@ -139,16 +139,12 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   load_q();
 #endif
   // Softmax in base 2 (logits times log2 e, exp2_ftz); max logits are written back in natural units.
-  // v2 with CTAs spanning several 512-token partitions (part_tokens < split_tokens): at each
-  // partition end the warps publish their (m, l, O) to a region after the stages and start the
-  // next partition from zero; the merge of what they published runs after the next tile's
-  // barrier (merge_warps); the last partition, like v1, ends the CTA.
   const float s_scale = scale * (IS_FP8 ? __ldg(k_scale_ptr) : 1.0f) * LOG2E;
   const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
 
   float o[KSTEPS][HT][4];  // O^T: dims 16mt + g (+ 8) x heads 8h + 2c (+ 1)
   float m_run[HT][2], l_run[HT][2];
-  auto reset_softmax = [&]() {  // at the start of the CTA and of each v2 partition
+  auto reset_softmax = [&]() {  // at the start of the CTA and of each v2 round
 #pragma unroll
     for (int h = 0; h < HT; ++h) {
       m_run[h][0] = m_run[h][1] = -PA_FLT_MAX;
@@ -158,17 +154,54 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     }
   };
   reset_softmax();
+
+  // Which 16 tokens of a tile each warp takes. v1, and v2 CTAs of one partition: warp w the
+  // tokens 16w..16w+15 of 64 consecutive ones. v2 CTAs over several 512-token partitions (MULTI,
+  // part_tokens < split_tokens): each warp its own partition, in rounds of 4 partitions (a warp
+  // reads 16 tokens of its partition per tile), so that a partition's result is one warp's, written
+  // from its registers when the round ends: no barrier, no merge, and at most one round end per
+  // 2048 tokens. The CTA's last round has 1-4 partitions: 3 or 4 take one warp each (with 3 the
+  // fourth warp idles), 2 two warps each, 1 all four (the v1 layout); its warps merge at the end.
+  // (MULTI: part_tokens is v2's 512, a constant here: no division, and registers under the
+  // 128 of fp8's 4 CTAs per SM.)
+  static_assert(WARPS == 4 && TILE == 64, "the round layout below");
+  constexpr int V2_PART = 512, ROUND_TILES = V2_PART / 16;  // a full round: 16 tokens per warp and tile
   const bool multi_part = MULTI && part_tokens < split_tokens;
-  // Where warps publish (m, l, O) for the merge: [WARPS][rows] m and l, [WARPS][rows][o_pitch] O,
-  // rows = the most query heads a CTA of this launch has (O rows padded by 4 floats: the 4 lanes
-  // of a quad write different columns of the same dims, which an unpadded pitch of a multiple of
-  // 32 floats put in one bank). Mid-loop (multi_part) after the stages; at the end of a v1 CTA
-  // over the free stages. A v2 CTA that spans its whole sequence (final_out without counters)
-  // keeps the running merge of its partitions after that region and writes final_out itself.
-  auto region = [&]() { return reinterpret_cast<float*>(smem + (multi_part ? 2 * STAGES * tile_bytes : 0)); };
+  const int first_part = MULTI ? begin / V2_PART : begin / part_tokens;
+  const int parts_here = multi_part ? (end - begin + V2_PART - 1) / V2_PART : 1;
+  const int full_rounds = (parts_here - 1) / WARPS;
+  const int last_parts = parts_here - full_rounds * WARPS;
+  const int last_lp = last_parts >= 3 ? 2 : last_parts - 1;  // log2 of the last round's partitions at once
+  // The sequence token at tile position p (0..63) of tile `it`.
+  auto token_at = [&](int it, int p) {
+    if constexpr (!MULTI) {
+      return begin + it * TILE + p;
+    } else {
+      const int r = min(it / ROUND_TILES, full_rounds);
+      const int lp = r < full_rounds ? 2 : last_lp, lw = 2 - lp;  // log2: partitions, warps per partition
+      const int w = p >> 4;
+      return begin + ((r << 2) + (w >> lw)) * V2_PART + ((it - r * ROUND_TILES) << (6 - lp)) +
+             ((w & ((1 << lw) - 1)) << 4) + (p & 15);
+    }
+  };
+  int num_tiles = 0;
+  if (end > begin) {
+    if constexpr (MULTI) {  // the last round: as many tiles as its first partition needs
+      const int last_begin = begin + full_rounds * WARPS * V2_PART, span_log2 = 6 - last_lp;
+      num_tiles = full_rounds * ROUND_TILES + ((min(end - last_begin, V2_PART) + (1 << span_log2) - 1) >> span_log2);
+    } else {
+      num_tiles = (end - begin + TILE - 1) / TILE;
+    }
+  }
+
+  // Where warps publish (m, l, O) for the end-of-CTA merge, over the free stages: [WARPS][rows] m
+  // and l, [WARPS][rows][o_pitch] O, rows = the most query heads a CTA of this launch has (O rows
+  // padded by 4 floats: the 4 lanes of a quad write different columns of the same dims, which an
+  // unpadded pitch of a multiple of 32 floats put in one bank).
+  float* const region = reinterpret_cast<float*>(smem);
+  const int rows = min(HEADS, group), o_pitch = head_size + 4;
   auto publish = [&]() {
-    const int rows = min(HEADS, group), o_pitch = head_size + 4;
-    float* m_s = region();
+    float* m_s = region;
     float* l_s = m_s + WARPS * rows;
     float* o_s = l_s + WARPS * rows;
 #pragma unroll
@@ -194,21 +227,43 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         }
       }
   };
-  // The merge of partition (or v1 split) `part` from what publish() wrote (merge_warps: one step,
-  // after a CTA barrier). (Addresses built here, not held across the tile loop: registers.)
-  const int first_part = begin / part_tokens;
-  auto merge = [&](int part, bool last) {
-    const int rows = min(HEADS, group), o_pitch = head_size + 4;
-    float* reg = region();
-    const bool own = multi_part && final_out != nullptr && split_counters == nullptr;
+  // A full round's end: this warp's partition `part`, normalised, to out (tmp_out) with its
+  // statistics, straight from the registers (the same values as merge_warps of one warp).
+  auto flush_warp = [&](int part) {
+#pragma unroll
+    for (int h = 0; h < HT; ++h)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float l = l_run[h][j];
+        l += __shfl_xor_sync(0xffffffffu, l, 4);
+        l += __shfl_xor_sync(0xffffffffu, l, 8);
+        l += __shfl_xor_sync(0xffffffffu, l, 16);
+        const int col = 8 * h + 2 * c + j;
+        if (col >= heads_here) continue;
+        const float norm = __fdividef(v_scale, l + 1e-6f);
+        O* orow = out + seq * out_stride_seq + (head0 + col) * out_stride_head + part * out_stride_part;
+#pragma unroll
+        for (int mt = 0; mt < KSTEPS; ++mt) {
+          if (mt * 16 >= head_size) break;
+          orow[mt * 16 + g] = from_float<O>(o[mt][h][j] * norm);
+          orow[mt * 16 + g + 8] = from_float<O>(o[mt][h][j + 2] * norm);
+        }
+        if (g == 0 && exp_sums != nullptr) {
+          const long long idx = (static_cast<long long>(seq) * num_heads + head0 + col) * num_partitions + part;
+          exp_sums[idx] = l;
+          max_logits[idx] = m_run[h][j] * LN2;
+        }
+      }
+  };
+  // The merge of warps w0 .. w0 + n - 1 from what publish() wrote (after a barrier): to out's
+  // partition (or v1 split) `part` with its statistics when with_out, and to final_row0 if given.
+  auto merge = [&](int part, int w0, int n, bool with_out, T* final_row0) {
     merge_warps<T, O, PA_THREADS, WARPS>(
-        reg, rows, o_pitch, v_scale, heads_here, head_size,
-        out + seq * out_stride_seq + head0 * out_stride_head + part * out_stride_part, out_stride_head, exp_sums,
-        max_logits, exp_sums != nullptr ? (static_cast<long long>(seq) * num_heads + head0) * num_partitions + part : -1,
-        num_partitions,
-        (final_out != nullptr && split_counters == nullptr) ? final_out + seq * final_stride_seq + head0 * final_stride_head : nullptr,
-        final_stride_head, own ? reg + WARPS * rows * (2 + o_pitch) : nullptr, (part - first_part) & 1,
-        part == first_part, last);
+        region, rows, o_pitch, w0, n, v_scale, heads_here, head_size,
+        with_out ? out + seq * out_stride_seq + head0 * out_stride_head + part * out_stride_part : nullptr,
+        out_stride_head, exp_sums, max_logits,
+        (with_out && exp_sums != nullptr) ? (static_cast<long long>(seq) * num_heads + head0) * num_partitions + part : -1,
+        num_partitions, final_row0, final_stride_head);
   };
 
   // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel, and the
@@ -245,23 +300,26 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 
   // Bulk path: warp 0 fills a stage, lane u copying cache block u of the tile (<= 8 blocks), from
   // the kv head's bases and the table row that `tiles` holds.
-  auto bulk_load = [&](int tile_begin, int stage) {
+  auto bulk_load = [&](int it_load, int stage) {
     if (warp != 0) return;
     const unsigned bar = smem_addr(&full_bar[stage]);
-    const int live = min(TILE >> log2_bs, (end - tile_begin + block_size - 1) >> log2_bs);
-    if (lane == 0) mbar_arrive_expect_tx(bar, live * 2 * block_bytes);
-    if (lane < live) {
-      const long long phys = __ldg(tiles.table + ((tile_begin >> log2_bs) + lane));
+    const int p = lane << log2_bs;  // the first tile position of this lane's block
+    const int tok = token_at(it_load, p & (TILE - 1));
+    const bool live = p < TILE && tok < end;
+    const int live_blocks = __popc(__ballot_sync(0xffffffffu, live));
+    if (lane == 0) mbar_arrive_expect_tx(bar, live_blocks * 2 * block_bytes);
+    if (live) {
+      const long long phys = __ldg(tiles.table + (tok >> log2_bs));
       const unsigned dst = stage * tile_bytes + lane * block_bytes;
       bulk_copy_g2s(smem_addr(k_s) + dst, tiles.k_base + phys * k_stride_block * ELEM, block_bytes, bar);
       bulk_copy_g2s(smem_addr(v_s) + dst, tiles.v_base + phys * v_stride_block * ELEM, block_bytes, bar);
     }
   };
-  auto load = [&](int tile_begin, int stage) {
+  auto load = [&](int it_load, int stage) {
     if (bulk) {
-      bulk_load(tile_begin, stage);
+      bulk_load(it_load, stage);
     } else {
-      copier.load(tile_begin, stage, all_blocks);
+      copier.load_mapped([&](int p) { return token_at(it_load, p); }, stage, all_blocks);
       cp_async_commit();
     }
   };
@@ -272,11 +330,10 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   }
   __syncthreads();
 
-  const int num_tiles = end > begin ? (end - begin + TILE - 1) / TILE : 0;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < num_tiles) {
-      load(begin + s * TILE, s);
+      load(s, s);
     } else if (!bulk) {
       cp_async_commit();  // keep one cp.async group per stage
     }
@@ -286,23 +343,11 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 #endif
   // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
   // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
-  // v2 partition ends inside the loop cost no barrier of their own: the warps publish and restart
-  // their softmax, and the merge runs after the next tile's barrier (pending), while warp 0 keeps
-  // the stages filling. The next publish is a partition (8 tiles) later.
-  const int tiles_per_part = part_tokens / TILE;
-  bool pending = false;
-  int pending_part = 0;
   for (int it = 0; it < num_tiles; ++it) {
-#ifndef CUPY_OPS_EXP_NO_PART_END  // experiment (tools/exp_paged_parts.py): no partition ends at all
-    if (multi_part && it > 0 && it % tiles_per_part == 0) {  // tiles [it - tiles_per_part, it): a partition
-      publish();
+    if (MULTI && multi_part && it > 0 && it <= full_rounds * ROUND_TILES && it % ROUND_TILES == 0) {
+      flush_warp(first_part + (it / ROUND_TILES - 1) * WARPS + warp);  // a full round ended
       reset_softmax();
-#ifndef CUPY_OPS_EXP_PUBLISH_ONLY  // experiment: publish and restart, no merge
-      pending = true;
-#endif
-      pending_part = (begin + (it - 1) * TILE) / part_tokens;
     }
-#endif
     const int stage = it % STAGES;
     if (bulk) {
       mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
@@ -311,34 +356,26 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     }
     __syncthreads();
     if (it + STAGES - 1 < num_tiles) {
-      load(begin + (it + STAGES - 1) * TILE, (it + STAGES - 1) % STAGES);
+      load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
     } else if (!bulk) {
       cp_async_commit();
     }
-    if (pending) {
-      merge(pending_part, false);
-      pending = false;
-    }
-    const int tile_begin = begin + it * TILE;
-    const int valid = min(TILE, end - tile_begin);
-    if (valid < TILE) {
-      if (bulk) {
-        // Tokens past the end (garbage of a partly used block, or blocks not copied): V must
-        // be zero there (probability 0 times NaN is NaN). The last tile: no copy follows.
-        unsigned char* vs0 = v_s + stage * tile_bytes;
-        const int rest = TILE - valid;
-        for (int i = tid; i < head_size * rest; i += PA_THREADS) {
-          const int d = i / rest, t = valid + (i - d * rest);
-          unsigned char* p = vs0 + (t >> log2_bs) * block_bytes + ((d << log2_bs) + (t & (block_size - 1))) * ELEM;
+    const int tok0 = token_at(it, tw);  // this warp's first token
+    const int valid = min(16, end - tok0);
+    if (valid <= 0) continue;
+    if (valid < 16) {
+      // Tokens past the end (garbage of a partly used block, or blocks not copied): V must be
+      // zero there (probability 0 times NaN is NaN). Only this warp reads its 16 tokens.
+      unsigned char* vs0 = v_s + stage * tile_bytes;
+      const int rest = 16 - valid;
+      for (int i = lane; i < head_size * rest; i += 32) {
+        const int d = i / rest, t = tw + valid + (i - d * rest);
+        unsigned char* p = vs0 + v_at(t, d);
 #pragma unroll
-          for (int b = 0; b < ELEM; ++b) p[b] = 0;
-        }
-        __syncthreads();
-      } else {
-        tiles.clear_tail(stage, valid);
+        for (int b = 0; b < ELEM; ++b) p[b] = 0;
       }
+      __syncwarp();
     }
-    if (tw >= valid) continue;
 #ifdef CUPY_OPS_EXP_SKIP_MATH  // experiment (tools/exp_paged_parts.py): the pipeline alone
     continue;
 #endif
@@ -365,9 +402,9 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       for (int h = 0; h < HT; ++h) mma16816<MT>((kk & 1) ? s_odd[h] : s[h], a, qb[kk][h][0], qb[kk][h][1]);
     }
     // Scale, ALiBi, mask; online softmax per head column (this lane: heads 8h + 2c + {0, 1}).
-    const bool tail = valid < TILE;
-    const float pos0 = static_cast<float>(tile_begin + tw + tok_g - seq_len + 1);
-    const float pos8 = static_cast<float>(tile_begin + tw + tok_g8 - seq_len + 1);
+    const bool tail = valid < 16;
+    const float pos0 = static_cast<float>(tok0 + tok_g - seq_len + 1);
+    const float pos8 = static_cast<float>(tok0 + tok_g8 - seq_len + 1);
     unsigned pb[HT][2];  // P^T as B fragments of O^T += V^T P^T (k = tokens, n = heads)
 #pragma unroll
     for (int h = 0; h < HT; ++h) {
@@ -378,8 +415,8 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         if (alibi_slopes != nullptr) v[i] += slope2[h][i & 1] * (i < 2 ? pos0 : pos8);
       }
       if (tail) {
-        if (tw + tok_g >= valid) v[0] = v[1] = neg_inf();
-        if (tw + tok_g8 >= valid) v[2] = v[3] = neg_inf();
+        if (tok_g >= valid) v[0] = v[1] = neg_inf();
+        if (tok_g8 >= valid) v[2] = v[3] = neg_inf();
       }
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -427,11 +464,27 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   }
   if (!bulk) cp_async_wait<0>();  // bulk: every stage that was filled was also waited for
   __syncthreads();
-  // The last partition (v2) or the CTA's split (v1); for v1 the stages are free now.
-  const int part = num_tiles > 0 ? (begin + (num_tiles - 1) * TILE) / part_tokens : split;
+  // The CTA's end (the stages are free now): the warps publish; each partition of the last round
+  // (v2), the CTA's split (v1) or its one partition is merged from its warps. A v2 CTA that spans
+  // its sequence (final_out without counters) also writes final_out: from all its warps when it
+  // had one round, else from the partition results it wrote (merge_partitions).
+  const int last_pp = 1 << last_lp, wp = WARPS >> last_lp;
+  const bool own = multi_part && final_out != nullptr && split_counters == nullptr;
+  T* final_row0 = (final_out != nullptr && split_counters == nullptr)
+                      ? final_out + seq * final_stride_seq + head0 * final_stride_head : nullptr;
   publish();
   __syncthreads();
-  merge(part, true);
+  for (int s = 0; s < last_pp; ++s) {
+    if (s > 0 && begin + (full_rounds * WARPS + s) * V2_PART >= end) break;  // an idle warp
+    merge(first_part + full_rounds * WARPS + s, s * wp, wp, true, last_pp == 1 && full_rounds == 0 ? final_row0 : nullptr);
+  }
+  if (own && full_rounds == 0 && last_pp > 1) merge(0, 0, WARPS, false, final_row0);
+  if (own && full_rounds > 0) {
+    __syncthreads();  // the partition results (global) written by all warps; the region's last reads
+    merge_partitions<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, exp_sums, max_logits, out, seq,
+                                       head0, heads_here, head_size, num_heads, num_partitions,
+                                       (seq_len + part_tokens - 1) / part_tokens, region);
+  }
   if (split_counters != nullptr)
     merge_splits_if_last<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,
                                            max_logits, out, seq, head0, heads_here, head_size, num_heads,

@@ -326,6 +326,45 @@ def test_v2_scratch_contract(torch, monkeypatch, dtype, own_merge):
     assert np.all(got_tmp[~d] == -7.0)
 
 
+# Lengths whose partition counts are 1..11 with and without tails: the GQA kernel's v2 rounds
+# (each warp on its own partition, 4 at a time) end with 1, 2, 3 (one warp idle) or 4 partitions.
+ROUND_LENGTHS = [1, 511, 512, 513, 1024, 1100, 1536, 1537, 2048, 2049, 2600, 3072, 3585, 4096, 4097,
+                 5000, 5632]
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["whole_sequence_ctas", "split_ctas"])
+@pytest.mark.parametrize("kv,D,BS,Hq,Hkv", [("auto", 128, 16, 32, 8), ("auto", 64, 8, 6, 2), ("auto", 128, 4, 8, 8),
+                                            ("auto", 80, 1, 12, 4), ("fp8_e4m3", 128, 16, 32, 8),
+                                            ("fp8_e5m2", 64, 8, 8, 1)])
+def test_v2_partition_rounds(torch, monkeypatch, own, kv, D, BS, Hq, Hkv):
+    """v2 on GQA CTAs over several partitions, every round layout: out and every partition's
+    scratch (tmp_out, exp_sums, max_logits) against the reference, ALiBi on."""
+    chosen = []
+    choose = pa.choose_variant
+    monkeypatch.setattr(pa, "choose_variant", lambda *a, **k: chosen.append(choose(*a, **k)) or chosen[-1])
+    if own:
+        whole_sequence_ctas(monkeypatch)
+    pa._PLANS.clear()
+    try:
+        case = Case(torch, ROUND_LENGTHS, Hq, Hkv, D, BS, kv=kv, alibi=True, seed=D + BS + Hq)
+        out, es, ml, tmp = run_v2(case)
+    finally:
+        pa._PLANS.clear()
+    assert any(getattr(v, "multi", False) for v in chosen), "the multi-partition GQA kernel did not run"
+    args, opts = case.reference_args()
+    check_out(case, out, ref.paged_attention(*args, **opts), v2=True)
+    parts = ref.paged_attention_v2_partials(*args, **opts)
+    d = parts.defined
+    got_es, got_ml, got_tmp = es.cpu().numpy(), ml.cpu().numpy(), tmp.float().cpu().numpy()
+    np.testing.assert_allclose(got_ml[d], parts.max_logits[d], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_es[d], parts.exp_sums[d], rtol=2e-4)
+    vmax = case.max_abs_v()
+    u_p = U["float16"] if kv != "auto" else U[case.dtype]
+    tol = (U[case.dtype] + u_p) * np.abs(parts.tmp_out[d]) + u_p * vmax + 2e-5 * vmax
+    assert np.all(np.abs(got_tmp[d] - parts.tmp_out[d]) <= tol)
+    assert np.all(got_es[~d] == -7.0) and np.all(got_tmp[~d] == -7.0), "wrote past the sequence's partitions"
+
+
 def test_v2_merge_in_launch_with_unaligned_tmp_out(torch):
     """The in-launch merge reads tmp_out 4 elements at a time when its base allows; a caller's
     tmp_out that starts 2 bytes past an 8-byte boundary takes the scalar loop and must give the

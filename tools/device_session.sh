@@ -47,7 +47,7 @@ step topk_phases 120 bash -c "for t in 512 1024; do python3 tools/exp_top_k.py -
 step ncu_vs 200 bash -c "$(declare -f ncu_profile); ncu_profile vertical 1 tools/ncu_vs.py"
 step ncu_paged 300 bash -c "$(declare -f ncu_profile); for s in '64 4096' '256 1024'; do set -- \$s; echo \"== B\$1 L\$2\"; B=\$1 L=\$2 ncu_profile paged_decode_gqa 2 tools/ncu_paged.py; done"
 step ncu_topk 200 bash -c "$(declare -f ncu_profile); ROWS=\${ROWS:-128} COLS=\${COLS:-8192} ncu_profile top_k 2 tools/ncu_topk.py"
-step paged_parts 300 env SWITCHES="${SWITCHES:-- CUPY_OPS_EXP_NO_PART_END CUPY_OPS_EXP_PUBLISH_ONLY CUPY_OPS_EXP_SKIP_MATH CUPY_OPS_EXP_SKIP_MATH+CUPY_OPS_EXP_NO_PART_END}" \
+step paged_parts 300 env SWITCHES="${SWITCHES:-- CUPY_OPS_EXP_SKIP_MATH}" \
   python3 tools/exp_paged_parts.py
 step ncu_paged_v12 300 bash -c "$(declare -f ncu_profile); for op in v1 v2; do echo \"== \$op B64 L4096\"; OP=\$op ncu_profile paged_decode_gqa 2 tools/ncu_paged.py; done"
 step gqa_stages 200 python3 tools/exp_paged.py
@@ -60,7 +60,7 @@ step bench_paged2 200 python3 -m cupy_ops bench paged_attention --json "$OUT/ben
 step bench_paged_noown 200 python3 -c "import sys; from cupy_ops.ops import paged_attention as pa; pa.V2_OWN_MERGE = False; \
 from cupy_ops.__main__ import main; sys.exit(main(['bench', 'paged_attention', '--json', '$OUT/bench_paged_noown.json']))"
 step sanitize_paged 400 env OUT="$OUT/sanitize_paged" TOOLS="memcheck racecheck" TOOL_TIMEOUT=190 bash tools/sanitize.sh \
-  "(split_call and 128 and auto) or (both_tensor_core and gqa and (auto-128-16 or fp8_e4m3) and multi_part) or scratch_contract or unaligned_tmp_out"
+  "(split_call and 128 and auto) or (both_tensor_core and gqa and (auto-128-16 or fp8_e4m3) and multi_part) or scratch_contract or unaligned_tmp_out or (partition_rounds and (auto-128-16 or auto-80-1 or fp8_e4m3))"
 step sanitize_vs 300 env OUT="$OUT/sanitize_vs" TOOLS="memcheck racecheck" TOOL_TIMEOUT=140 bash tools/sanitize.sh \
   "test_vertical_slash_gpu and (golden or random_sweep and 64-3)"
 step bench_topk 150 python3 -m cupy_ops bench top_k_per_row --json "$OUT/bench_topk.json"

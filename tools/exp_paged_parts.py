@@ -21,10 +21,9 @@ CONFIGS = [("v1 B64 L4096", "v1", 64, 4096, "auto"), ("v1 B256 L1024", "v1", 256
            ("v2 B64 L4096", "v2", 64, 4096, "auto"), ("v2 B256 L1024", "v2", 256, 1024, "auto"),
            ("v1 fp8 B64 L4096", "v1", 64, 4096, "fp8_e4m3"), ("v2 fp8 B64 L4096", "v2", 64, 4096, "fp8_e4m3")]
 # (A switch that skipped the warps' merge measured nothing useful: without the epilogue the
-# compiler deletes the O accumulators and most of P V with it.) v2's partition ends:
-#   CUPY_OPS_EXP_NO_PART_END     none (one softmax over the CTA's tokens, written as its last partition)
-#   CUPY_OPS_EXP_PUBLISH_ONLY    the warps publish and restart, no merge
-# and CUPY_OPS_EXP_Q_FIRST: the query rows loaded before the first stages are issued (as before p22c).
+# compiler deletes the O accumulators and most of P V with it.) Also CUPY_OPS_EXP_Q_FIRST: the
+# query rows loaded before the first stages are issued (as before p22c). (p22's switches for v2's
+# partition ends went with them in p23: a warp per partition.)
 SWITCHES = os.environ.get("SWITCHES", "- CUPY_OPS_EXP_SKIP_PV CUPY_OPS_EXP_SKIP_MATH").split()
 
 

@@ -102,29 +102,15 @@ struct MmaRows {
   }
 };
 
-// Splits merged in the decode launch (the tensor-core kernels' tail; v1 splits, and v2's
-// partitions). Each of the `arrivals` CTAs of a (sequence, head chunk) has written its partial
-// results: tmp_out[seq][head][p][d] (float for v1's workspace, T for v2's tmp_out; normalised by
-// its own exp sum), exp_sums / max_logits[seq][head][p], for the n entries p of the sequence. The
-// last CTA to arrive merges the n entries with the log-sum-exp rule into final_out and resets its
-// counter to zero for the next call (so CUDA-graph replays start from zero too). Counters start at
-// zero (allocated zeroed with the plan's workspace). Shared memory: heads_here * n floats + 1 int,
-// reused from the kernel's stages (called after the last barrier of the epilogue).
+// The log-sum-exp merge of a (sequence, head chunk)'s n partial results into final_out, by the
+// whole CTA: tmp_out[seq][head][p][d] (float for v1's workspace, T for v2's tmp_out; normalised
+// by its own exp sum), exp_sums / max_logits[seq][head][p] (natural units), p < n, written by
+// this CTA or by others before a fence. Shared memory: heads_here * n floats from w_s, reused
+// from the kernel's stages (the caller's barrier before: those writes and the stages' last reads).
 template <typename T, typename TT, int THREADS>
-__device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long fo_head, int* counters,
-                                     const float* exp_sums, const float* max_logits,
-                                     const TT* tmp_out, int seq, int head0, int heads_here,
-                                     int head_size, int num_heads, int num_partitions, int arrivals, int n,
-                                     unsigned char* smem) {
-  int* last_s = reinterpret_cast<int*>(smem);
-  float* w_s = reinterpret_cast<float*>(smem + 16);  // [heads_here][n]
-  int* counter = counters + seq * gridDim.y + blockIdx.y;
-  __threadfence();  // this CTA's partial results, before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) *last_s = atomicAdd(counter, 1) == arrivals - 1;
-  __syncthreads();
-  if (!*last_s) return;
-  __threadfence();  // the other CTAs' partial results, after their counts
+__device__ void merge_partitions(T* final_out, long long fo_seq, long long fo_head, const float* exp_sums,
+                                 const float* max_logits, const TT* tmp_out, int seq, int head0, int heads_here,
+                                 int head_size, int num_heads, int num_partitions, int n, float* w_s) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int r = warp; r < heads_here; r += THREADS / 32) {
     const long long base = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions;
@@ -178,6 +164,31 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
     for (int e = 0; e < 4; ++e)
       if (e < per) f[e] = from_float<T>(acc[e]);
   }
+}
+
+// Splits merged in the decode launch (the tensor-core kernels' tail; v1 splits, and v2's
+// partitions). Each of the `arrivals` CTAs of a (sequence, head chunk) has written its partial
+// results (as merge_partitions reads them); the last CTA to arrive merges them into final_out and
+// resets its counter to zero for the next call (so CUDA-graph replays start from zero too).
+// Counters start at zero (allocated zeroed with the plan's workspace). Shared memory: 16 bytes,
+// then merge_partitions' weights.
+template <typename T, typename TT, int THREADS>
+__device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long fo_head, int* counters,
+                                     const float* exp_sums, const float* max_logits,
+                                     const TT* tmp_out, int seq, int head0, int heads_here,
+                                     int head_size, int num_heads, int num_partitions, int arrivals, int n,
+                                     unsigned char* smem) {
+  int* last_s = reinterpret_cast<int*>(smem);
+  int* counter = counters + seq * gridDim.y + blockIdx.y;
+  __threadfence();  // this CTA's partial results, before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) *last_s = atomicAdd(counter, 1) == arrivals - 1;
+  __syncthreads();
+  if (!*last_s) return;
+  __threadfence();  // the other CTAs' partial results, after their counts
+  merge_partitions<T, TT, THREADS>(final_out, fo_seq, fo_head, exp_sums, max_logits, tmp_out, seq, head0,
+                                   heads_here, head_size, num_heads, num_partitions, n,
+                                   reinterpret_cast<float*>(smem + 16));
   if (threadIdx.x == 0) *counter = 0;
 }
 
@@ -192,8 +203,8 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
 // One thread per row first turns its warps' (m, l) into final weights (in place of l_s) and
 // writes the row's statistics; then every element is a WARPS-term dot product with no
 // exponential or division (docs/perf.md p20). Used by the head-as-M kernels, which merge once
-// per CTA; the GQA kernel, which merges at every v2 partition end, uses merge_warps below (one
-// step, no barrier inside).
+// per CTA; the GQA kernel uses merge_warps below (one step, no barrier inside, any subset of
+// its warps).
 template <typename T, typename O, int THREADS, int WARPS, int ROWS = 16>
 __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float v_scale, O* out,
                            int seq, int head0, int heads_here, int head_size, int part,
@@ -240,30 +251,22 @@ __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float
                                         (seq_len + part_tokens - 1) / part_tokens, smem);
 }
 
-// The GQA kernel's merge of its warps' results for one v2 partition (or a v1 split), in one step
-// after the CTA barrier that follows the warps' publish: no barrier inside, so that v2 can run it
-// at a partition end behind the next tile's barrier while warp 0 keeps the stages filling. What the
-// warps published (base-2 units, unnormalised O): m[WARPS][rows], l[WARPS][rows],
-// o[WARPS][rows][o_pitch] (o_pitch % 4 == 0, 16-byte aligned) from `region`.
-// Each thread takes 4 consecutive dims of a row at a time and computes that row's weights itself
-// (~20 independent instructions; H200, docs/perf.md p22: the two-step form, one thread per row
-// computing weights with IEEE division and exp2f between two barriers, cost v2 ~1.3 us per
-// partition end on the kernel's critical path, 18 us at B64 L4096).
-// Writes out[row][d] (v_scale applied) and, for stat_row0 >= 0, exp_sums / max_logits at
-// stat_row0 + row * stat_stride (natural units). final_row0 != nullptr: also the final output,
-//   run == nullptr   the same value (v2 with one partition);
-//   run != nullptr   the running merge of the CTA's partitions (a CTA spanning its sequence):
-//                    run = M[2][rows], L[2][rows] (max and sum so far, base 2; two slots by
-//                    partition parity, as other threads of a row may still read the old pair
-//                    while one writes the new), then merged[rows][head_size] (normalised), which
-//                    needs no barrier: a thread owns the same elements in every partition.
-//                    final_row0 is written at the last partition only.
+// The GQA kernel's merge of its warps' results for one v2 partition, a v1 split or a CTA's whole
+// range, after the CTA barrier that follows the warps' publish (no barrier inside). What the warps
+// published (base-2 units, unnormalised O): m[WARPS][rows], l[WARPS][rows],
+// o[WARPS][rows][o_pitch] (o_pitch % 4 == 0, 16-byte aligned) from `region`; warps w0 .. w0 + n - 1
+// are merged. Each thread takes 4 consecutive dims of a row at a time and computes that row's
+// weights itself (~20 independent instructions; H200, docs/perf.md p22: the two-step form, one
+// thread per row computing weights with IEEE division and exp2f between two barriers, was slower).
+// Writes, v_scale applied: out[row][d] when out_row0 != nullptr, and for stat_row0 >= 0
+// exp_sums / max_logits at stat_row0 + row * stat_stride (natural units); final_row0 != nullptr:
+// also the final output (out's value rounded to T when out is written, so that a one-partition v2
+// and v1 agree bit for bit).
 template <typename T, typename O, int THREADS, int WARPS>
-__device__ __forceinline__ void merge_warps(const float* region, int rows, int o_pitch, float v_scale,
+__device__ __forceinline__ void merge_warps(const float* region, int rows, int o_pitch, int w0, int n, float v_scale,
                                             int heads_here, int head_size, O* out_row0, long long out_stride_head,
                                             float* exp_sums, float* max_logits, long long stat_row0, long long stat_stride,
-                                            T* final_row0, long long final_stride_head, float* run, int parity,
-                                            bool first, bool last) {
+                                            T* final_row0, long long final_stride_head) {
   const float* m_s = region;
   const float* l_s = region + WARPS * rows;
   const float* o_s = region + 2 * WARPS * rows;
@@ -273,64 +276,43 @@ __device__ __forceinline__ void merge_warps(const float* region, int rows, int o
     float m[WARPS], wt[WARPS], mx = -PA_FLT_MAX, l = 0.0f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
-      m[w] = m_s[w * rows + r];
+      m[w] = w < n ? m_s[(w0 + w) * rows + r] : -PA_FLT_MAX;
       mx = fmaxf(mx, m[w]);
     }
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
       wt[w] = exp2_ftz(m[w] - mx);
-      l += l_s[w * rows + r] * wt[w];
+      if (w < n) l += l_s[(w0 + w) * rows + r] * wt[w];
     }
     const float norm = __fdividef(v_scale, l + 1e-6f);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
-      const float4 ow = *reinterpret_cast<const float4*>(o_s + (w * rows + r) * o_pitch + d);
+      if (w >= n) break;
+      const float4 ow = *reinterpret_cast<const float4*>(o_s + ((w0 + w) * rows + r) * o_pitch + d);
       const float s = wt[w] * norm;
       acc[0] += ow.x * s;
       acc[1] += ow.y * s;
       acc[2] += ow.z * s;
       acc[3] += ow.w * s;
     }
-    O* o = out_row0 + r * out_stride_head + d;
-    O value[4];
+    if (out_row0 != nullptr) {
+      O* o = out_row0 + r * out_stride_head + d;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) o[k] = value[k] = from_float<O>(acc[k]);
+      for (int k = 0; k < 4; ++k) {
+        const O value = from_float<O>(acc[k]);
+        o[k] = value;
+        acc[k] = to_float(value);
+      }
+    }
     if (d == 0 && stat_row0 >= 0) {
       exp_sums[stat_row0 + r * stat_stride] = l;
       max_logits[stat_row0 + r * stat_stride] = mx * LN2;
     }
     if (final_row0 == nullptr) continue;
     T* f = final_row0 + r * final_stride_head + d;
-    if (run == nullptr) {
 #pragma unroll
-      for (int k = 0; k < 4; ++k) f[k] = from_float<T>(to_float(value[k]));
-      continue;
-    }
-    float* merged = run + 4 * rows + r * head_size + d;
-    float m_new = mx, l_new = l;
-    if (!first) {  // merged * L e^(M - M') / L' + this part * l e^(mx - M') / L'
-      const float m_old = run[(parity ^ 1) * rows + r], l_old = run[(2 + (parity ^ 1)) * rows + r];
-      m_new = fmaxf(m_old, mx);
-      const float kept = l_old * exp2_ftz(m_old - m_new), added = l * exp2_ftz(mx - m_new);
-      l_new = kept + added;
-      const float inv = __fdividef(1.0f, l_new);
-      const float4 prev = *reinterpret_cast<const float4*>(merged);
-      acc[0] = prev.x * (kept * inv) + acc[0] * (added * inv);
-      acc[1] = prev.y * (kept * inv) + acc[1] * (added * inv);
-      acc[2] = prev.z * (kept * inv) + acc[2] * (added * inv);
-      acc[3] = prev.w * (kept * inv) + acc[3] * (added * inv);
-    }
-    if (d == 0) {
-      run[parity * rows + r] = m_new;
-      run[(2 + parity) * rows + r] = l_new;
-    }
-    if (last) {
-#pragma unroll
-      for (int k = 0; k < 4; ++k) f[k] = from_float<T>(acc[k]);
-    } else {
-      *reinterpret_cast<float4*>(merged) = make_float4(acc[0], acc[1], acc[2], acc[3]);
-    }
+    for (int k = 0; k < 4; ++k) f[k] = from_float<T>(acc[k]);
   }
 }
 

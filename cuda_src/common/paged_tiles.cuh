@@ -113,10 +113,19 @@ struct KvTiles {
   // caller commits and waits). needed(blk) says whether a cache block is read at all.
   template <typename Needed>
   __device__ void load(int tile_begin, int stage, Needed needed) const {
+    load_mapped([tile_begin](int p) { return tile_begin + p; }, stage, needed);
+  }
+
+  // The same with the tile's tokens given by tok(p), the sequence token at tile position p
+  // (0 <= p < tile_tokens), contiguous within each 16-position chunk: with block sizes <= 16 a
+  // chunk holds whole cache blocks, so each chunk may come from anywhere in the sequence (the GQA
+  // kernel's warps on different v2 partitions).
+  template <typename Tok, typename Needed>
+  __device__ void load_mapped(Tok tok, int stage, Needed needed) const {
     if (whole_blocks()) {
-      load_whole_blocks(tile_begin, stage, needed);
+      load_whole_blocks(tok, stage, needed);
     } else {
-      load_by_rows(tile_begin, stage, needed);
+      load_by_rows(tok, stage, needed);
     }
   }
 
@@ -124,9 +133,9 @@ struct KvTiles {
   // region per kv head. Each thread serves one block (one block-table lookup per tile, issued
   // before its copies), and the threads of a block copy consecutive 16-byte words, so a warp
   // reads 256-512 contiguous bytes.
-  template <typename Needed>
-  __device__ void load_whole_blocks(int tile_begin, int stage, Needed needed) const {
-    load_whole_blocks_from(tile_begin, stage, lookup(tile_begin, needed));
+  template <typename Tok, typename Needed>
+  __device__ void load_whole_blocks(Tok tok, int stage, Needed needed) const {
+    load_whole_blocks_from(tok, stage, lookup(tok, needed));
   }
 
   // Whether load() copies whole blocks (then lookup / load_whole_blocks_from may be used).
@@ -135,18 +144,19 @@ struct KvTiles {
     return block_size <= tile_tokens && block_size * ELEM >= 16 && (tile_tokens >> log2_bs) <= static_cast<int>(blockDim.x);
   }
 
-  // The physical id of the cache block this thread copies for the tile at tile_begin, or -1
+  // The physical id of the cache block this thread copies for the tile of tok, or -1
   // when it copies none. Split from the copies so a caller can read the table a tile ahead.
-  template <typename Needed>
-  __device__ long long lookup(int tile_begin, Needed needed) const {
+  template <typename Tok, typename Needed>
+  __device__ long long lookup(Tok tok, Needed needed) const {
     const int blocks = tile_tokens >> log2_bs;
     const int u = threadIdx.x / (blockDim.x / blocks);
-    const int t0 = tile_begin + (u << log2_bs);
+    const int t0 = tok(u << log2_bs);
     const int blk = t0 >> log2_bs;
     return (t0 < end && needed(blk)) ? static_cast<long long>(__ldg(table + blk)) : -1;
   }
 
-  __device__ void load_whole_blocks_from(int tile_begin, int stage, long long looked_up) const {
+  template <typename Tok>
+  __device__ void load_whole_blocks_from(Tok tok, int stage, long long looked_up) const {
     const int block_size = 1 << log2_bs;
     unsigned char* ks = k_s + stage * tile_bytes();
     unsigned char* vs = v_s + stage * tile_bytes();
@@ -154,7 +164,7 @@ struct KvTiles {
     const int blocks = tile_tokens >> log2_bs;      // <= blockDim.x, both powers of two
     const int per_block = blockDim.x / blocks;
     const int u = threadIdx.x / per_block;
-    const int t0 = tile_begin + (u << log2_bs);     // first token of this block in the tile
+    const int t0 = tok(u << log2_bs);               // first token of this block in the tile
     const bool live = looked_up >= 0;
     const long long phys = live ? looked_up : 0;
     const int rb = row_bytes();
@@ -177,15 +187,15 @@ struct KvTiles {
 
   // General case (blocks larger than the tile, or block rows under 16 bytes): K by (chunk,
   // token), V by (row, piece) with pieces of one block row when a row is under 16 bytes.
-  template <typename Needed>
-  __device__ void load_by_rows(int tile_begin, int stage, Needed needed) const {
+  template <typename Tok, typename Needed>
+  __device__ void load_by_rows(Tok tok, int stage, Needed needed) const {
     const int block_size = 1 << log2_bs;
     unsigned char* ks = k_s + stage * tile_bytes();
     unsigned char* vs = v_s + stage * tile_bytes();
     const int chunks = head_size / X;
     for (int c = threadIdx.x; c < chunks * tile_tokens; c += blockDim.x) {
       const int j = c / tile_tokens, tl = c - j * tile_tokens;
-      const int t = tile_begin + tl;
+      const int t = tok(tl);
       if (t >= end) continue;
       const int blk = t >> log2_bs;
       if (!needed(blk)) continue;
@@ -200,7 +210,7 @@ struct KvTiles {
     const int piece_tokens = piece / ELEM;
     for (int c = threadIdx.x; c < head_size * pieces_per_row; c += blockDim.x) {
       const int d = c / pieces_per_row, k = c - d * pieces_per_row;
-      const int t = tile_begin + k * piece_tokens;
+      const int t = tok(k * piece_tokens);
       unsigned char* dst = vs + d * rb + v_swizzle(d, k * piece, rb);
       const int blk = t >> log2_bs;
       if (t >= end || !needed(blk)) {
@@ -281,11 +291,17 @@ struct TileCopier {
 
   template <typename Needed>
   __device__ void load(int tile_begin, int stage, Needed needed) const {
+    load_mapped([tile_begin](int p) { return tile_begin + p; }, stage, needed);
+  }
+
+  // tok(p): the sequence token at tile position p, as KvTiles::load_mapped.
+  template <typename Tok, typename Needed>
+  __device__ void load_mapped(Tok tok, int stage, Needed needed) const {
     if (!fast) {
-      t.load(tile_begin, stage, needed);
+      t.load_mapped(tok, stage, needed);
       return;
     }
-    const int t0 = tile_begin + u_tokens;
+    const int t0 = tok(u_tokens);
     const int blk = t0 >> t.log2_bs;
     const bool live = t0 < t.end && needed(blk);
     const long long phys = live ? static_cast<long long>(__ldg(t.table + blk)) : 0;

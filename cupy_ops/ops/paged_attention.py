@@ -45,8 +45,7 @@ V2_MULTI_PART = True
 # launch), like v1's splits under FUSED_MERGE_MAX_WAVES. docs/perf.md, p18.
 V2_FUSED_MERGE = True
 # v2 on the GQA kernel with one CTA per (sequence, head chunk) over the whole sequence: the CTA
-# merges its partitions as they finish and writes out itself (no reduce launch, no re-read of
-# tmp_out). docs/perf.md, p22.
+# merges its partitions itself and writes out (no reduce launch). docs/perf.md, p22, p23.
 V2_OWN_MERGE = True
 
 
@@ -151,10 +150,13 @@ class GqaVariant(MmaVariant):
 
 def gqa_stages(dmax: int, kv: str) -> int:
     """Pipeline depth of the GQA kernel from its stage size (64 tokens of K and V). H200
-    (docs/perf.md, p15): 32 KB stages (bf16 d128) run best 3 deep, 2 CTAs per SM (B64 L4096 276 us,
-    2 deep 331); 64 KB stages (d256) 3 deep, one CTA per SM (326 vs 369 us); 16 KB stages (fp8
-    d128) 2 deep: 4 CTAs per SM, one wave at B64 (178 us; 3 deep 183, 4 deep 272)."""
+    (docs/perf.md, p15, p22e): 32 KB stages (bf16 d128) run best 3 deep, 2 CTAs per SM (B64 L4096
+    265 us, 2 deep 312; B256 L1024 270 / 274); 64 KB stages (d256) 3 deep, one CTA per SM (291 vs
+    301 us); 16 KB stages (fp8 d128) 3 deep, still 4 CTAs per SM (141 us; 2 deep 148, 4 deep 232);
+    d64's 16-bit 16 KB stages 2 deep."""
     stage = MMA_TILE * dmax * (1 if kv != "auto" else 2) * 2
+    if kv != "auto" and dmax == 128:
+        return 3
     return 3 if stage >= 32768 else 2
 
 
@@ -530,24 +532,11 @@ def warp_merge_bytes(rows: int, head_size: int) -> int:
     return (2 * 4 * rows + 4 * rows * (head_size + 4)) * 4
 
 
-def run_merge_bytes(rows: int, head_size: int) -> int:
-    """A v2 CTA's running merge of its partitions (merge_warps' run in paged_mma.cuh): [4][rows]
-    then [rows][head_size] floats, after the warps' region."""
-    return (4 * rows + rows * head_size) * 4
-
-
 def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool = False,
-               eight_warps: bool = False, multi_part: bool = False, rows: int | None = None,
-               own_merge: bool = False) -> int:
-    """Dynamic shared memory of a decode launch. GQA kernel over several v2 partitions
-    (multi_part): the stages, then the warps' merge region for ``rows`` query heads per CTA
-    (default: the variant's most), then the running merge when the CTA spans its sequence."""
+               eight_warps: bool = False) -> int:
+    """Dynamic shared memory of a decode launch (the merges at a CTA's end reuse the stages)."""
     if isinstance(variant, MmaVariant):
         stages = variant.stages * 2 * MMA_TILE * head_size * cache_elem
-        if multi_part:
-            rows = variant.heads if rows is None else rows
-            return (stages + warp_merge_bytes(rows, head_size)
-                    + (run_merge_bytes(rows, head_size) if own_merge else 0))
         if parts:
             return 16 * (MMA_TILE + 4) * 4 + stages  # + S of one tile, rows padded (S_PITCH)
         if eight_warps:
@@ -620,16 +609,12 @@ def _plan(arrays, scalars, validate):
             return GQA_FAMILY, THREADS
         return (MMA8_FAMILY, MMA8_THREADS) if eight else (MMA_FAMILY, THREADS)
 
-    # Query heads per GQA CTA (the warps' merge region of multi-partition v2 is sized for them).
-    rows = min(group, heads_per_cta(probe, group))
-
-    def slots(parts: bool = False, multi_part: bool = False, own_merge: bool = False) -> int:
+    def slots(parts: bool = False, multi_part: bool = False) -> int:
         """CTAs of the decode kernel resident on the whole GPU at once."""
         fam, threads = family_of(parts)
         v = choose_variant(a.query.dtype, a.kv, a.head_size, group, a.query.dtype, sparse, parts, multi_part)
         per_sm = _device.resident_blocks(_runtime.get_kernel(fam, v, device), threads,
-                                         smem_bytes(v, a.head_size, tile, cache_elem, parts,
-                                                    eight and not parts, multi_part, rows, own_merge))
+                                         smem_bytes(v, a.head_size, tile, cache_elem, parts, eight and not parts))
         return per_sm * sm_count
 
     v1_slots = slots()  # the v1 kernel's: its wave model, the v2 kernel choice, the split merge
@@ -643,14 +628,13 @@ def _plan(arrays, scalars, validate):
     parts = (mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE
              and (group >= V2_PARTS_MIN_GROUP
                   or a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * v1_slots))
-    # v2 on the GQA kernel: CTAs span several partitions (split by the wave model), flushing one
-    # result per partition; V2_MULTI_PART off: one CTA per partition.
+    # v2 on the GQA kernel: CTAs span several partitions (split by the wave model), each warp
+    # on its own partition; V2_MULTI_PART off: one CTA per partition.
     # (Not with 16 heads per CTA: the kernel compiles that path out, and groups above 8 take the
-    # parts kernel anyway.)
+    # parts kernel anyway. Not with blocks over 16 tokens: a warp's 16 tokens of a tile must be
+    # whole cache blocks.)
     can_multi = (a.op == OP_V2 and mma and not parts and isinstance(probe, GqaVariant) and V2_MULTI_PART
-                 and probe.heads == 8 and a.max_seq_len > PARTITION_SIZE
-                 and smem_bytes(probe, a.head_size, tile, cache_elem, multi_part=True, rows=rows)
-                 <= _device.max_dynamic_smem(device) - GQA_STATIC_SMEM)
+                 and probe.heads == 8 and a.max_seq_len > PARTITION_SIZE and a.block_size <= 16)
     multi_slots = slots(multi_part=True) if can_multi else 0
     if a.op == OP_V2:
         part = PARTITION_SIZE
@@ -668,15 +652,14 @@ def _plan(arrays, scalars, validate):
         splits = max(1, -(-a.max_seq_len // split))
         direct = splits == 1
     multi = can_multi and split > PARTITION_SIZE  # (can_multi implies v2)
-    # One CTA per (sequence, head chunk) spanning every partition: it merges them itself, when the
-    # running merge's shared memory leaves as many CTAs per SM.
-    own_merge = (multi and splits == 1 and V2_OWN_MERGE
-                 and slots(multi_part=True, own_merge=True) == multi_slots)
     out_dtype = a.query.dtype if (direct or a.op == OP_V2) else "float32"
     variant = choose_variant(a.query.dtype, a.kv, a.head_size, group, out_dtype, sparse, parts, multi)
     family, threads = family_of(parts)
     kernel = _runtime.get_kernel(family, variant, device)
-    smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts, multi, rows, own_merge)
+    smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts)
+    # One CTA per (sequence, head chunk) spanning every partition: it merges them itself (when the
+    # merge's weights fit in the stages' shared memory: the partition count is unbounded).
+    own_merge = multi and splits == 1 and V2_OWN_MERGE and merge_smem_bytes(a.partitions) <= smem
     launches = []
     workspace = None
     if direct:
