@@ -172,23 +172,26 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   const int full_rounds = (parts_here - 1) / WARPS;
   const int last_parts = parts_here - full_rounds * WARPS;
   const int last_lp = last_parts >= 3 ? 2 : last_parts - 1;  // log2 of the last round's partitions at once
-  // The sequence token at tile position p (0..63) of tile `it`.
+  const int last_tile0 = full_rounds * ROUND_TILES;                // the last round's first tile
+  const int last_begin = begin + full_rounds * WARPS * V2_PART;     // and first token
+  const int last_lw = 2 - last_lp;                                  // log2 of its warps per partition
+  // The sequence token at tile position p (0..63) of tile `it` (position p is warp p / 16's).
   auto token_at = [&](int it, int p) {
     if constexpr (!MULTI) {
       return begin + it * TILE + p;
     } else {
-      const int r = min(it / ROUND_TILES, full_rounds);
-      const int lp = r < full_rounds ? 2 : last_lp, lw = 2 - lp;  // log2: partitions, warps per partition
       const int w = p >> 4;
-      return begin + ((r << 2) + (w >> lw)) * V2_PART + ((it - r * ROUND_TILES) << (6 - lp)) +
-             ((w & ((1 << lw) - 1)) << 4) + (p & 15);
+      if (it < last_tile0)
+        return begin + (it / ROUND_TILES) * (WARPS * V2_PART) + w * V2_PART + ((it % ROUND_TILES) << 4) + (p & 15);
+      return last_begin + (w >> last_lw) * V2_PART + ((it - last_tile0) << (6 - last_lp)) +
+             ((w & ((1 << last_lw) - 1)) << 4) + (p & 15);
     }
   };
   int num_tiles = 0;
   if (end > begin) {
     if constexpr (MULTI) {  // the last round: as many tiles as its first partition needs
-      const int last_begin = begin + full_rounds * WARPS * V2_PART, span_log2 = 6 - last_lp;
-      num_tiles = full_rounds * ROUND_TILES + ((min(end - last_begin, V2_PART) + (1 << span_log2) - 1) >> span_log2);
+      const int span_log2 = 6 - last_lp;
+      num_tiles = last_tile0 + ((min(end - last_begin, V2_PART) + (1 << span_log2) - 1) >> span_log2);
     } else {
       num_tiles = (end - begin + TILE - 1) / TILE;
     }
@@ -255,17 +258,6 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         }
       }
   };
-  // The merge of warps w0 .. w0 + n - 1 from what publish() wrote (after a barrier): to out's
-  // partition (or v1 split) `part` with its statistics when with_out, and to final_row0 if given.
-  auto merge = [&](int part, int w0, int n, bool with_out, T* final_row0) {
-    merge_warps<T, O, PA_THREADS, WARPS>(
-        region, rows, o_pitch, w0, n, v_scale, heads_here, head_size,
-        with_out ? out + seq * out_stride_seq + head0 * out_stride_head + part * out_stride_part : nullptr,
-        out_stride_head, exp_sums, max_logits,
-        (with_out && exp_sums != nullptr) ? (static_cast<long long>(seq) * num_heads + head0) * num_partitions + part : -1,
-        num_partitions, final_row0, final_stride_head);
-  };
-
   // Per-lane shared addresses (stage 0) of the fragments, fixed for the whole kernel, and the
   // steps between 16-wide k-steps of K (k_step) and 16-row m-tiles of V^T (v_step) in the
   // stage's layout; v_row8: V row d + 8 from row d (fp8).
@@ -344,7 +336,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
   // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
   for (int it = 0; it < num_tiles; ++it) {
-    if (MULTI && multi_part && it > 0 && it <= full_rounds * ROUND_TILES && it % ROUND_TILES == 0) {
+    if (MULTI && multi_part && it > 0 && it <= last_tile0 && it % ROUND_TILES == 0) {
       flush_warp(first_part + (it / ROUND_TILES - 1) * WARPS + warp);  // a full round ended
       reset_softmax();
     }
@@ -464,21 +456,23 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   }
   if (!bulk) cp_async_wait<0>();  // bulk: every stage that was filled was also waited for
   __syncthreads();
-  // The CTA's end (the stages are free now): the warps publish; each partition of the last round
-  // (v2), the CTA's split (v1) or its one partition is merged from its warps. A v2 CTA that spans
-  // its sequence (final_out without counters) also writes final_out: from all its warps when it
-  // had one round, else from the partition results it wrote (merge_partitions).
-  const int last_pp = 1 << last_lp, wp = WARPS >> last_lp;
+  // The CTA's end (the stages are free now): the warps publish, and one pass merges each partition
+  // of the last round (v2; groups of WARPS / 2^last_lp warps), the CTA's split (v1) or its one
+  // partition. final_out without counters (a v2 CTA over its whole sequence, or one partition):
+  // from all the warps when the CTA had one round, else from the partition results it wrote
+  // (merge_partitions).
   const bool own = multi_part && final_out != nullptr && split_counters == nullptr;
-  T* final_row0 = (final_out != nullptr && split_counters == nullptr)
+  T* final_row0 = (final_out != nullptr && split_counters == nullptr && full_rounds == 0)
                       ? final_out + seq * final_stride_seq + head0 * final_stride_head : nullptr;
+  const int part0 = first_part + full_rounds * WARPS;  // the last round's first partition
   publish();
   __syncthreads();
-  for (int s = 0; s < last_pp; ++s) {
-    if (s > 0 && begin + (full_rounds * WARPS + s) * V2_PART >= end) break;  // an idle warp
-    merge(first_part + full_rounds * WARPS + s, s * wp, wp, true, last_pp == 1 && full_rounds == 0 ? final_row0 : nullptr);
-  }
-  if (own && full_rounds == 0 && last_pp > 1) merge(0, 0, WARPS, false, final_row0);
+  merge_warps<T, O, PA_THREADS, WARPS>(
+      region, rows, o_pitch, 2 - last_lp, last_parts, v_scale, heads_here, head_size,
+      out + seq * out_stride_seq + head0 * out_stride_head + part0 * out_stride_part, out_stride_head,
+      out_stride_part, exp_sums, max_logits,
+      exp_sums != nullptr ? (static_cast<long long>(seq) * num_heads + head0) * num_partitions + part0 : -1,
+      num_partitions, final_row0, final_stride_head);
   if (own && full_rounds > 0) {
     __syncthreads();  // the partition results (global) written by all warps; the region's last reads
     merge_partitions<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, exp_sums, max_logits, out, seq,

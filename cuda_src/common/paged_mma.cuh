@@ -251,21 +251,22 @@ __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float
                                         (seq_len + part_tokens - 1) / part_tokens, smem);
 }
 
-// The GQA kernel's merge of its warps' results for one v2 partition, a v1 split or a CTA's whole
-// range, after the CTA barrier that follows the warps' publish (no barrier inside). What the warps
-// published (base-2 units, unnormalised O): m[WARPS][rows], l[WARPS][rows],
-// o[WARPS][rows][o_pitch] (o_pitch % 4 == 0, 16-byte aligned) from `region`; warps w0 .. w0 + n - 1
-// are merged. Each thread takes 4 consecutive dims of a row at a time and computes that row's
-// weights itself (~20 independent instructions; H200, docs/perf.md p22: the two-step form, one
-// thread per row computing weights with IEEE division and exp2f between two barriers, was slower).
-// Writes, v_scale applied: out[row][d] when out_row0 != nullptr, and for stat_row0 >= 0
-// exp_sums / max_logits at stat_row0 + row * stat_stride (natural units); final_row0 != nullptr:
-// also the final output (out's value rounded to T when out is written, so that a one-partition v2
-// and v1 agree bit for bit).
+// The GQA kernel's merge of its warps' results at the CTA's end, after the barrier that follows
+// the warps' publish (no barrier inside). What the warps published (base-2 units, unnormalised O):
+// m[WARPS][rows], l[WARPS][rows], o[WARPS][rows][o_pitch] (o_pitch % 4 == 0, 16-byte aligned)
+// from `region`. The warps form groups of 2^lw consecutive warps, each group one result: a v1
+// split, or a v2 partition (out_row0 + s * out_stride_part for group s; the first `groups` are
+// written). Each thread takes 4 consecutive dims of a row, loads the 4 warps' values once and
+// computes every group's weights itself (no barrier, ~20 independent instructions per group; H200,
+// docs/perf.md p22, p23). Writes, v_scale applied: out rows, and for stat_row0 >= 0 exp_sums /
+// max_logits at stat_row0 + row * stat_stride + s (natural units); final_row0 != nullptr: the
+// merge of all the warps as the final output (out's value rounded to T when there is one group,
+// so that a one-partition v2 and v1 agree bit for bit).
 template <typename T, typename O, int THREADS, int WARPS>
-__device__ __forceinline__ void merge_warps(const float* region, int rows, int o_pitch, int w0, int n, float v_scale,
-                                            int heads_here, int head_size, O* out_row0, long long out_stride_head,
-                                            float* exp_sums, float* max_logits, long long stat_row0, long long stat_stride,
+__device__ __forceinline__ void merge_warps(const float* region, int rows, int o_pitch, int lw, int groups,
+                                            float v_scale, int heads_here, int head_size, O* out_row0,
+                                            long long out_stride_head, long long out_stride_part, float* exp_sums,
+                                            float* max_logits, long long stat_row0, long long stat_stride,
                                             T* final_row0, long long final_stride_head) {
   const float* m_s = region;
   const float* l_s = region + WARPS * rows;
@@ -273,46 +274,57 @@ __device__ __forceinline__ void merge_warps(const float* region, int rows, int o
   const int quads = head_size >> 2;
   for (int idx = threadIdx.x; idx < heads_here * quads; idx += THREADS) {
     const int r = idx / quads, d = (idx - r * quads) * 4;
-    float m[WARPS], wt[WARPS], mx = -PA_FLT_MAX, l = 0.0f;
+    float m[WARPS], l[WARPS];
+    float4 ow[WARPS];
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
-      m[w] = w < n ? m_s[(w0 + w) * rows + r] : -PA_FLT_MAX;
-      mx = fmaxf(mx, m[w]);
+      m[w] = m_s[w * rows + r];
+      l[w] = l_s[w * rows + r];
+      ow[w] = *reinterpret_cast<const float4*>(o_s + (w * rows + r) * o_pitch + d);
     }
+    // Groups 0 .. groups - 1, then (s == WARPS) all the warps for the final output.
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) {
-      wt[w] = exp2_ftz(m[w] - mx);
-      if (w < n) l += l_s[(w0 + w) * rows + r] * wt[w];
-    }
-    const float norm = __fdividef(v_scale, l + 1e-6f);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int s = 0; s <= WARPS; ++s) {
+      const bool all = s == WARPS;
+      if (all ? (final_row0 == nullptr || groups == 1) : s >= groups) continue;
+      float mx = -PA_FLT_MAX, sum = 0.0f, wt[WARPS];
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) {
-      if (w >= n) break;
-      const float4 ow = *reinterpret_cast<const float4*>(o_s + ((w0 + w) * rows + r) * o_pitch + d);
-      const float s = wt[w] * norm;
-      acc[0] += ow.x * s;
-      acc[1] += ow.y * s;
-      acc[2] += ow.z * s;
-      acc[3] += ow.w * s;
-    }
-    if (out_row0 != nullptr) {
-      O* o = out_row0 + r * out_stride_head + d;
+      for (int w = 0; w < WARPS; ++w)
+        if (all || (w >> lw) == s) mx = fmaxf(mx, m[w]);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const O value = from_float<O>(acc[k]);
-        o[k] = value;
-        acc[k] = to_float(value);
+      for (int w = 0; w < WARPS; ++w) {
+        wt[w] = (all || (w >> lw) == s) ? exp2_ftz(m[w] - mx) : 0.0f;
+        sum += l[w] * wt[w];
+      }
+      const float norm = __fdividef(v_scale, sum + 1e-6f);
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int w = 0; w < WARPS; ++w) {
+        const float k = wt[w] * norm;
+        acc[0] += ow[w].x * k;
+        acc[1] += ow[w].y * k;
+        acc[2] += ow[w].z * k;
+        acc[3] += ow[w].w * k;
+      }
+      if (!all) {
+        O* o = out_row0 + s * out_stride_part + r * out_stride_head + d;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const O value = from_float<O>(acc[k]);
+          o[k] = value;
+          acc[k] = to_float(value);
+        }
+        if (d == 0 && stat_row0 >= 0) {
+          exp_sums[stat_row0 + r * stat_stride + s] = sum;
+          max_logits[stat_row0 + r * stat_stride + s] = mx * LN2;
+        }
+      }
+      if (final_row0 != nullptr && (all || groups == 1)) {
+        T* f = final_row0 + r * final_stride_head + d;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) f[k] = from_float<T>(acc[k]);
       }
     }
-    if (d == 0 && stat_row0 >= 0) {
-      exp_sums[stat_row0 + r * stat_stride] = l;
-      max_logits[stat_row0 + r * stat_stride] = mx * LN2;
-    }
-    if (final_row0 == nullptr) continue;
-    T* f = final_row0 + r * final_stride_head + d;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) f[k] = from_float<T>(acc[k]);
   }
 }
 
