@@ -474,10 +474,10 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       exp_sums != nullptr ? (static_cast<long long>(seq) * num_heads + head0) * num_partitions + part0 : -1,
       num_partitions, final_row0, final_stride_head);
   if (own && full_rounds > 0) {
-    __syncthreads();  // the partition results (global) written by all warps
+    __syncthreads();  // the partition results (global) written by all warps; the region's last reads
     merge_partitions<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, exp_sums, max_logits, out, seq,
                                        head0, heads_here, head_size, num_heads, num_partitions,
-                                       (seq_len + part_tokens - 1) / part_tokens);
+                                       (seq_len + part_tokens - 1) / part_tokens, region);
   }
   if (split_counters != nullptr)
     merge_splits_if_last<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,

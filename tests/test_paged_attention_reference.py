@@ -904,6 +904,7 @@ def test_variant_choice_and_geometry():
     for v in pa.GQA_VARIANTS:
         elem = 1 if v.kv != "auto" else 2
         assert pa.smem_bytes(v, v.dmax, pa.MMA_TILE, elem) <= limit, v
+    assert pa.merge_smem_bytes(pa.MAX_SPLITS) <= 20 * 1024
     for D, elem in ((8, 2), (128, 2), (256, 4), (128, 1), (256, 1)):
         t = pa.tile_tokens(D, elem)
         assert 512 % t == 0 and t * elem >= 16
@@ -1029,7 +1030,6 @@ def test_plan_routes_every_path_without_a_gpu(monkeypatch):
     assert [f for f, _ in route(pa.OP_V2, 32, 4096, 32, 8, 256, 16, resident=1)][0] == gqa
     # fp32 queries: the CUDA-core kernel.
     assert route(pa.OP_V1, 4, 1000, 8, 2, 128, 16, dtype="float32")[0][0] == "paged_attention"
-    # A caller's scratch with very many partitions: the in-launch merge needs no shared memory per
-    # partition (merge_partitions runs an online merge), so it still applies.
+    # A caller's scratch with very many partitions: no in-launch merge whose weights would not fit.
     r = _plan_routes(monkeypatch, pa.OP_V2, 1, 4 * 1024 * 1024, 8, 8, 128, 16)
-    assert [f for f, *_ in r] == [gqa] and all(s <= limit for *_, s in r)
+    assert [f for f, *_ in r] == [gqa, reduce_] and all(s <= limit for *_, s in r)

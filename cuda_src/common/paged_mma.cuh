@@ -105,64 +105,64 @@ struct MmaRows {
 // The log-sum-exp merge of a (sequence, head chunk)'s n partial results into final_out, by the
 // whole CTA: tmp_out[seq][head][p][d] (float for v1's workspace, T for v2's tmp_out; normalised
 // by its own exp sum), exp_sums / max_logits[seq][head][p] (natural units), p < n, written by
-// this CTA before a barrier or by others before a fence.
-// Each thread takes 4 dims of a row (1 when tmp_out's base is not aligned to 4 elements: a
-// caller's view) and runs an online merge over the entries, loading BATCH entries' statistics and
-// values before using any: this tail is latency bound (L2 reads of what was just written), so one
-// round trip per batch is what counts; no shared memory, no barrier. (p21's vector form with
-// `unroll 4` kept fewer loads in flight than a scalar loop that ptxas batched ~16 deep; p23 folded
-// the weights pass, one more round trip and a barrier, into this loop: docs/perf.md.)
+// this CTA or by others before a fence. Shared memory: heads_here * n floats from w_s, reused
+// from the kernel's stages (the caller's barrier before: those writes and the stages' last reads).
 template <typename T, typename TT, int THREADS>
 __device__ void merge_partitions(T* final_out, long long fo_seq, long long fo_head, const float* exp_sums,
                                  const float* max_logits, const TT* tmp_out, int seq, int head0, int heads_here,
-                                 int head_size, int num_heads, int num_partitions, int n) {
+                                 int head_size, int num_heads, int num_partitions, int n, float* w_s) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int r = warp; r < heads_here; r += THREADS / 32) {
+    const long long base = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions;
+    float mx = -PA_FLT_MAX;
+    for (int p = lane; p < n; p += 32) mx = fmaxf(mx, __ldcg(max_logits + base + p));
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float sum = 0.0f;
+    for (int p = lane; p < n; p += 32) {
+      const float w = __ldcg(exp_sums + base + p) * expf(__ldcg(max_logits + base + p) - mx);
+      w_s[r * n + p] = w;
+      sum += w;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    const float inv = 1.0f / (sum + 1e-6f);
+    __syncwarp();
+    for (int p = lane; p < n; p += 32) w_s[r * n + p] *= inv;
+  }
+  __syncthreads();
+  // 4 dims of a row per thread with one vector load per entry, BATCH entries loaded before any is
+  // used: this tail is latency bound (L2 reads of what the other CTAs just wrote), so what counts
+  // is the loads in flight. (p21's vector form with `unroll 4` kept fewer in flight than the
+  // scalar loop, which ptxas had batched ~16 deep: docs/perf.md.) A tmp_out base that is not
+  // aligned to 4 elements (a caller's view) takes the scalar loop.
   constexpr int BATCH = 8;
   const bool vec4 = (reinterpret_cast<unsigned long long>(tmp_out) & (4 * sizeof(TT) - 1)) == 0;
   const int per = vec4 ? 4 : 1, units = head_size / per;
   for (int i = threadIdx.x; i < heads_here * units; i += THREADS) {
     const int r = i / units, d = (i - r * units) * per;
-    const long long row = (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions;
-    const TT* t = tmp_out + row * head_size + d;
-    float m_run = -PA_FLT_MAX, l_run = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int p0 = 0; p0 < n; p0 += BATCH) {
-      float ml[BATCH], es[BATCH], x[BATCH][4];
+    const TT* t = tmp_out + (static_cast<long long>(seq) * num_heads + head0 + r) * num_partitions * head_size + d;
+    const float* w = w_s + r * n;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (vec4) {
+      for (int p0 = 0; p0 < n; p0 += BATCH) {
+        Vec<TT, 4> v[BATCH];
 #pragma unroll
-      for (int k = 0; k < BATCH; ++k) {
-        const bool live = p0 + k < n;
-        ml[k] = live ? __ldcg(max_logits + row + p0 + k) : -PA_FLT_MAX;
-        es[k] = live ? __ldcg(exp_sums + row + p0 + k) : 0.0f;
-        const TT* src = t + static_cast<long long>(p0 + k) * head_size;
-        if (vec4) {
-          Vec<TT, 4> v;
-          if (live) v.raw = __ldcg(reinterpret_cast<const typename Vec<TT, 4>::Raw*>(src));
+        for (int k = 0; k < BATCH; ++k)
+          if (p0 + k < n) v[k].raw = __ldcg(reinterpret_cast<const typename Vec<TT, 4>::Raw*>(t + static_cast<long long>(p0 + k) * head_size));
 #pragma unroll
-          for (int e = 0; e < 4; ++e) x[k][e] = live ? to_float(v.get(e)) : 0.0f;
-        } else {
-          x[k][0] = live ? to_float(__ldcg(src)) : 0.0f;
-          x[k][1] = x[k][2] = x[k][3] = 0.0f;
-        }
+        for (int k = 0; k < BATCH; ++k)
+          if (p0 + k < n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[e] += to_float(v[k].get(e)) * w[p0 + k];
       }
-      float mb = m_run;
-#pragma unroll
-      for (int k = 0; k < BATCH; ++k) mb = fmaxf(mb, ml[k]);
-      const float kept = expf(m_run - mb);
-      l_run *= kept;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[e] *= kept;
-#pragma unroll
-      for (int k = 0; k < BATCH; ++k) {
-        const float w = es[k] * expf(ml[k] - mb);
-        l_run += w;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[e] += x[k][e] * w;
-      }
-      m_run = mb;
+    } else {
+      for (int p = 0; p < n; ++p) acc[0] += to_float(__ldcg(t + static_cast<long long>(p) * head_size)) * w[p];
     }
-    const float inv = 1.0f / (l_run + 1e-6f);
     T* f = final_out + seq * fo_seq + (head0 + r) * fo_head + d;
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      if (e < per) f[e] = from_float<T>(acc[e] * inv);
+      if (e < per) f[e] = from_float<T>(acc[e]);
   }
 }
 
@@ -170,8 +170,8 @@ __device__ void merge_partitions(T* final_out, long long fo_seq, long long fo_he
 // partitions). Each of the `arrivals` CTAs of a (sequence, head chunk) has written its partial
 // results (as merge_partitions reads them); the last CTA to arrive merges them into final_out and
 // resets its counter to zero for the next call (so CUDA-graph replays start from zero too).
-// Counters start at zero (allocated zeroed with the plan's workspace). Shared memory: 16 bytes
-// (the flag), reused from the kernel's stages after its last barrier.
+// Counters start at zero (allocated zeroed with the plan's workspace). Shared memory: 16 bytes,
+// then merge_partitions' weights.
 template <typename T, typename TT, int THREADS>
 __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long fo_head, int* counters,
                                      const float* exp_sums, const float* max_logits,
@@ -187,7 +187,8 @@ __device__ void merge_splits_if_last(T* final_out, long long fo_seq, long long f
   if (!*last_s) return;
   __threadfence();  // the other CTAs' partial results, after their counts
   merge_partitions<T, TT, THREADS>(final_out, fo_seq, fo_head, exp_sums, max_logits, tmp_out, seq, head0,
-                                   heads_here, head_size, num_heads, num_partitions, n);
+                                   heads_here, head_size, num_heads, num_partitions, n,
+                                   reinterpret_cast<float*>(smem + 16));
   if (threadIdx.x == 0) *counter = 0;
 }
 

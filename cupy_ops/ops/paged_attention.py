@@ -547,8 +547,9 @@ def smem_bytes(variant, head_size: int, tile: int, cache_elem: int, parts: bool 
     return floats * 4 + 16 + 2 * variant.stages * tile * head_size * cache_elem
 
 
-# Shared memory of merge_splits_if_last: its flag (merge_partitions itself needs none).
-MERGE_SMEM_BYTES = 16
+def merge_smem_bytes(entries: int) -> int:
+    """Shared memory of merge_splits_if_last: a flag, then [heads per CTA (<= 16)][entries] weights."""
+    return 16 + 16 * entries * 4
 
 
 # Static shared memory of paged_decode_gqa_kernel (the bulk path's mbarriers, up to 4 stages).
@@ -656,8 +657,9 @@ def _plan(arrays, scalars, validate):
     family, threads = family_of(parts)
     kernel = _runtime.get_kernel(family, variant, device)
     smem = smem_bytes(variant, a.head_size, tile, cache_elem, parts, eight and not parts)
-    # One CTA per (sequence, head chunk) spanning every partition: it merges them itself.
-    own_merge = multi and splits == 1 and V2_OWN_MERGE
+    # One CTA per (sequence, head chunk) spanning every partition: it merges them itself (when the
+    # merge's weights fit in the stages' shared memory: the partition count is unbounded).
+    own_merge = multi and splits == 1 and V2_OWN_MERGE and merge_smem_bytes(a.partitions) <= smem
     launches = []
     workspace = None
     if direct:
@@ -693,8 +695,11 @@ def _plan(arrays, scalars, validate):
     single = mma and not parts and a.op == OP_V2 and splits == 1 and split == PARTITION_SIZE
     # v2 on the GQA kernel, one wave: the last CTA of each (sequence, head chunk) merges the
     # partitions from tmp_out, as v1's splits (counters in a zeroed plan workspace).
+    # (Only when the merge's weights fit in the shared memory the kernel has anyway: the
+    # partition count is the caller's scratch size, unbounded.)
     fused_v2 = (a.op == OP_V2 and mma and not parts and not single and not own_merge
-                and isinstance(variant, GqaVariant) and V2_FUSED_MERGE
+                and isinstance(variant, GqaVariant)
+                and V2_FUSED_MERGE and merge_smem_bytes(pitch) <= smem
                 and a.num_seqs * ctas_per_split * splits
                 <= FUSED_MERGE_MAX_WAVES * (multi_slots if multi else v1_slots))
     if fused_v2:
@@ -702,7 +707,7 @@ def _plan(arrays, scalars, validate):
     if mma:
         if fused:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], counters_ptr)
-            smem = max(smem, MERGE_SMEM_BYTES)
+            smem = max(smem, merge_smem_bytes(splits))
         elif fused_v2:
             finish = (a.out.ptr, a.out.strides[0], a.out.strides[1], workspace.ptr)
         elif single or own_merge:
