@@ -335,123 +335,130 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 #endif
   // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
   // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
-  for (int it = 0; it < num_tiles; ++it) {
-    if (MULTI && multi_part && it > 0 && it <= last_tile0 && it % ROUND_TILES == 0) {
-      flush_warp(first_part + (it / ROUND_TILES - 1) * WARPS + warp);  // a full round ended
+  // The rounds as an outer loop, their tiles as the inner one: with the round end inside the tile
+  // loop (p23's first form) ptxas copied the accumulators around it, ~190 moves per tile (ncu,
+  // H200: v2 B256 69.7 M warp instructions against v1's 38.8 M).
+  int it = 0;
+  for (int round = 0; round <= full_rounds; ++round) {
+    if (round > 0) {  // a full round ended: each warp's partition, from its registers
+      flush_warp(first_part + (round - 1) * WARPS + warp);
       reset_softmax();
     }
-    const int stage = it % STAGES;
-    if (bulk) {
-      mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
-    } else {
-      cp_async_wait<STAGES - 2>();
-    }
-    __syncthreads();
-    if (it + STAGES - 1 < num_tiles) {
-      load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
-    } else if (!bulk) {
-      cp_async_commit();
-    }
-    const int tok0 = token_at(it, tw);  // this warp's first token
-    const int valid = min(16, end - tok0);
-    if (valid <= 0) continue;
-    if (valid < 16) {
-      // Tokens past the end (garbage of a partly used block, or blocks not copied): V must be
-      // zero there (probability 0 times NaN is NaN). Only this warp reads its 16 tokens.
-      unsigned char* vs0 = v_s + stage * tile_bytes;
-      const int rest = 16 - valid;
-      for (int i = lane; i < head_size * rest; i += 32) {
-        const int d = i / rest, t = tw + valid + (i - d * rest);
-        unsigned char* p = vs0 + v_at(t, d);
-#pragma unroll
-        for (int b = 0; b < ELEM; ++b) p[b] = 0;
-      }
-      __syncwarp();
-    }
-#ifdef CUPY_OPS_EXP_SKIP_MATH  // experiment (tools/exp_paged_parts.py): the pipeline alone
-    continue;
-#endif
-    const unsigned ks = k_frag + stage * tile_bytes, vs = v_frag + stage * tile_bytes;
-
-    // S^T (16 tokens x 8 heads per n-tile); even and odd k-steps in two independent chains.
-    float s[HT][4], s_odd[HT][4];
-#pragma unroll
-    for (int h = 0; h < HT; ++h)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) s[h][i] = s_odd[h][i] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < KSTEPS; ++kk) {
-      if (kk * 16 >= head_size) break;
-      unsigned a[4];
-      if constexpr (IS_FP8) {
-        const unsigned w0 = lds32(ks + kk * k_step), w1 = lds32(ks + kk * k_step + 2 * 16);
-        fp8x4_to_half2x2<KV>(w0, a[0], a[2]);
-        fp8x4_to_half2x2<KV>(w1, a[1], a[3]);
+    const int round_end = round < full_rounds ? (round + 1) * ROUND_TILES : num_tiles;
+    for (; it < round_end; ++it) {
+      const int stage = it % STAGES;
+      if (bulk) {
+        mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
       } else {
-        ldmatrix_x4(a, ks + kk * k_step);
+        cp_async_wait<STAGES - 2>();
       }
-#pragma unroll
-      for (int h = 0; h < HT; ++h) mma16816<MT>((kk & 1) ? s_odd[h] : s[h], a, qb[kk][h][0], qb[kk][h][1]);
-    }
-    // Scale, ALiBi, mask; online softmax per head column (this lane: heads 8h + 2c + {0, 1}).
-    const bool tail = valid < 16;
-    const float pos0 = static_cast<float>(tok0 + tok_g - seq_len + 1);
-    const float pos8 = static_cast<float>(tok0 + tok_g8 - seq_len + 1);
-    unsigned pb[HT][2];  // P^T as B fragments of O^T += V^T P^T (k = tokens, n = heads)
-#pragma unroll
-    for (int h = 0; h < HT; ++h) {
-      float v[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        v[i] = (s[h][i] + s_odd[h][i]) * s_scale;
-        if (alibi_slopes != nullptr) v[i] += slope2[h][i & 1] * (i < 2 ? pos0 : pos8);
+      __syncthreads();
+      if (it + STAGES - 1 < num_tiles) {
+        load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+      } else if (!bulk) {
+        cp_async_commit();
       }
-      if (tail) {
-        if (tok_g >= valid) v[0] = v[1] = neg_inf();
-        if (tok_g8 >= valid) v[2] = v[3] = neg_inf();
-      }
+      const int tok0 = token_at(it, tw);  // this warp's first token
+      const int valid = min(16, end - tok0);
+      if (valid <= 0) continue;
+      if (valid < 16) {
+        // Tokens past the end (garbage of a partly used block, or blocks not copied): V must be
+        // zero there (probability 0 times NaN is NaN). Only this warp reads its 16 tokens.
+        unsigned char* vs0 = v_s + stage * tile_bytes;
+        const int rest = 16 - valid;
+        for (int i = lane; i < head_size * rest; i += 32) {
+          const int d = i / rest, t = tw + valid + (i - d * rest);
+          unsigned char* p = vs0 + v_at(t, d);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        float mx = fmaxf(v[j], v[j + 2]);
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-        const float m_new = fmaxf(m_run[h][j], mx);
-        if (m_new != m_run[h][j]) {  // the running max rarely moves after the first tiles
-          const float alpha = exp2_ftz(m_run[h][j] - m_new);
-          m_run[h][j] = m_new;
-          l_run[h][j] *= alpha;
-#pragma unroll
-          for (int mt = 0; mt < KSTEPS; ++mt) {
-            o[mt][h][j] *= alpha;
-            o[mt][h][j + 2] *= alpha;
-          }
+          for (int b = 0; b < ELEM; ++b) p[b] = 0;
         }
-        v[j] = exp2_ftz(v[j] - m_run[h][j]);
-        v[j + 2] = exp2_ftz(v[j + 2] - m_run[h][j]);
-        l_run[h][j] += v[j] + v[j + 2];
+        __syncwarp();
       }
-      // Rows 0-7 and 8-15 of P^T's C fragment, transposed: B's k-indices 0-7 and 8-15.
-      pb[h][0] = movmatrix_trans(pack2<MT>(v[0], v[1]));
-      pb[h][1] = movmatrix_trans(pack2<MT>(v[2], v[3]));
-    }
-    // O^T += V^T P^T, one 16-dim m-tile at a time.
-#pragma unroll
-    for (int mt = 0; mt < KSTEPS; ++mt) {
-      if (mt * 16 >= head_size) break;
-#ifdef CUPY_OPS_EXP_SKIP_PV  // experiment: P V for the first 16 dims only
-      if (mt > 0) break;
+#ifdef CUPY_OPS_EXP_SKIP_MATH  // experiment (tools/exp_paged_parts.py): the pipeline alone
+      continue;
 #endif
-      unsigned a[4];
-      if constexpr (IS_FP8) {
-        const unsigned w0 = lds32(vs + mt * v_step), w1 = lds32(vs + mt * v_step + v_row8);
-        fp8x4_to_half2x2<KV>(w0, a[0], a[2]);
-        fp8x4_to_half2x2<KV>(w1, a[1], a[3]);
-      } else {
-        ldmatrix_x4(a, vs + mt * v_step);
-      }
+      const unsigned ks = k_frag + stage * tile_bytes, vs = v_frag + stage * tile_bytes;
+
+      // S^T (16 tokens x 8 heads per n-tile); even and odd k-steps in two independent chains.
+      float s[HT][4], s_odd[HT][4];
 #pragma unroll
-      for (int h = 0; h < HT; ++h) mma16816<MT>(o[mt][h], a, pb[h][0], pb[h][1]);
+      for (int h = 0; h < HT; ++h)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[h][i] = s_odd[h][i] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS; ++kk) {
+        if (kk * 16 >= head_size) break;
+        unsigned a[4];
+        if constexpr (IS_FP8) {
+          const unsigned w0 = lds32(ks + kk * k_step), w1 = lds32(ks + kk * k_step + 2 * 16);
+          fp8x4_to_half2x2<KV>(w0, a[0], a[2]);
+          fp8x4_to_half2x2<KV>(w1, a[1], a[3]);
+        } else {
+          ldmatrix_x4(a, ks + kk * k_step);
+        }
+#pragma unroll
+        for (int h = 0; h < HT; ++h) mma16816<MT>((kk & 1) ? s_odd[h] : s[h], a, qb[kk][h][0], qb[kk][h][1]);
+      }
+      // Scale, ALiBi, mask; online softmax per head column (this lane: heads 8h + 2c + {0, 1}).
+      const bool tail = valid < 16;
+      const float pos0 = static_cast<float>(tok0 + tok_g - seq_len + 1);
+      const float pos8 = static_cast<float>(tok0 + tok_g8 - seq_len + 1);
+      unsigned pb[HT][2];  // P^T as B fragments of O^T += V^T P^T (k = tokens, n = heads)
+#pragma unroll
+      for (int h = 0; h < HT; ++h) {
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          v[i] = (s[h][i] + s_odd[h][i]) * s_scale;
+          if (alibi_slopes != nullptr) v[i] += slope2[h][i & 1] * (i < 2 ? pos0 : pos8);
+        }
+        if (tail) {
+          if (tok_g >= valid) v[0] = v[1] = neg_inf();
+          if (tok_g8 >= valid) v[2] = v[3] = neg_inf();
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          float mx = fmaxf(v[j], v[j + 2]);
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+          const float m_new = fmaxf(m_run[h][j], mx);
+          if (m_new != m_run[h][j]) {  // the running max rarely moves after the first tiles
+            const float alpha = exp2_ftz(m_run[h][j] - m_new);
+            m_run[h][j] = m_new;
+            l_run[h][j] *= alpha;
+#pragma unroll
+            for (int mt = 0; mt < KSTEPS; ++mt) {
+              o[mt][h][j] *= alpha;
+              o[mt][h][j + 2] *= alpha;
+            }
+          }
+          v[j] = exp2_ftz(v[j] - m_run[h][j]);
+          v[j + 2] = exp2_ftz(v[j + 2] - m_run[h][j]);
+          l_run[h][j] += v[j] + v[j + 2];
+        }
+        // Rows 0-7 and 8-15 of P^T's C fragment, transposed: B's k-indices 0-7 and 8-15.
+        pb[h][0] = movmatrix_trans(pack2<MT>(v[0], v[1]));
+        pb[h][1] = movmatrix_trans(pack2<MT>(v[2], v[3]));
+      }
+      // O^T += V^T P^T, one 16-dim m-tile at a time.
+#pragma unroll
+      for (int mt = 0; mt < KSTEPS; ++mt) {
+        if (mt * 16 >= head_size) break;
+#ifdef CUPY_OPS_EXP_SKIP_PV  // experiment: P V for the first 16 dims only
+        if (mt > 0) break;
+#endif
+        unsigned a[4];
+        if constexpr (IS_FP8) {
+          const unsigned w0 = lds32(vs + mt * v_step), w1 = lds32(vs + mt * v_step + v_row8);
+          fp8x4_to_half2x2<KV>(w0, a[0], a[2]);
+          fp8x4_to_half2x2<KV>(w1, a[1], a[3]);
+        } else {
+          ldmatrix_x4(a, vs + mt * v_step);
+        }
+#pragma unroll
+        for (int h = 0; h < HT; ++h) mma16816<MT>(o[mt][h], a, pb[h][0], pb[h][1]);
+      }
     }
   }
   if (!bulk) cp_async_wait<0>();  // bulk: every stage that was filled was also waited for
