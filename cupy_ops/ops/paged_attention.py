@@ -262,9 +262,9 @@ def paged_attention_v2(out, exp_sums, max_logits, tmp_out, query, key_cache, val
     After the call, for partitions p < ceil(seq_len/512) (spec §5.2): max_logits = the
     partition's max logit, exp_sums = sum of exp(logit - max), tmp_out = the partition's
     normalised output (rounded to the query dtype); other entries are untouched. ``out`` is their
-    log-sum-exp merge (§5.3; where one CTA covers a whole sequence it merges the partitions'
-    float results before rounding, so ``out`` can differ from a merge of tmp_out by rounding); for
-    seq_len <= 512 it equals v1's result bit for bit.
+    log-sum-exp merge (§5.3; where one CTA covers a whole sequence of at most 4 partitions it
+    merges their float results before rounding, so ``out`` can differ from a merge of tmp_out by
+    rounding); for seq_len <= 512 it equals v1's result bit for bit.
     See ``paged_attention_v1`` for the other parameters.
     """
     _call(OP_V2, out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads,
