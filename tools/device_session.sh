@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
-#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged ncu_paged_v12 ncu_paged_b256 paged_parts gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
+#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged ncu_paged_v12 ncu_paged_sass paged_parts gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
 #   sanitize_paged sanitize_vs bench_topk bench_vs bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
 # step in $OUT/summary.txt; each step has its own time limit so one hang cannot eat the run.
@@ -50,7 +50,7 @@ step ncu_topk 200 bash -c "$(declare -f ncu_profile); ROWS=\${ROWS:-128} COLS=\$
 step paged_parts 300 env SWITCHES="${SWITCHES:-- CUPY_OPS_EXP_SKIP_MATH}" \
   python3 tools/exp_paged_parts.py
 step ncu_paged_v12 300 bash -c "$(declare -f ncu_profile); for op in v1 v2; do echo \"== \$op B64 L4096\"; OP=\$op ncu_profile paged_decode_gqa 2 tools/ncu_paged.py; done"
-step ncu_paged_b256 300 bash -c "for op in v1 v2; do echo \"== \$op B256 L1024\"; OP=\$op B=256 L=1024 ncu --set full --import-source no -k regex:paged_decode_gqa --launch-skip 2 -c 1 -f -o /tmp/ncu_\$op python3 tools/ncu_paged.py > /dev/null && ncu -i /tmp/ncu_\$op.ncu-rep --page details | grep -E 'Duration|Issued Instructions|Registers' ; python3 tools/ncu_hot.py /tmp/ncu_\$op.ncu-rep 5 $OUT/ncu_sass_\$op.csv; done"
+step ncu_paged_sass 300 bash -c "for s in '256 1024' '64 4096'; do set -- \$s; for op in v1 v2; do echo \"== \$op B\$1 L\$2\"; OP=\$op B=\$1 L=\$2 ncu --set full --import-source no -k regex:paged_decode_gqa --launch-skip 2 -c 1 -f -o /tmp/ncu_\$op python3 tools/ncu_paged.py > /dev/null && ncu -i /tmp/ncu_\$op.ncu-rep --page details | grep -E 'Duration|Issued Instructions|Registers' ; python3 tools/ncu_hot.py /tmp/ncu_\$op.ncu-rep 5 $OUT/ncu_sass_\${op}_B\$1.csv; done; done"
 step gqa_stages 200 python3 tools/exp_paged.py
 step paged_floor 200 python3 tools/exp_paged_floor.py
 step paged8_tests 200 env CUPY_OPS_PAGED_WARPS=8 python3 -m pytest -q -p no:cacheprovider -x tests/test_paged_attention_gpu.py
