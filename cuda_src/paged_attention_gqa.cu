@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     return;
   }
   const int seq = cta.seq, head0 = cta.head0, heads_here = cta.heads_here;
-  const int split = cta.split, seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
+  const int seq_len = cta.seq_len, begin = cta.begin, end = cta.end;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;  // mma fragment coordinates
 
