@@ -1025,7 +1025,11 @@ def test_plan_routes_every_path_without_a_gpu(monkeypatch):
     monkeypatch.setattr(pa, "V2_FUSED_MERGE", True)
     # v2, group 16: the parts kernel and the reduce.
     assert [f for f, _ in route(pa.OP_V2, 8, 4096, 128, 8, 128, 16)] == [parts, reduce_]
-    # fp8 and d256 (3 x 64 KB stages + the flush region, one CTA per SM).
+    # Blocks over 16 tokens: a warp's 16 tokens of a tile would not be whole blocks, so v2 runs
+    # one CTA per partition, not CTAs over several (MULTI).
+    assert not variant_of(pa.OP_V2, 64, 4096, 32, 8, 128, 32).multi
+    assert route(pa.OP_V2, 64, 4096, 32, 8, 128, 32)[0] == (gqa, (64, 8, 8))
+    # fp8 and d256 (3 x 64 KB stages, one CTA per SM).
     assert route(pa.OP_V1, 64, 4096, 32, 8, 128, 16, kv="fp8_e4m3", resident=4)[0][0] == gqa
     assert [f for f, _ in route(pa.OP_V2, 32, 4096, 32, 8, 256, 16, resident=1)][0] == gqa
     # fp32 queries: the CUDA-core kernel.
