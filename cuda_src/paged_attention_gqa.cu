@@ -203,6 +203,13 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // unpadded pitch of a multiple of 32 floats put in one bank).
   float* const region = reinterpret_cast<float*>(smem);
   const int rows = min(HEADS, group), o_pitch = head_size + 4;
+  // The warp's exp sum of the query head column (h, j) this lane holds (heads 8h + 2c + j).
+  auto column_sum = [&](int h, int j) {
+    float l = l_run[h][j];
+    l += __shfl_xor_sync(0xffffffffu, l, 4);
+    l += __shfl_xor_sync(0xffffffffu, l, 8);
+    return l + __shfl_xor_sync(0xffffffffu, l, 16);
+  };
   auto publish = [&]() {
     float* m_s = region;
     float* l_s = m_s + WARPS * rows;
@@ -211,10 +218,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     for (int h = 0; h < HT; ++h)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float l = l_run[h][j];
-        l += __shfl_xor_sync(0xffffffffu, l, 4);
-        l += __shfl_xor_sync(0xffffffffu, l, 8);
-        l += __shfl_xor_sync(0xffffffffu, l, 16);
+        const float l = column_sum(h, j);
         const int col = 8 * h + 2 * c + j;
         if (col >= heads_here) continue;
         if (g == 0) {
@@ -237,10 +241,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     for (int h = 0; h < HT; ++h)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float l = l_run[h][j];
-        l += __shfl_xor_sync(0xffffffffu, l, 4);
-        l += __shfl_xor_sync(0xffffffffu, l, 8);
-        l += __shfl_xor_sync(0xffffffffu, l, 16);
+        const float l = column_sum(h, j);
         const int col = 8 * h + 2 * c + j;
         if (col >= heads_here) continue;
         const float norm = __fdividef(v_scale, l + 1e-6f);
