@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
-#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged ncu_paged_v12 ncu_paged_sass paged_parts gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
+#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_parts gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
 #   sanitize_paged sanitize_vs bench_topk bench_vs bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
 # step in $OUT/summary.txt; each step has its own time limit so one hang cannot eat the run.
@@ -21,13 +21,13 @@ wheel() { rm -rf /tmp/whl /tmp/wv && python3 -m pip wheel --no-deps --no-build-i
   python3 -m pip install -q --no-deps --no-index --target "$site" /tmp/whl/*.whl &&
   cd /tmp && env -u PYTHONPATH /tmp/wv/bin/python -c "import cupy_ops; print(cupy_ops.__file__)" &&
   env -u PYTHONPATH /tmp/wv/bin/python -m cupy_ops selftest; }
-# ncu_profile KERNEL_REGEX LAUNCHES_TO_SKIP SCRIPT: one launch's headline metrics, stall
-# reasons and hottest SASS lines.
+# ncu_profile KERNEL_REGEX LAUNCHES_TO_SKIP SCRIPT [CSV]: one launch's headline metrics, stall
+# reasons and hottest SASS lines (CSV: also keep the whole SASS source page there).
 ncu_profile() { ncu --set full --import-source no -k "regex:$1" --launch-skip "$2" -c 1 -f -o /tmp/ncu_prof \
     python3 "$3" > /dev/null &&
   ncu -i /tmp/ncu_prof.ncu-rep --page details |
     grep -E 'Duration|Throughput|IPC|Issued|Eligible|Warp Cycles|Registers|Achieved|Theoretical Occ|Stall';
-  python3 tools/ncu_stalls.py /tmp/ncu_prof.ncu-rep; python3 tools/ncu_hot.py /tmp/ncu_prof.ncu-rep 40; }
+  python3 tools/ncu_stalls.py /tmp/ncu_prof.ncu-rep; python3 tools/ncu_hot.py /tmp/ncu_prof.ncu-rep 40 ${4:+"$4"}; }
 GPU_FILES=$(ls tests/test_*_gpu.py | tr '\n' ' ')
 step precompile 170 python3 -m cupy_ops precompile --all -j 16
 step pytest_gpu 300 python3 -m pytest -q -p no:cacheprovider -rs $GPU_FILES tests/test_torch_ops.py \
@@ -45,12 +45,11 @@ step topk_tests 200 python3 -m pytest -q -p no:cacheprovider -x tests/test_top_k
   tests/test_determinism_gpu.py tests/test_large_gpu.py -k "top_k or topk"
 step topk_phases 120 bash -c "for t in 512 1024; do python3 tools/exp_top_k.py --threads \$t; done"
 step ncu_vs 200 bash -c "$(declare -f ncu_profile); ncu_profile vertical 1 tools/ncu_vs.py"
-step ncu_paged 300 bash -c "$(declare -f ncu_profile); for s in '64 4096' '256 1024'; do set -- \$s; echo \"== B\$1 L\$2\"; B=\$1 L=\$2 ncu_profile paged_decode_gqa 2 tools/ncu_paged.py; done"
+# ncu_paged: v1 and v2 (OPS) at B64 L4096 and B256 L1024, SASS pages kept as $OUT/ncu_sass_OP_BN.csv
+step ncu_paged 400 bash -c "$(declare -f ncu_profile); for s in '64 4096' '256 1024'; do set -- \$s; for op in ${OPS:-v1 v2}; do echo \"== \$op B\$1 L\$2\"; OP=\$op B=\$1 L=\$2 ncu_profile paged_decode_gqa 2 tools/ncu_paged.py $OUT/ncu_sass_\${op}_B\$1.csv; done; done"
 step ncu_topk 200 bash -c "$(declare -f ncu_profile); ROWS=\${ROWS:-128} COLS=\${COLS:-8192} ncu_profile top_k 2 tools/ncu_topk.py"
 step paged_parts 300 env SWITCHES="${SWITCHES:-- CUPY_OPS_EXP_SKIP_MATH}" \
   python3 tools/exp_paged_parts.py
-step ncu_paged_v12 300 bash -c "$(declare -f ncu_profile); for op in v1 v2; do echo \"== \$op B64 L4096\"; OP=\$op ncu_profile paged_decode_gqa 2 tools/ncu_paged.py; done"
-step ncu_paged_sass 300 bash -c "for s in '256 1024' '64 4096'; do set -- \$s; for op in v1 v2; do echo \"== \$op B\$1 L\$2\"; OP=\$op B=\$1 L=\$2 ncu --set full --import-source no -k regex:paged_decode_gqa --launch-skip 2 -c 1 -f -o /tmp/ncu_\$op python3 tools/ncu_paged.py > /dev/null && ncu -i /tmp/ncu_\$op.ncu-rep --page details | grep -E 'Duration|Issued Instructions|Registers' ; python3 tools/ncu_hot.py /tmp/ncu_\$op.ncu-rep 5 $OUT/ncu_sass_\${op}_B\$1.csv; done; done"
 step gqa_stages 200 python3 tools/exp_paged.py
 step paged_floor 200 python3 tools/exp_paged_floor.py
 step paged8_tests 200 env CUPY_OPS_PAGED_WARPS=8 python3 -m pytest -q -p no:cacheprovider -x tests/test_paged_attention_gpu.py
