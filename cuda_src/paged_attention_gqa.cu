@@ -476,16 +476,36 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   T* final_row0 = (final_out != nullptr && split_counters == nullptr && full_rounds == 0)
                       ? final_out + seq * final_stride_seq + head0 * final_stride_head : nullptr;
   const int part0 = first_part + full_rounds * WARPS;  // the last round's first partition
+  const long long stat_row0 = (static_cast<long long>(seq) * num_heads + head0) * num_partitions;
   publish();
+  // A CTA over its whole sequence with earlier rounds: their partition results (flushed before
+  // the last round's first tile barrier, so visible now) join the last round's warps for out; the
+  // first batch's loads go out before the barrier.
+  constexpr int PRE = 4;
+  const bool fold = MULTI && own && full_rounds > 0;
+  const bool aligned = (reinterpret_cast<unsigned long long>(out) & (4 * sizeof(O) - 1)) == 0 &&
+                       (out_stride_part & 3) == 0 && (out_stride_head & 3) == 0;
+  const O* tmp_row0 = out + seq * out_stride_seq + head0 * out_stride_head + first_part * out_stride_part;
+  PartitionBatch<O, PRE> pre;
+  const bool preloaded = fold && aligned && tid < heads_here * (head_size >> 2);
+  if (preloaded) {
+    const int quads = head_size >> 2, r = tid / quads, d = (tid - r * quads) * 4;
+    pre.load(max_logits, exp_sums, stat_row0 + r * num_partitions + first_part, tmp_row0 + r * out_stride_head + d,
+             out_stride_part, 0, full_rounds * WARPS);
+  }
   __syncthreads();
   merge_warps<T, O, PA_THREADS, WARPS>(
       region, rows, o_pitch, 2 - last_lp, last_parts, v_scale, heads_here, head_size,
       out + seq * out_stride_seq + head0 * out_stride_head + part0 * out_stride_part, out_stride_head,
-      out_stride_part, exp_sums, max_logits,
-      exp_sums != nullptr ? (static_cast<long long>(seq) * num_heads + head0) * num_partitions + part0 : -1,
-      num_partitions, final_row0, final_stride_head);
-  if (own && full_rounds > 0) {
-    __syncthreads();  // the partition results (global) written by all warps; the region's last reads
+      out_stride_part, exp_sums, max_logits, exp_sums != nullptr ? stat_row0 + part0 : -1, num_partitions,
+      final_row0, final_stride_head);
+  if (fold && aligned) {
+    merge_with_partitions<T, O, PA_THREADS, WARPS, PRE>(
+        region, rows, o_pitch, v_scale, heads_here, head_size, exp_sums, max_logits, stat_row0 + first_part,
+        num_partitions, tmp_row0, out_stride_head, out_stride_part, full_rounds * WARPS, pre, preloaded,
+        final_out + seq * final_stride_seq + head0 * final_stride_head, final_stride_head);
+  } else if (fold) {  // a caller's tmp_out view not aligned to 4 elements
+    __syncthreads();  // the last round's results (global) written by all warps; the region's last reads
     merge_partitions<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, exp_sums, max_logits, out, seq,
                                        head0, heads_here, head_size, num_heads, num_partitions,
                                        (seq_len + part_tokens - 1) / part_tokens, region);

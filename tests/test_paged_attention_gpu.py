@@ -365,10 +365,14 @@ def test_v2_partition_rounds(torch, monkeypatch, own, kv, D, BS, Hq, Hkv):
     assert np.all(got_es[~d] == -7.0) and np.all(got_tmp[~d] == -7.0), "wrote past the sequence's partitions"
 
 
-def test_v2_merge_in_launch_with_unaligned_tmp_out(torch):
-    """The in-launch merge reads tmp_out 4 elements at a time when its base allows; a caller's
+@pytest.mark.parametrize("own", [False, True], ids=["split_ctas", "whole_sequence_ctas"])
+def test_v2_merge_in_launch_with_unaligned_tmp_out(torch, monkeypatch, own):
+    """The in-launch merges read tmp_out 4 elements at a time when its base allows; a caller's
     tmp_out that starts 2 bytes past an 8-byte boundary takes the scalar loop and must give the
-    same answer."""
+    same answer (split CTAs: the last one merges; whole-sequence CTAs over several rounds: each
+    merges its own)."""
+    if own:
+        whole_sequence_ctas(monkeypatch)
     case = Case(torch, [3000, 700, 1], 32, 8, 128, 16, seed=41)
     t = case.torch
     S, H, D = case.query.shape

@@ -328,6 +328,95 @@ __device__ __forceinline__ void merge_warps(const float* region, int rows, int o
   }
 }
 
+// Up to BATCH partition results of one (row, 4 dims) item, for merge_with_partitions: max logits
+// in base 2 (-FLT_MAX past n), exp sums (0 past n) and 4 dims of the normalised rows.
+template <typename TT, int BATCH>
+struct PartitionBatch {
+  float m2[BATCH], es[BATCH], x[BATCH][4];
+  // Entries p0 .. p0 + BATCH - 1 (< n) of a row: statistics at stat_row, values from `row` (16-byte
+  // aligned, entries `pitch` elements apart).
+  __device__ void load(const float* max_logits, const float* exp_sums, long long stat_row, const TT* row,
+                       long long pitch, int p0, int n) {
+#pragma unroll
+    for (int k = 0; k < BATCH; ++k) {
+      const bool live = p0 + k < n;
+      m2[k] = live ? __ldcg(max_logits + stat_row + p0 + k) * LOG2E : -PA_FLT_MAX;
+      es[k] = live ? __ldcg(exp_sums + stat_row + p0 + k) : 0.0f;
+      Vec<TT, 4> v;
+      if (live) v.raw = __ldcg(reinterpret_cast<const typename Vec<TT, 4>::Raw*>(row + (p0 + k) * pitch));
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[k][e] = live ? to_float(v.get(e)) : 0.0f;
+    }
+  }
+};
+
+// The final output of a GQA CTA over its whole sequence with more than one round of partitions:
+// the merge of the n partition results it wrote in its earlier rounds (tmp_out rows, exp_sums,
+// max_logits; n is a multiple of 4) with its warps' published states of the last round (base 2,
+// unnormalised O, as merge_warps reads them), after the barrier that follows the publish. Each
+// thread takes 4 dims of a row; its first item's first BATCH entries may come preloaded (`pre`,
+// loads issued before that barrier so that their L2 latency hides behind it and merge_warps).
+// Replaces merge_partitions after merge_warps: no barrier, no weights pass, and the last round's
+// results are not re-read (docs/perf.md p24). tmp_out 16-byte aligned per row (vec4).
+template <typename T, typename TT, int THREADS, int WARPS, int BATCH>
+__device__ void merge_with_partitions(const float* region, int rows, int o_pitch, float v_scale, int heads_here,
+                                      int head_size, const float* exp_sums, const float* max_logits,
+                                      long long stat_row0, long long stat_stride, const TT* tmp_row0,
+                                      long long tmp_stride_head, long long tmp_stride_part, int n,
+                                      const PartitionBatch<TT, BATCH>& pre,
+                                      bool preloaded, T* final_row0, long long final_stride_head) {
+  const float* m_s = region;
+  const float* l_s = region + WARPS * rows;
+  const float* o_s = region + 2 * WARPS * rows;
+  const int quads = head_size >> 2;
+  for (int idx = threadIdx.x; idx < heads_here * quads; idx += THREADS) {
+    const int r = idx / quads, d = (idx - r * quads) * 4;
+    float mx = -PA_FLT_MAX, den = 0.0f, num[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, m_s[w * rows + r]);
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      const float wt = exp2_ftz(m_s[w * rows + r] - mx);
+      const float4 ow = *reinterpret_cast<const float4*>(o_s + (w * rows + r) * o_pitch + d);
+      den += l_s[w * rows + r] * wt;
+      num[0] += ow.x * wt;
+      num[1] += ow.y * wt;
+      num[2] += ow.z * wt;
+      num[3] += ow.w * wt;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) num[e] *= v_scale;  // the rows below carry v_scale already
+    const TT* row = tmp_row0 + r * tmp_stride_head + d;
+    for (int p0 = 0; p0 < n; p0 += BATCH) {
+      PartitionBatch<TT, BATCH> b;
+      if (preloaded && p0 == 0 && idx == threadIdx.x) {
+        b = pre;
+      } else {
+        b.load(max_logits, exp_sums, stat_row0 + r * stat_stride, row, tmp_stride_part, p0, n);
+      }
+      float mb = mx;
+#pragma unroll
+      for (int k = 0; k < BATCH; ++k) mb = fmaxf(mb, b.m2[k]);
+      const float kept = exp2_ftz(mx - mb);
+      den *= kept;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) num[e] *= kept;
+#pragma unroll
+      for (int k = 0; k < BATCH; ++k) {
+        const float wt = b.es[k] * exp2_ftz(b.m2[k] - mb);
+        den += wt;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) num[e] += b.x[k][e] * wt;
+      }
+      mx = mb;
+    }
+    const float inv = __fdividef(1.0f, den + 1e-6f);
+    T* f = final_row0 + r * final_stride_head + d;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) f[k] = from_float<T>(num[k] * inv);
+  }
+}
+
 // An empty sequence when final_out is given (split v1, one-partition v2): no CTA has a result,
 // so split 0 writes zeros.
 template <typename T, int THREADS>
