@@ -251,6 +251,19 @@ __device__ void finish_cta(const float* m_s, float* l_s, const float* o_s, float
                                         (seq_len + part_tokens - 1) / part_tokens, smem);
 }
 
+// The GQA kernel's warps' published states (publish() in paged_attention_gqa.cu): base-2 m[w][r],
+// l[w][r] and unnormalised O[w][r][o_pitch] for WARPS warps and `rows` query rows.
+template <int WARPS>
+struct WarpStates {
+  const float* region;
+  int rows, o_pitch;
+  __device__ float m(int w, int r) const { return region[w * rows + r]; }
+  __device__ float l(int w, int r) const { return region[(WARPS + w) * rows + r]; }
+  __device__ float4 o4(int w, int r, int d) const {
+    return *reinterpret_cast<const float4*>(region + 2 * WARPS * rows + (w * rows + r) * o_pitch + d);
+  }
+};
+
 // The GQA kernel's merge of its warps' results at the CTA's end, after the barrier that follows
 // the warps' publish (no barrier inside). What the warps published (base-2 units, unnormalised O):
 // m[WARPS][rows], l[WARPS][rows], o[WARPS][rows][o_pitch] (o_pitch % 4 == 0, 16-byte aligned)
@@ -268,9 +281,7 @@ __device__ __forceinline__ void merge_warps(const float* region, int rows, int o
                                             long long out_stride_head, long long out_stride_part, float* exp_sums,
                                             float* max_logits, long long stat_row0, long long stat_stride,
                                             T* final_row0, long long final_stride_head) {
-  const float* m_s = region;
-  const float* l_s = region + WARPS * rows;
-  const float* o_s = region + 2 * WARPS * rows;
+  const WarpStates<WARPS> st{region, rows, o_pitch};
   const int quads = head_size >> 2;
   for (int idx = threadIdx.x; idx < heads_here * quads; idx += THREADS) {
     const int r = idx / quads, d = (idx - r * quads) * 4;
@@ -278,9 +289,9 @@ __device__ __forceinline__ void merge_warps(const float* region, int rows, int o
     float4 ow[WARPS];
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
-      m[w] = m_s[w * rows + r];
-      l[w] = l_s[w * rows + r];
-      ow[w] = *reinterpret_cast<const float4*>(o_s + (w * rows + r) * o_pitch + d);
+      m[w] = st.m(w, r);
+      l[w] = st.l(w, r);
+      ow[w] = st.o4(w, r, d);
     }
     // Groups 0 .. groups - 1, then (s == WARPS) all the warps for the final output.
 #pragma unroll
@@ -365,20 +376,18 @@ __device__ void merge_with_partitions(const float* region, int rows, int o_pitch
                                       long long tmp_stride_head, long long tmp_stride_part, int n,
                                       const PartitionBatch<TT, BATCH>& pre,
                                       bool preloaded, T* final_row0, long long final_stride_head) {
-  const float* m_s = region;
-  const float* l_s = region + WARPS * rows;
-  const float* o_s = region + 2 * WARPS * rows;
+  const WarpStates<WARPS> st{region, rows, o_pitch};
   const int quads = head_size >> 2;
   for (int idx = threadIdx.x; idx < heads_here * quads; idx += THREADS) {
     const int r = idx / quads, d = (idx - r * quads) * 4;
     float mx = -PA_FLT_MAX, den = 0.0f, num[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, m_s[w * rows + r]);
+    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, st.m(w, r));
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
-      const float wt = exp2_ftz(m_s[w * rows + r] - mx);
-      const float4 ow = *reinterpret_cast<const float4*>(o_s + (w * rows + r) * o_pitch + d);
-      den += l_s[w * rows + r] * wt;
+      const float wt = exp2_ftz(st.m(w, r) - mx);
+      const float4 ow = st.o4(w, r, d);
+      den += st.l(w, r) * wt;
       num[0] += ow.x * wt;
       num[1] += ow.y * wt;
       num[2] += ow.z * wt;
