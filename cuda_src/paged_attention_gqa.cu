@@ -334,8 +334,8 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 #ifndef CUPY_OPS_EXP_Q_FIRST
   load_q();
 #endif
-  // One barrier per tile: after it, tile `it` has landed for everyone and every warp is done
-  // with tile it - 1, whose buffer the prefetch of tile it + STAGES - 1 then overwrites.
+  // One barrier per tile: after it every warp is done with tile it - 1, whose buffer the prefetch
+  // of tile it + STAGES - 1 then overwrites (cp.async: the barrier also publishes tile `it`).
   // The rounds as an outer loop, their tiles as the inner one: with the round end inside the tile
   // loop (p23's first form) ptxas copied the accumulators around it, ~190 moves per tile (ncu,
   // H200: v2 B256 69.7 M warp instructions against v1's 38.8 M).
@@ -352,6 +352,25 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     int tok0 = token_at(it, tw);
     for (; it < round_end; ++it, tok0 += step) {
       const int stage = it % STAGES;
+#ifndef CUPY_OPS_EXP_WAIT_FIRST  // experiment: p24's order (wait for the tile, barrier, refill)
+      if (bulk) {
+        // Barrier, refill, then wait: the stage of tile it - 1 is refilled as soon as every warp
+        // is done with it, so STAGES tiles are in flight while the warps wait for tile `it`
+        // (waiting first kept STAGES - 1: the refill waited for tile `it` to land).
+        __syncthreads();
+        if (it + STAGES - 1 < num_tiles) bulk_load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
+      } else {
+        // cp.async: a thread's wait covers its own copies only, so the barrier must follow it.
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (it + STAGES - 1 < num_tiles) {
+          load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        } else {
+          cp_async_commit();
+        }
+      }
+#else
       if (bulk) {
         mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
       } else {
@@ -363,6 +382,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       } else if (!bulk) {
         cp_async_commit();
       }
+#endif
       const int valid = min(16, end - tok0);
       if (valid <= 0) continue;
       if (valid < 16) {
@@ -483,8 +503,12 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // first batch's loads go out before the barrier.
   constexpr int PRE = 4;
   const bool fold = MULTI && own && full_rounds > 0;
+#ifndef CUPY_OPS_EXP_NO_FOLD  // experiment: merge_partitions after merge_warps (p23c) instead
   const bool aligned = (reinterpret_cast<unsigned long long>(out) & (4 * sizeof(O) - 1)) == 0 &&
                        (out_stride_part & 3) == 0 && (out_stride_head & 3) == 0;
+#else
+  const bool aligned = false;
+#endif
   const O* tmp_row0 = out + seq * out_stride_seq + head0 * out_stride_head + first_part * out_stride_part;
   PartitionBatch<O, PRE> pre;
   const bool preloaded = fold && aligned && tid < heads_here * (head_size >> 2);

@@ -4,7 +4,8 @@
 #   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_parts gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
 #   sanitize_paged sanitize_vs bench_topk bench_vs bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
-# step in $OUT/summary.txt; each step has its own time limit so one hang cannot eat the run.
+# step in $OUT/summary.txt (the rest packed into $OUT/all.tgz when over 8 files); each step has its
+# own time limit so one hang cannot eat the run.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUPY_OPS_CACHE_DIR=${CUPY_OPS_CACHE_DIR:-/tmp/cupy_ops_cache}
@@ -68,3 +69,9 @@ step bench_vs 150 python3 -m cupy_ops bench vertical_slash --json "$OUT/bench_vs
 step bench_merge 150 python3 -m cupy_ops bench merge_attn_states --json "$OUT/bench_merge.json"
 
 step racecheck 300 env OUT="$OUT/racecheck" TOOLS=racecheck TOOL_TIMEOUT=290 bash tools/sanitize.sh
+
+# The device tool brings back at most 8 files from $OUT: pack everything but the summary when more.
+if [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
+  tar czf /tmp/device_session.tgz -C "$OUT" --exclude summary.txt . &&
+    find "$OUT" -mindepth 1 ! -name summary.txt -delete && mv /tmp/device_session.tgz "$OUT/all.tgz"
+fi
