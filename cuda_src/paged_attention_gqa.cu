@@ -292,29 +292,33 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   }
 
   // Bulk path: warp 0 fills a stage, lane u copying cache block u of the tile (<= 8 blocks), from
-  // the kv head's bases and the table row that `tiles` holds.
-  auto bulk_load = [&](int it_load, int stage) {
+  // the kv head's bases and the table row that `tiles` holds. The lane's table entry (physical
+  // block, -1 past the end) is read one tile ahead (table_entry) and passed in: read where it is
+  // used, its L2 latency (~500 cycles) held warp 0 up every tile and the three other warps waited
+  // for it at the next barrier (ncu, H200 p24: a quarter of all stall samples at that barrier).
+  auto table_entry = [&](int it_load) -> int {
+    const int p = lane << log2_bs;  // the first tile position of this lane's block
+    if (warp != 0 || p >= TILE) return -1;
+    const int tok = token_at(it_load, p);
+    return tok < end ? __ldg(tiles.table + (tok >> log2_bs)) : -1;
+  };
+  auto bulk_load = [&](int stage, int phys) {
     if (warp != 0) return;
     const unsigned bar = smem_addr(&full_bar[stage]);
-    const int p = lane << log2_bs;  // the first tile position of this lane's block
-    const int tok = token_at(it_load, p & (TILE - 1));
-    const bool live = p < TILE && tok < end;
+    const bool live = phys >= 0;
     const int live_blocks = __popc(__ballot_sync(0xffffffffu, live));
     if (lane == 0) mbar_arrive_expect_tx(bar, live_blocks * 2 * block_bytes);
     if (live) {
-      const long long phys = __ldg(tiles.table + (tok >> log2_bs));
       const unsigned dst = stage * tile_bytes + lane * block_bytes;
-      bulk_copy_g2s(smem_addr(k_s) + dst, tiles.k_base + phys * k_stride_block * ELEM, block_bytes, bar);
-      bulk_copy_g2s(smem_addr(v_s) + dst, tiles.v_base + phys * v_stride_block * ELEM, block_bytes, bar);
+      bulk_copy_g2s(smem_addr(k_s) + dst, tiles.k_base + static_cast<long long>(phys) * k_stride_block * ELEM,
+                    block_bytes, bar);
+      bulk_copy_g2s(smem_addr(v_s) + dst, tiles.v_base + static_cast<long long>(phys) * v_stride_block * ELEM,
+                    block_bytes, bar);
     }
   };
-  auto load = [&](int it_load, int stage) {
-    if (bulk) {
-      bulk_load(it_load, stage);
-    } else {
-      copier.load_mapped([&](int p) { return token_at(it_load, p); }, stage, all_blocks);
-      cp_async_commit();
-    }
+  auto copy_load = [&](int it_load, int stage) {  // the cp.async path
+    copier.load_mapped([&](int p) { return token_at(it_load, p); }, stage, all_blocks);
+    cp_async_commit();
   };
   if (bulk && tid == 0) {
 #pragma unroll
@@ -326,11 +330,26 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < num_tiles) {
-      load(s, s);
+      if (bulk) {
+        bulk_load(s, table_entry(s));
+      } else {
+        copy_load(s, s);
+      }
     } else if (!bulk) {
       cp_async_commit();  // keep one cp.async group per stage
     }
   }
+  // Bulk path: warp 0's table entry of the next tile to fill (tile it + STAGES - 1 at iteration it),
+  // and the refill of tile it_next's stage, which reads the entry of the tile after it.
+  int next_phys = bulk && STAGES - 1 < num_tiles ? table_entry(STAGES - 1) : -1;
+  auto bulk_refill = [&](int it_next) {
+#ifdef CUPY_OPS_EXP_NO_TABLE_PREFETCH  // experiment: the entry read where it is used (p24)
+    bulk_load(it_next % STAGES, table_entry(it_next));
+#else
+    bulk_load(it_next % STAGES, next_phys);
+    next_phys = it_next + 1 < num_tiles ? table_entry(it_next + 1) : -1;
+#endif
+  };
 #ifndef CUPY_OPS_EXP_Q_FIRST
   load_q();
 #endif
@@ -358,14 +377,14 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         // is done with it, so STAGES tiles are in flight while the warps wait for tile `it`
         // (waiting first kept STAGES - 1: the refill waited for tile `it` to land).
         __syncthreads();
-        if (it + STAGES - 1 < num_tiles) bulk_load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        if (it + STAGES - 1 < num_tiles) bulk_refill(it + STAGES - 1);
         mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
       } else {
         // cp.async: a thread's wait covers its own copies only, so the barrier must follow it.
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         if (it + STAGES - 1 < num_tiles) {
-          load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+          copy_load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
         } else {
           cp_async_commit();
         }
@@ -378,7 +397,11 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       }
       __syncthreads();
       if (it + STAGES - 1 < num_tiles) {
-        load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        if (bulk) {
+          bulk_refill(it + STAGES - 1);
+        } else {
+          copy_load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        }
       } else if (!bulk) {
         cp_async_commit();
       }

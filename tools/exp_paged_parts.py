@@ -23,7 +23,9 @@ CONFIGS = [("v1 B64 L4096", "v1", 64, 4096, "auto"), ("v1 B256 L1024", "v1", 256
 # (A switch that skipped the warps' merge measured nothing useful: without the epilogue the
 # compiler deletes the O accumulators and most of P V with it.) Also CUPY_OPS_EXP_Q_FIRST: the
 # query rows loaded before the first stages are issued (as before p22c). (p22's switches for v2's
-# partition ends went with them in p23: a warp per partition.)
+# partition ends went with them in p23: a warp per partition.) p25: CUPY_OPS_EXP_WAIT_FIRST (wait for
+# the tile before the barrier and the refill), CUPY_OPS_EXP_NO_TABLE_PREFETCH (the block-table entry
+# read where the refill uses it), CUPY_OPS_EXP_NO_FOLD (merge_partitions after merge_warps).
 SWITCHES = os.environ.get("SWITCHES", "- CUPY_OPS_EXP_SKIP_PV CUPY_OPS_EXP_SKIP_MATH").split()
 
 
