@@ -73,5 +73,6 @@ step racecheck 300 env OUT="$OUT/racecheck" TOOLS=racecheck TOOL_TIMEOUT=290 bas
 # The device tool brings back at most 8 files from $OUT: pack everything but the summary when more.
 if [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
   tar czf /tmp/device_session.tgz -C "$OUT" --exclude summary.txt . &&
-    find "$OUT" -mindepth 1 ! -name summary.txt -delete && mv /tmp/device_session.tgz "$OUT/all.tgz"
+    find "$OUT" -type f ! -name summary.txt -delete && find "$OUT" -mindepth 1 -type d -empty -delete &&
+    mv /tmp/device_session.tgz "$OUT/all.tgz"
 fi
