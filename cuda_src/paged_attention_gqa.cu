@@ -84,6 +84,9 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(8) unsigned long long full_bar[STAGES];  // bulk path: one per stage
+#ifdef CUPY_OPS_EXP_EMPTY_BARRIERS  // experiment: a stage's release by all four warps (below)
+  __shared__ __align__(8) unsigned long long empty_bar[STAGES];
+#endif
   const int tile_bytes = TILE * head_size * ELEM;
   unsigned char* k_s = smem;
   unsigned char* v_s = smem + STAGES * tile_bytes;
@@ -322,7 +325,12 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   };
   if (bulk && tid == 0) {
 #pragma unroll
-    for (int st = 0; st < STAGES; ++st) mbar_init(smem_addr(&full_bar[st]), 1);
+    for (int st = 0; st < STAGES; ++st) {
+      mbar_init(smem_addr(&full_bar[st]), 1);
+#ifdef CUPY_OPS_EXP_EMPTY_BARRIERS
+      mbar_init(smem_addr(&empty_bar[st]), WARPS);
+#endif
+    }
     mbar_init_fence();
   }
   __syncthreads();
@@ -358,6 +366,17 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // The rounds as an outer loop, their tiles as the inner one: with the round end inside the tile
   // loop (p23's first form) ptxas copied the accumulators around it, ~190 moves per tile (ncu,
   // H200: v2 B256 69.7 M warp instructions against v1's 38.8 M).
+  // Experiment CUPY_OPS_EXP_EMPTY_BARRIERS (branch paged-p25c, docs/perf.md session 6): no CTA
+  // barrier in the bulk path's loop; each warp arrives on its stage's empty mbarrier when done with
+  // it (release_stage) and warp 0 waits on it before refilling. Its measurement is unsettled.
+  auto release_stage = [&](int stage) {
+#ifdef CUPY_OPS_EXP_EMPTY_BARRIERS
+    if (bulk) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(smem_addr(&empty_bar[stage]));
+    }
+#endif
+  };
   int it = 0;
   for (int round = 0; round <= full_rounds; ++round) {
     if (round > 0) {  // a full round ended: each warp's partition, from its registers
@@ -371,7 +390,23 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     int tok0 = token_at(it, tw);
     for (; it < round_end; ++it, tok0 += step) {
       const int stage = it % STAGES;
-#ifndef CUPY_OPS_EXP_WAIT_FIRST  // experiment: p24's order (wait for the tile, barrier, refill)
+#if defined(CUPY_OPS_EXP_EMPTY_BARRIERS)
+      if (bulk) {
+        if (warp == 0 && it + STAGES - 1 < num_tiles) {
+          if (it > 0) mbar_wait_parity(smem_addr(&empty_bar[(it - 1) % STAGES]), ((it - 1) / STAGES) & 1);
+          bulk_refill(it + STAGES - 1);
+        }
+        mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
+      } else {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (it + STAGES - 1 < num_tiles) {
+          copy_load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        } else {
+          cp_async_commit();
+        }
+      }
+#elif !defined(CUPY_OPS_EXP_WAIT_FIRST)  // experiment: p24's order (wait for the tile, barrier, refill)
       if (bulk) {
         // Barrier, refill, then wait: the stage of tile it - 1 is refilled as soon as every warp
         // is done with it, so STAGES tiles are in flight while the warps wait for tile `it`
@@ -407,7 +442,10 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       }
 #endif
       const int valid = min(16, end - tok0);
-      if (valid <= 0) continue;
+      if (valid <= 0) {
+        release_stage(stage);
+        continue;
+      }
       if (valid < 16) {
         // Tokens past the end (garbage of a partly used block, or blocks not copied): V must be
         // zero there (probability 0 times NaN is NaN). Only this warp reads its 16 tokens.
@@ -419,9 +457,13 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 #pragma unroll
           for (int b = 0; b < ELEM; ++b) p[b] = 0;
         }
+#ifdef CUPY_OPS_EXP_EMPTY_BARRIERS
+        if (bulk) fence_proxy_async_smem();  // before the stage's next bulk copy overwrites these
+#endif
         __syncwarp();
       }
 #ifdef CUPY_OPS_EXP_SKIP_MATH  // experiment (tools/exp_paged_parts.py): the pipeline alone
+      release_stage(stage);
       continue;
 #endif
       const unsigned ks = k_frag + stage * tile_bytes, vs = v_frag + stage * tile_bytes;
@@ -506,6 +548,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 #pragma unroll
         for (int h = 0; h < HT; ++h) mma16816<MT>(o[mt][h], a, pb[h][0], pb[h][1]);
       }
+      release_stage(stage);
     }
   }
   if (!bulk) cp_async_wait<0>();  // bulk: every stage that was filled was also waited for

@@ -24,8 +24,10 @@ CONFIGS = [("v1 B64 L4096", "v1", 64, 4096, "auto"), ("v1 B256 L1024", "v1", 256
 # compiler deletes the O accumulators and most of P V with it.) Also CUPY_OPS_EXP_Q_FIRST: the
 # query rows loaded before the first stages are issued (as before p22c). (p22's switches for v2's
 # partition ends went with them in p23: a warp per partition.) p25: CUPY_OPS_EXP_WAIT_FIRST (wait for
-# the tile before the barrier and the refill), CUPY_OPS_EXP_NO_TABLE_PREFETCH (the block-table entry
-# read where the refill uses it), CUPY_OPS_EXP_NO_FOLD (merge_partitions after merge_warps).
+# the tile, then the barrier and the refill: p24's order), CUPY_OPS_EXP_NO_TABLE_PREFETCH (the
+# block-table entry read where the refill uses it), CUPY_OPS_EXP_NO_FOLD (merge_partitions after
+# merge_warps), CUPY_OPS_EXP_EMPTY_BARRIERS (no CTA barrier in the loop: per-stage empty mbarriers,
+# branch paged-p25c's kernel byte for byte).
 SWITCHES = os.environ.get("SWITCHES", "- CUPY_OPS_EXP_SKIP_PV CUPY_OPS_EXP_SKIP_MATH").split()
 
 
