@@ -137,9 +137,26 @@ def target_for_arch(arch: int) -> str:
     return f"compute_{max(older)}"
 
 
+EXPERIMENT_PREFIX = "CUPY_OPS_EXP_"
+
+
+def experiment_defines() -> tuple[str, ...]:
+    """Kernel experiment switches to compile every kernel with, from CUPY_OPS_EXPERIMENT_DEFINES
+    (comma- or space-separated macro names starting with CUPY_OPS_EXP_): for running the GPU tests
+    and the sanitizers on an experimental code path (docs/perf.md) before it becomes the default.
+    They are compile options, hence part of the disk-cache key. Developers only."""
+    names = os.environ.get("CUPY_OPS_EXPERIMENT_DEFINES", "").replace(",", " ").split()
+    for name in names:
+        if not name.startswith(EXPERIMENT_PREFIX) or not name.replace("_", "").isalnum():
+            raise ValueError(f"CUPY_OPS_EXPERIMENT_DEFINES: {name!r} is not a macro name starting "
+                             f"with {EXPERIMENT_PREFIX}")
+    return tuple(sorted(set(names)))
+
+
 def compile_options(arch: int) -> tuple[str, ...]:
     options = ["--std=c++17", f"-arch={target_for_arch(arch)}", f"-I{cuda_src_dir()}"]
     options += [f"-I{d}" for d in cuda_include_dirs()]
+    options += [f"-D{name}" for name in experiment_defines()]
     return tuple(options)
 
 

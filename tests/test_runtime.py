@@ -120,6 +120,31 @@ def test_changed_source_changes_the_key(monkeypatch):
     assert _runtime.cache_key(expr, opts) != key
 
 
+def test_experiment_defines_reach_nvrtc_and_the_cache_key(tmp_cache, monkeypatch):
+    expr = merge.FAMILY.name_expression(VARIANT)
+    plain = _runtime.compile_options(90)
+    monkeypatch.setenv("CUPY_OPS_EXPERIMENT_DEFINES", "CUPY_OPS_EXP_TEST_B, CUPY_OPS_EXP_TEST_A")
+    switched = _runtime.compile_options(90)
+    assert switched == plain + ("-DCUPY_OPS_EXP_TEST_A", "-DCUPY_OPS_EXP_TEST_B")
+    assert _runtime.cache_key(expr, switched) != _runtime.cache_key(expr, plain)
+    source = ("template <int N> __global__ void k(int* p) {\n#ifdef CUPY_OPS_EXP_TEST_A\n"
+              "static_assert(N < 0, \"switch seen\");\n#endif\n p[0] = N; }")
+    with pytest.raises(_runtime.CompileError, match="switch seen"):
+        _runtime.nvrtc_compile(source, ["k<3>"], switched, "switch.cu")
+    _runtime.nvrtc_compile(source, ["k<3>"], plain, "switch.cu")  # without the switch it builds
+    _runtime.build_variant(merge.FAMILY, VARIANT, 90)
+    monkeypatch.delenv("CUPY_OPS_EXPERIMENT_DEFINES")
+    _runtime.build_variant(merge.FAMILY, VARIANT, 90)
+    assert len(cache_files(tmp_cache)) == 2  # the switched build has its own entry
+
+
+@pytest.mark.parametrize("bad", ["NDEBUG", "CUPY_OPS_EXP_X=1", "-DCUPY_OPS_EXP_X"])
+def test_experiment_defines_refuse_other_macros(monkeypatch, bad):
+    monkeypatch.setenv("CUPY_OPS_EXPERIMENT_DEFINES", bad)
+    with pytest.raises(ValueError, match="CUPY_OPS_EXPERIMENT_DEFINES"):
+        _runtime.compile_options(90)
+
+
 def test_variant_outside_the_table_is_refused():
     bogus = merge.Variant("float32", 2, False)  # fp32 has no 2-byte vectors
     with pytest.raises(ValueError, match="not in the kernel table"):

@@ -3,9 +3,10 @@
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
 #   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_parts gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
 #   sanitize_paged sanitize_vs bench_topk bench_vs bench_merge
-# e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh. Logs under $OUT, one line per
-# step in $OUT/summary.txt (the rest packed into $OUT/all.tgz when over 8 files); each step has its
-# own time limit so one hang cannot eat the run.
+# e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh; with
+# CUPY_OPS_EXPERIMENT_DEFINES=CUPY_OPS_EXP_... every step runs that experimental kernel path.
+# Logs under $OUT, one line per step in $OUT/summary.txt (the rest packed into $OUT/all.tgz when
+# over 8 files); each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUPY_OPS_CACHE_DIR=${CUPY_OPS_CACHE_DIR:-/tmp/cupy_ops_cache}
