@@ -390,30 +390,25 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     int tok0 = token_at(it, tw);
     for (; it < round_end; ++it, tok0 += step) {
       const int stage = it % STAGES;
-#if defined(CUPY_OPS_EXP_EMPTY_BARRIERS)
       if (bulk) {
+#if defined(CUPY_OPS_EXP_EMPTY_BARRIERS)  // experiment: no CTA barrier (release_stage above)
         if (warp == 0 && it + STAGES - 1 < num_tiles) {
           if (it > 0) mbar_wait_parity(smem_addr(&empty_bar[(it - 1) % STAGES]), ((it - 1) / STAGES) & 1);
           bulk_refill(it + STAGES - 1);
         }
         mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
-      } else {
-        cp_async_wait<STAGES - 2>();
+#elif defined(CUPY_OPS_EXP_WAIT_FIRST)  // experiment: p24's order (wait for the tile, barrier, refill)
+        mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
         __syncthreads();
-        if (it + STAGES - 1 < num_tiles) {
-          copy_load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
-        } else {
-          cp_async_commit();
-        }
-      }
-#elif !defined(CUPY_OPS_EXP_WAIT_FIRST)  // experiment: p24's order (wait for the tile, barrier, refill)
-      if (bulk) {
+        if (it + STAGES - 1 < num_tiles) bulk_refill(it + STAGES - 1);
+#else
         // Barrier, refill, then wait: the stage of tile it - 1 is refilled as soon as every warp
         // is done with it, so STAGES tiles are in flight while the warps wait for tile `it`
         // (waiting first kept STAGES - 1: the refill waited for tile `it` to land).
         __syncthreads();
         if (it + STAGES - 1 < num_tiles) bulk_refill(it + STAGES - 1);
         mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
+#endif
       } else {
         // cp.async: a thread's wait covers its own copies only, so the barrier must follow it.
         cp_async_wait<STAGES - 2>();
@@ -424,23 +419,6 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
           cp_async_commit();
         }
       }
-#else
-      if (bulk) {
-        mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
-      } else {
-        cp_async_wait<STAGES - 2>();
-      }
-      __syncthreads();
-      if (it + STAGES - 1 < num_tiles) {
-        if (bulk) {
-          bulk_refill(it + STAGES - 1);
-        } else {
-          copy_load(it + STAGES - 1, (it + STAGES - 1) % STAGES);
-        }
-      } else if (!bulk) {
-        cp_async_commit();
-      }
-#endif
       const int valid = min(16, end - tok0);
       if (valid <= 0) {
         release_stage(stage);
