@@ -120,6 +120,28 @@ def copy_bandwidth_gbs() -> float:
     return 2 * n / us / 1e3
 
 
+def sm_clock_mhz() -> float:
+    """The SM clock the GPU runs at now: a clock64 spin of known cycles (torch.cuda._sleep) timed
+    by events. Printed with every benchmark: the latency-bound kernels (paged decode, top-k) slow
+    with the SM clock while copies and dense SDPA do not, and lent cards differ (docs/perf.md)."""
+    torch = _torch()
+    cycles = 20_000_000  # ~10 ms
+    torch.cuda._sleep(1000)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    torch.cuda.synchronize()
+    return cycles / (start.elapsed_time(end) * 1e3)
+
+
+def device_line(copy_gbs: float) -> str:
+    """The first line of every benchmark's table: the card, its copy ceiling and its SM clock."""
+    torch = _torch()
+    return (f"device: {torch.cuda.get_device_name()}  copy ceiling {copy_gbs:.0f} GB/s (read+write), "
+            f"SM clock {sm_clock_mhz():.0f} MHz")
+
+
 def same_bytes_copy_us(bytes_moved: int) -> float:
     """A device copy moving the same bytes (half read, half written), rotated like the op."""
     torch = _torch()
@@ -197,8 +219,7 @@ def bench_merge(sizes, copy_gbs: float) -> list[dict]:
 
 
 def print_merge(rows, copy_gbs, host_us, out=sys.stdout):
-    torch = _torch()
-    print(f"device: {torch.cuda.get_device_name()}  copy ceiling {copy_gbs:.0f} GB/s (read+write)", file=out)
+    print(device_line(copy_gbs), file=out)
     print(f"host time per call (validate + dispatch + launch, tiny problem): {host_us:.1f} us", file=out)
     print("ours us: GPU time per call (median); %copy: our GB/s over the 1 GiB copy ceiling;"
           " copy us: a copy of the same bytes, same method; stream us: back-to-back calls;"
@@ -329,8 +350,7 @@ def paged_host_overhead_us() -> tuple[float, float]:
 
 
 def print_paged(rows, copy_gbs, out=sys.stdout, host=None):
-    torch = _torch()
-    print(f"device: {torch.cuda.get_device_name()}  copy ceiling {copy_gbs:.0f} GB/s (read+write)", file=out)
+    print(device_line(copy_gbs), file=out)
     if host:
         print(f"host time per call (tiny problem): v1 {host[0]:.1f} us, v2 {host[1]:.1f} us", file=out)
     print("v1/v2 us: GPU time per call (median); GB/s and %copy for v1 (KV + q + out bytes);"
@@ -421,8 +441,7 @@ def bench_vertical_slash(copy_gbs: float, configs=None) -> list[dict]:
 
 
 def print_vertical_slash(rows, copy_gbs, out=sys.stdout):
-    torch = _torch()
-    print(f"device: {torch.cuda.get_device_name()}  copy ceiling {copy_gbs:.0f} GB/s (read+write)", file=out)
+    print(device_line(copy_gbs), file=out)
     print("B=1 H=32 causal, block 64x64, q = kv = ctx. GPU us per call (median), out= buffers. "
           "plain: zero-fills every output element (bytes = out MB); mergehead (counts = NNZ): "
           "writes the defined entries only (def MB); alloc: plain op allocating its outputs; "
@@ -449,7 +468,8 @@ def run_bench(op: str, quick: bool = False, json_path: str | None = None,
     rows, extra = _run_bench(op, quick, copy_gbs)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"copy_gbs": copy_gbs, **extra, "rows": rows}, f, indent=1)
+            json.dump({"copy_gbs": copy_gbs, "sm_clock_mhz": sm_clock_mhz(), **extra, "rows": rows}, f,
+                      indent=1)
     if plot_path:
         from ._plot import plot
         plot(op, rows, plot_path, _torch().cuda.get_device_name())

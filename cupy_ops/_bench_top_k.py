@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from ._bench import VLLM_NOTE, _torch, gpu_time_us, graph_time_us, host_time_us, rotation_count
+from ._bench import VLLM_NOTE, _torch, device_line, gpu_time_us, graph_time_us, host_time_us, rotation_count
 
 CASES = [  # name, op, rows, columns, K
     ("decode 64x131072 K2048", "decode", 64, 131072, 2048),
@@ -83,9 +83,7 @@ def host_overhead_us() -> float:
 
 
 def print_top_k(rows, copy_gbs, host_us, out=sys.stdout):
-    torch = _torch()
-    print(f"device: {torch.cuda.get_device_name()}  copy ceiling {copy_gbs:.0f} GB/s (read+write); "
-          f"host time per call {host_us:.1f} us", file=out)
+    print(f"{device_line(copy_gbs)}; host time per call {host_us:.1f} us", file=out)
     print("us: GPU time per call (median, events); graph: per call inside a CUDA graph; "
           "x torch: torch.topk time / ours; %copy: logits bytes read / time vs the copy ceiling",
           file=out)

@@ -70,3 +70,43 @@ def test_errors_are_one_line_unless_debug(tmp_cache):
     assert out.stderr.startswith("cupy_ops: error: ") and "Traceback" not in out.stderr, out.stderr
     debug = cli("--debug", "precompile", "--op", "merge_attn_states", "--arch", "9")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_bench_header_reports_the_sm_clock(monkeypatch):
+    """The clock is cycles spun over the events' time; a fake torch stands in for the GPU."""
+    from cupy_ops import _bench
+
+    class FakeEvent:
+        clock = 0.0
+
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = FakeEvent.clock
+
+        def elapsed_time(self, other):  # ms
+            return other.at - self.at
+
+    class Cuda:
+        Event = FakeEvent
+
+        @staticmethod
+        def _sleep(cycles):
+            FakeEvent.clock += cycles / 1.5e6  # a 1500 MHz card: cycles / (cycles per ms)
+
+        @staticmethod
+        def synchronize():
+            pass
+
+        @staticmethod
+        def get_device_name():
+            return "Fake GPU"
+
+    class Torch:
+        cuda = Cuda
+
+    monkeypatch.setattr(_bench, "_torch", lambda: Torch)
+    assert _bench.sm_clock_mhz() == pytest.approx(1500.0)
+    assert _bench.device_line(4261.4) == ("device: Fake GPU  copy ceiling 4261 GB/s (read+write), "
+                                          "SM clock 1500 MHz")

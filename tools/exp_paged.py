@@ -19,7 +19,7 @@ CONFIGS = [("B64 L4096", 64, 4096, 32, 8, 128, 16, "bfloat16", "auto", (2, 3)),
 
 
 def main():
-    print(f"device: {torch.cuda.get_device_name()}  copy {_bench.copy_bandwidth_gbs():.0f} GB/s")
+    print(_bench.device_line(_bench.copy_bandwidth_gbs()))
     src = _runtime.read_source("paged_attention_gqa.cu")
     for name, B, L, Hq, Hkv, D, BS, dtype, kv, stage_list in CONFIGS:
         sets = [_bench._paged_set(torch, B, L, Hq, Hkv, D, BS, dtype, kv, i) for i in range(2)]

@@ -32,7 +32,7 @@ SWITCHES = os.environ.get("SWITCHES", "- CUPY_OPS_EXP_SKIP_PV CUPY_OPS_EXP_SKIP_
 
 
 def main():
-    print(f"device: {torch.cuda.get_device_name()}  copy {_bench.copy_bandwidth_gbs():.0f} GB/s")
+    print(_bench.device_line(_bench.copy_bandwidth_gbs()))
     src = _runtime.read_source("paged_attention_gqa.cu")
     opts = _runtime.compile_options(_device.arch(0))
     for name, op, B, L, kv in CONFIGS:
@@ -65,7 +65,8 @@ def main():
                 launch.func_ptr = fn.ptr
             us = _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=100)
             cells.append(f"{sw.replace('CUPY_OPS_EXP_', '') or 'shipped'} {us:.1f}")
-        print(f"{name:18s} grid={decode[0].dims[:3]}: " + " | ".join(cells), flush=True)
+        print(f"{name:18s} grid={decode[0].dims[:3]}: " + " | ".join(cells) +
+              f" [SM clock {_bench.sm_clock_mhz():.0f} MHz]", flush=True)
         del sets
         torch.cuda.empty_cache()
 
