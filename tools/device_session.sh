@@ -12,6 +12,10 @@ OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUPY_OPS_CACHE_DIR=${CUPY_OPS_CACHE_DIR:-/tmp/cupy_ops_cache}
 STEPS=${STEPS:-precompile pytest_gpu pytest_large selftest host_time wheel}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/device.txt"
+# SM clock, power and temperature once a second for the whole run (lent cards differ: perf.md).
+nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 1000 \
+  > "$OUT/clocks.csv" 2>/dev/null &
+CLOCKS_PID=$!
 step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
   case " $STEPS " in *" $name "*) ;; *) return ;; esac
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; local rc=$?
@@ -70,6 +74,11 @@ step bench_vs 150 python3 -m cupy_ops bench vertical_slash --json "$OUT/bench_vs
 step bench_merge 150 python3 -m cupy_ops bench merge_attn_states --json "$OUT/bench_merge.json"
 
 step racecheck 300 env OUT="$OUT/racecheck" TOOLS=racecheck TOOL_TIMEOUT=290 bash tools/sanitize.sh
+
+kill $CLOCKS_PID 2>/dev/null
+awk -F', *' '$1 > 1000 {print $1}' "$OUT/clocks.csv" | sort -n |
+  awk '{v[NR] = $1} END {if (NR) print "SM clock while busy (MHz, 1 s samples): min " v[1] ", median " v[int((NR + 1) / 2)] ", max " v[NR]}' |
+  tee -a "$OUT/summary.txt"
 
 # The device tool brings back at most 8 files from $OUT: pack everything but the summary when more.
 if [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
