@@ -120,6 +120,60 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   auto load_q = [&]() {
     const int lo = IS_FP8 ? 4 * c : 2 * c, hi = IS_FP8 ? 4 * c + 2 : 2 * c + 8;
     const T* q0 = query + seq * q_stride_seq + head0 * q_stride_head;
+#ifdef CUPY_OPS_EXP_Q_SMEM
+    // Experiment: the CTA's query rows staged through shared memory, 16 bytes per thread, so that
+    // they arrive in one global round trip; the per-lane loads below went out as 8 dependent
+    // batches of 4 (ncu, H200 p25b: 11% of all stall samples at B256 L1024, ~2 us per CTA).
+    // Room: stage STAGES - 1's K tile (64 x head_size cache elements >= 16 x (head_size + 8)
+    // query elements), whose copy goes out only after iteration 0's barrier (the barrier at the
+    // end keeps it so for the empty-barrier loop too); rows padded by 8 elements so that the 8 rows
+    // a warp reads at once start in different banks.
+    const int q_pitch = head_size + 8;
+    T* const q_s = reinterpret_cast<T*>(k_s + (STAGES - 1) * tile_bytes);
+    constexpr int QV = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte load
+    const bool q_vec = ((reinterpret_cast<unsigned long long>(q0) | static_cast<unsigned long long>(q_stride_head * sizeof(T))) & 15) == 0;
+    if (q_vec) {
+      const int per_row = head_size / QV;  // head_size % 16 == 0
+      for (int i = tid; i < heads_here * per_row; i += PA_THREADS) {
+        const int r = i / per_row, v = (i - r * per_row) * QV;
+        *reinterpret_cast<uint4*>(q_s + r * q_pitch + v) = __ldg(reinterpret_cast<const uint4*>(q0 + r * q_stride_head + v));
+      }
+    } else {  // a query view not 16-byte aligned: element loads, 8 in flight per thread
+#pragma unroll 8
+      for (int i = tid; i < heads_here * head_size; i += PA_THREADS) {
+        const int r = i / head_size, col = i - r * head_size;
+        q_s[r * q_pitch + col] = q0[r * q_stride_head + col];
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < HT; ++h)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int col = 8 * h + 2 * c + j;
+        slope2[h][j] = (alibi_slopes != nullptr && col < heads_here) ? __ldg(alibi_slopes + head0 + col) * LOG2E : 0.0f;
+      }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < HT; ++h) {
+      const int r = 8 * h + g;
+      // Elements col, col + 1 (col even) of row r as one B-fragment register (one 32-bit load).
+      auto q_pair = [&](int col) -> unsigned {
+        if (r >= heads_here) return 0u;
+        Vec<T, 2> v;
+        v.raw = *reinterpret_cast<const unsigned*>(q_s + r * q_pitch + col);
+        if constexpr (!IS_FP8) return v.raw;  // MT is T: the word is the fragment
+        return pack2<MT>(to_float(v.get(0)), to_float(v.get(1)));
+      };
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS; ++kk) {
+        if (kk * 16 < head_size) {
+          qb[kk][h][0] = q_pair(kk * 16 + lo);
+          qb[kk][h][1] = q_pair(kk * 16 + hi);
+        }
+      }
+    }
+    __syncthreads();  // every warp has its fragments before stage STAGES - 1 is refilled
+#else
 #pragma unroll
     for (int h = 0; h < HT; ++h) {
       const int r = 8 * h + g;
@@ -137,6 +191,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         slope2[h][j] = (alibi_slopes != nullptr && col < heads_here) ? __ldg(alibi_slopes + head0 + col) * LOG2E : 0.0f;
       }
     }
+#endif
   };
 #ifdef CUPY_OPS_EXP_Q_FIRST  // experiment (tools/exp_paged_parts.py): the query before the stages
   load_q();

@@ -27,7 +27,8 @@ CONFIGS = [("v1 B64 L4096", "v1", 64, 4096, "auto"), ("v1 B256 L1024", "v1", 256
 # the tile, then the barrier and the refill: p24's order), CUPY_OPS_EXP_NO_TABLE_PREFETCH (the
 # block-table entry read where the refill uses it), CUPY_OPS_EXP_NO_FOLD (merge_partitions after
 # merge_warps), CUPY_OPS_EXP_EMPTY_BARRIERS (no CTA barrier in the loop: per-stage empty mbarriers,
-# branch paged-p25c's kernel byte for byte).
+# branch paged-p25c's kernel byte for byte), CUPY_OPS_EXP_Q_SMEM (the query rows staged through
+# shared memory in one round trip).
 SWITCHES = os.environ.get("SWITCHES", "- CUPY_OPS_EXP_SKIP_PV CUPY_OPS_EXP_SKIP_MATH").split()
 
 
