@@ -4,7 +4,8 @@ issue's shapes:
     -                      the kernel as shipped
     CUPY_OPS_EXP_SKIP_PV     P V for the first 16 dims only
     CUPY_OPS_EXP_SKIP_MATH   no math at all: the pipeline (copies, barriers) alone
-    (SWITCHES="- A B+C": the shipped kernel, A, then B and C together; the others are below)
+    (SWITCHES="- A B+C": the shipped kernel, A, then B and C together; the others are below;
+    ONLY="B64,B1 " keeps the shapes whose names contain one of those strings)
 
     PYTHONPATH=. python3 tools/exp_paged_parts.py
 """
@@ -19,7 +20,10 @@ from cupy_ops.ops import paged_attention as pa
 
 CONFIGS = [("v1 B64 L4096", "v1", 64, 4096, "auto"), ("v1 B256 L1024", "v1", 256, 1024, "auto"),
            ("v2 B64 L4096", "v2", 64, 4096, "auto"), ("v2 B256 L1024", "v2", 256, 1024, "auto"),
-           ("v1 fp8 B64 L4096", "v1", 64, 4096, "fp8_e4m3"), ("v2 fp8 B64 L4096", "v2", 64, 4096, "fp8_e4m3")]
+           ("v1 fp8 B64 L4096", "v1", 64, 4096, "fp8_e4m3"), ("v2 fp8 B64 L4096", "v2", 64, 4096, "fp8_e4m3"),
+           ("v1 B8 L4096", "v1", 8, 4096, "auto"), ("v2 B8 L4096", "v2", 8, 4096, "auto"),
+           ("v1 B1 L32768", "v1", 1, 32768, "auto"), ("v2 B1 L32768", "v2", 1, 32768, "auto")]
+CONFIGS = [c for c in CONFIGS if any(w in c[0] for w in os.environ.get("ONLY", c[0]).split(","))]
 # (A switch that skipped the warps' merge measured nothing useful: without the epilogue the
 # compiler deletes the O accumulators and most of P V with it.) Also CUPY_OPS_EXP_Q_FIRST: the
 # query rows loaded before the first stages are issued (as before p22c). (p22's switches for v2's
@@ -32,10 +36,21 @@ CONFIGS = [("v1 B64 L4096", "v1", 64, 4096, "auto"), ("v1 B256 L1024", "v1", 256
 SWITCHES = os.environ.get("SWITCHES", "- CUPY_OPS_EXP_SKIP_PV CUPY_OPS_EXP_SKIP_MATH").split()
 
 
+def plan_variant(launch):
+    """The (kernel family, variant) whose loaded kernel a plan's launch runs: the op chose it
+    (v1 splits write fp32 partials, v2 CTAs may span partitions), so the experiment rebuilds
+    exactly that instantiation."""
+    for (_, family_op, variant), fn in list(_runtime._modules.items()):
+        if fn.ptr == launch.func_ptr:
+            return family_op, variant
+    raise LookupError("the launch's kernel was not loaded through _runtime.get_kernel")
+
+
 def main():
     print(_bench.device_line(_bench.copy_bandwidth_gbs()))
     src = _runtime.read_source("paged_attention_gqa.cu")
     opts = _runtime.compile_options(_device.arch(0))
+    built = {}
     for name, op, B, L, kv in CONFIGS:
         sets = [_bench._paged_set(torch, B, L, 32, 8, 128, 16, "bfloat16", kv, i) for i in range(2)]
         one = torch.ones((), device="cuda")
@@ -54,14 +69,18 @@ def main():
                                             lens, 16, L, kv_cache_dtype=kv, k_scale=one, v_scale=one)
             plans.append(list(pa._PLANS._plans.values())[-1])
         decode = [p.launches[0] if hasattr(p, "launches") else p for p in plans]  # the decode launches
-        # The plan's instantiation: v2's CTAs span partitions here (MULTI), v1's do not.
-        variant = pa.choose_variant("bfloat16", pa.KV_KINDS[kv], 128, 4, "bfloat16", False, multi=op == "v2")
+        family_op, variant = plan_variant(decode[0])
+        if family_op != pa.GQA_FAMILY.op:
+            print(f"{name:18s} runs {family_op}, not the GQA kernel: skipped", flush=True)
+            continue
         expr = pa.GQA_FAMILY.name_expression(variant)
         cells = []
         for sw in SWITCHES:
             sw = "" if sw == "-" else sw
-            c = _runtime.nvrtc_compile(src, [expr], opts + tuple(f"-D{x}" for x in sw.split("+") if x))
-            fn = _device.load_function(0, c.binary, c.lowered_names[expr])
+            if (expr, sw) not in built:  # shapes share instantiations
+                c = _runtime.nvrtc_compile(src, [expr], opts + tuple(f"-D{x}" for x in sw.split("+") if x))
+                built[expr, sw] = _device.load_function(0, c.binary, c.lowered_names[expr])
+            fn = built[expr, sw]
             for launch in decode:
                 launch.func_ptr = fn.ptr
             us = _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=100)
