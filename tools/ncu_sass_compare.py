@@ -1,7 +1,7 @@
 """Where two kernels' instructions and stall samples differ, from ncu SASS pages (CSV files that
 tools/ncu_hot.py writes, e.g. device_session.sh's ncu_paged step: $OUT/ncu_sass_OP_BN.csv). No GPU.
 
-    python3 tools/ncu_sass_compare.py A.csv [B.csv] [--loop EXEC] [--once EXEC]
+    python3 tools/ncu_sass_compare.py A.csv[.gz] [B.csv[.gz]] [--loop EXEC] [--once EXEC]
 
 For each file: warp instructions and stall samples in total, then by execution count (a line
 executed once per tile of every warp has the loop's count, once per warp the CTA's), then the
@@ -12,13 +12,16 @@ they are not the two largest classes.
 """
 import argparse
 import csv
+import gzip
 import io
 from collections import Counter
 
 
 def load(path):
     """(source, executions, stall samples) per SASS line."""
-    lines = [line for line in open(path).read().splitlines() if line.startswith('"')]
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        lines = [line for line in f.read().splitlines() if line.startswith('"')]
     rows = list(csv.reader(io.StringIO("\n".join(lines))))
     hi = next(i for i, r in enumerate(rows) if "Source" in r)
     head, body = rows[hi], rows[hi + 1:]
