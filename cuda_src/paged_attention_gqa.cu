@@ -406,12 +406,8 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // and the refill of tile it_next's stage, which reads the entry of the tile after it.
   int next_phys = bulk && STAGES - 1 < num_tiles ? table_entry(STAGES - 1) : -1;
   auto bulk_refill = [&](int it_next) {
-#ifdef CUPY_OPS_EXP_NO_TABLE_PREFETCH  // experiment: the entry read where it is used (p24)
-    bulk_load(it_next % STAGES, table_entry(it_next));
-#else
     bulk_load(it_next % STAGES, next_phys);
     next_phys = it_next + 1 < num_tiles ? table_entry(it_next + 1) : -1;
-#endif
   };
 #ifndef CUPY_OPS_EXP_Q_FIRST
   load_q();
@@ -602,12 +598,8 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // first batch's loads go out before the barrier.
   constexpr int PRE = 4;
   const bool fold = MULTI && own && full_rounds > 0;
-#ifndef CUPY_OPS_EXP_NO_FOLD  // experiment: merge_partitions after merge_warps (p23c) instead
   const bool aligned = (reinterpret_cast<unsigned long long>(out) & (4 * sizeof(O) - 1)) == 0 &&
                        (out_stride_part & 3) == 0 && (out_stride_head & 3) == 0;
-#else
-  const bool aligned = false;
-#endif
   const O* tmp_row0 = out + seq * out_stride_seq + head0 * out_stride_head + first_part * out_stride_part;
   PartitionBatch<O, PRE> pre;
   const bool preloaded = fold && aligned && tid < heads_here * (head_size >> 2);

@@ -27,12 +27,11 @@ CONFIGS = [c for c in CONFIGS if any(w in c[0] for w in os.environ.get("ONLY", c
 # (A switch that skipped the warps' merge measured nothing useful: without the epilogue the
 # compiler deletes the O accumulators and most of P V with it.) Also CUPY_OPS_EXP_Q_FIRST: the
 # query rows loaded before the first stages are issued (as before p22c). (p22's switches for v2's
-# partition ends went with them in p23: a warp per partition.) p25: CUPY_OPS_EXP_WAIT_FIRST (wait for
-# the tile, then the barrier and the refill: p24's order), CUPY_OPS_EXP_NO_TABLE_PREFETCH (the
-# block-table entry read where the refill uses it), CUPY_OPS_EXP_NO_FOLD (merge_partitions after
-# merge_warps), CUPY_OPS_EXP_EMPTY_BARRIERS (no CTA barrier in the loop: per-stage empty mbarriers,
-# branch paged-p25c's kernel byte for byte), CUPY_OPS_EXP_Q_SMEM (the query rows staged through
-# shared memory in one round trip).
+# partition ends went with them in p23: a warp per partition; p25's NO_TABLE_PREFETCH and NO_FOLD
+# once measured, docs/perf.md session 6.) p25: CUPY_OPS_EXP_WAIT_FIRST (wait for the tile, then
+# the barrier and the refill: p24's order), CUPY_OPS_EXP_EMPTY_BARRIERS (no CTA barrier in the
+# loop: per-stage empty mbarriers, branch paged-p25c's kernel byte for byte), CUPY_OPS_EXP_Q_SMEM
+# (the query rows staged through shared memory in one round trip).
 SWITCHES = os.environ.get("SWITCHES", "- CUPY_OPS_EXP_SKIP_PV CUPY_OPS_EXP_SKIP_MATH").split()
 
 
