@@ -117,6 +117,13 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // are then its KV stream, with the query rows' latency behind them instead of in front.
   unsigned qb[KSTEPS][HT][2];
   float slope2[HT][2];  // ALiBi slopes (base 2) of this lane's S columns: heads 8h + 2c, + 1
+  auto load_slopes = [&](int h) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int col = 8 * h + 2 * c + j;
+      slope2[h][j] = (alibi_slopes != nullptr && col < heads_here) ? __ldg(alibi_slopes + head0 + col) * LOG2E : 0.0f;
+    }
+  };
   auto load_q = [&]() {
     const int lo = IS_FP8 ? 4 * c : 2 * c, hi = IS_FP8 ? 4 * c + 2 : 2 * c + 8;
     const T* q0 = query + seq * q_stride_seq + head0 * q_stride_head;
@@ -146,12 +153,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       }
     }
 #pragma unroll
-    for (int h = 0; h < HT; ++h)
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int col = 8 * h + 2 * c + j;
-        slope2[h][j] = (alibi_slopes != nullptr && col < heads_here) ? __ldg(alibi_slopes + head0 + col) * LOG2E : 0.0f;
-      }
+    for (int h = 0; h < HT; ++h) load_slopes(h);
     __syncthreads();
 #pragma unroll
     for (int h = 0; h < HT; ++h) {
@@ -185,11 +187,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
           qb[kk][h][1] = pack2<MT>(q_at(kk * 16 + hi), q_at(kk * 16 + hi + 1));
         }
       }
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int col = 8 * h + 2 * c + j;
-        slope2[h][j] = (alibi_slopes != nullptr && col < heads_here) ? __ldg(alibi_slopes + head0 + col) * LOG2E : 0.0f;
-      }
+      load_slopes(h);
     }
 #endif
   };
