@@ -84,9 +84,6 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(8) unsigned long long full_bar[STAGES];  // bulk path: one per stage
-#ifdef CUPY_OPS_EXP_EMPTY_BARRIERS  // experiment: a stage's release by all four warps (below)
-  __shared__ __align__(8) unsigned long long empty_bar[STAGES];
-#endif
   const int tile_bytes = TILE * head_size * ELEM;
   unsigned char* k_s = smem;
   unsigned char* v_s = smem + STAGES * tile_bytes;
@@ -127,14 +124,13 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   auto load_q = [&]() {
     const int lo = IS_FP8 ? 4 * c : 2 * c, hi = IS_FP8 ? 4 * c + 2 : 2 * c + 8;
     const T* q0 = query + seq * q_stride_seq + head0 * q_stride_head;
-#ifdef CUPY_OPS_EXP_Q_SMEM
-    // Experiment: the CTA's query rows staged through shared memory, 16 bytes per thread, so that
-    // they arrive in one global round trip; the per-lane loads below went out as 8 dependent
-    // batches of 4 (ncu, H200 p25b: 11% of all stall samples at B256 L1024, ~2 us per CTA).
+    // The CTA's query rows, staged through shared memory 16 bytes per thread, arrive in one global
+    // round trip; per-lane loads of the fragments went out as 8 dependent batches of 4 (ncu, H200
+    // p25b: 11% of all stall samples at B256 L1024, ~2 us per CTA; staged: B256 -3%, docs/perf.md).
     // Room: stage STAGES - 1's K tile (64 x head_size cache elements >= 16 x (head_size + 8)
     // query elements), whose copy goes out only after iteration 0's barrier (the barrier at the
-    // end keeps it so for the empty-barrier loop too); rows padded by 8 elements so that the 8 rows
-    // a warp reads at once start in different banks.
+    // end of load_q); rows padded by 8 elements so that the 8 rows a warp reads at once start in
+    // different banks.
     const int q_pitch = head_size + 8;
     T* const q_s = reinterpret_cast<T*>(k_s + (STAGES - 1) * tile_bytes);
     constexpr int QV = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte load
@@ -174,26 +170,10 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         }
       }
     }
+    // The bulk path's refill of stage STAGES - 1 writes these bytes through the async proxy.
+    if (bulk) fence_proxy_async_smem();
     __syncthreads();  // every warp has its fragments before stage STAGES - 1 is refilled
-#else
-#pragma unroll
-    for (int h = 0; h < HT; ++h) {
-      const int r = 8 * h + g;
-      auto q_at = [&](int col) { return r < heads_here ? to_float(q0[r * q_stride_head + col]) : 0.0f; };
-#pragma unroll
-      for (int kk = 0; kk < KSTEPS; ++kk) {
-        if (kk * 16 < head_size) {
-          qb[kk][h][0] = pack2<MT>(q_at(kk * 16 + lo), q_at(kk * 16 + lo + 1));
-          qb[kk][h][1] = pack2<MT>(q_at(kk * 16 + hi), q_at(kk * 16 + hi + 1));
-        }
-      }
-      load_slopes(h);
-    }
-#endif
   };
-#ifdef CUPY_OPS_EXP_Q_FIRST  // experiment (tools/exp_paged_parts.py): the query before the stages
-  load_q();
-#endif
   // Softmax in base 2 (logits times log2 e, exp2_ftz); max logits are written back in natural units.
   const float s_scale = scale * (IS_FP8 ? __ldg(k_scale_ptr) : 1.0f) * LOG2E;
   const float v_scale = IS_FP8 ? __ldg(v_scale_ptr) : 1.0f;
@@ -380,9 +360,6 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 #pragma unroll
     for (int st = 0; st < STAGES; ++st) {
       mbar_init(smem_addr(&full_bar[st]), 1);
-#ifdef CUPY_OPS_EXP_EMPTY_BARRIERS
-      mbar_init(smem_addr(&empty_bar[st]), WARPS);
-#endif
     }
     mbar_init_fence();
   }
@@ -407,25 +384,14 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     bulk_load(it_next % STAGES, next_phys);
     next_phys = it_next + 1 < num_tiles ? table_entry(it_next + 1) : -1;
   };
-#ifndef CUPY_OPS_EXP_Q_FIRST
   load_q();
-#endif
   // One barrier per tile: after it every warp is done with tile it - 1, whose buffer the prefetch
   // of tile it + STAGES - 1 then overwrites (cp.async: the barrier also publishes tile `it`).
   // The rounds as an outer loop, their tiles as the inner one: with the round end inside the tile
   // loop (p23's first form) ptxas copied the accumulators around it, ~190 moves per tile (ncu,
   // H200: v2 B256 69.7 M warp instructions against v1's 38.8 M).
-  // Experiment CUPY_OPS_EXP_EMPTY_BARRIERS (branch paged-p25c, docs/perf.md session 6): no CTA
-  // barrier in the bulk path's loop; each warp arrives on its stage's empty mbarrier when done with
-  // it (release_stage) and warp 0 waits on it before refilling. Its measurement is unsettled.
-  auto release_stage = [&](int stage) {
-#ifdef CUPY_OPS_EXP_EMPTY_BARRIERS
-    if (bulk) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(smem_addr(&empty_bar[stage]));
-    }
-#endif
-  };
+  // (Per-stage "empty" mbarriers instead of the CTA barrier, each warp releasing its stage and
+  // warp 0 waiting before the refill, ran ~20% slower on every shape: H200, p25c, docs/perf.md.)
   int it = 0;
   for (int round = 0; round <= full_rounds; ++round) {
     if (round > 0) {  // a full round ended: each warp's partition, from its registers
@@ -440,24 +406,12 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     for (; it < round_end; ++it, tok0 += step) {
       const int stage = it % STAGES;
       if (bulk) {
-#if defined(CUPY_OPS_EXP_EMPTY_BARRIERS)  // experiment: no CTA barrier (release_stage above)
-        if (warp == 0 && it + STAGES - 1 < num_tiles) {
-          if (it > 0) mbar_wait_parity(smem_addr(&empty_bar[(it - 1) % STAGES]), ((it - 1) / STAGES) & 1);
-          bulk_refill(it + STAGES - 1);
-        }
-        mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
-#elif defined(CUPY_OPS_EXP_WAIT_FIRST)  // experiment: p24's order (wait for the tile, barrier, refill)
+        // Wait for tile `it`, then the barrier, then the refill of tile it - 1's stage. (Barrier,
+        // refill, wait keeps STAGES tiles in flight during the wait instead of STAGES - 1, but
+        // with the table entries prefetched it ran 1-2% slower: H200, p25b, docs/perf.md.)
         mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
         __syncthreads();
         if (it + STAGES - 1 < num_tiles) bulk_refill(it + STAGES - 1);
-#else
-        // Barrier, refill, then wait: the stage of tile it - 1 is refilled as soon as every warp
-        // is done with it, so STAGES tiles are in flight while the warps wait for tile `it`
-        // (waiting first kept STAGES - 1: the refill waited for tile `it` to land).
-        __syncthreads();
-        if (it + STAGES - 1 < num_tiles) bulk_refill(it + STAGES - 1);
-        mbar_wait_parity(smem_addr(&full_bar[stage]), (it / STAGES) & 1);
-#endif
       } else {
         // cp.async: a thread's wait covers its own copies only, so the barrier must follow it.
         cp_async_wait<STAGES - 2>();
@@ -469,10 +423,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         }
       }
       const int valid = min(16, end - tok0);
-      if (valid <= 0) {
-        release_stage(stage);
-        continue;
-      }
+      if (valid <= 0) continue;
       if (valid < 16) {
         // Tokens past the end (garbage of a partly used block, or blocks not copied): V must be
         // zero there (probability 0 times NaN is NaN). Only this warp reads its 16 tokens.
@@ -484,13 +435,11 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 #pragma unroll
           for (int b = 0; b < ELEM; ++b) p[b] = 0;
         }
-#ifdef CUPY_OPS_EXP_EMPTY_BARRIERS
-        if (bulk) fence_proxy_async_smem();  // before the stage's next bulk copy overwrites these
-#endif
+        // Generic-proxy writes: fenced before the stage's next bulk copy (async proxy) overwrites them.
+        if (bulk) fence_proxy_async_smem();
         __syncwarp();
       }
 #ifdef CUPY_OPS_EXP_SKIP_MATH  // experiment (tools/exp_paged_parts.py): the pipeline alone
-      release_stage(stage);
       continue;
 #endif
       const unsigned ks = k_frag + stage * tile_bytes, vs = v_frag + stage * tile_bytes;
@@ -575,7 +524,6 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 #pragma unroll
         for (int h = 0; h < HT; ++h) mma16816<MT>(o[mt][h], a, pb[h][0], pb[h][1]);
       }
-      release_stage(stage);
     }
   }
   if (!bulk) cp_async_wait<0>();  // bulk: every stage that was filled was also waited for

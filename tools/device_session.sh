@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
-#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_parts gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
+#   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_parts paged_repeat gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
 #   sanitize_paged sanitize_vs bench_topk bench_vs bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh; with
 # CUPY_OPS_EXPERIMENT_DEFINES=CUPY_OPS_EXP_... every step runs that experimental kernel path.
@@ -56,6 +56,7 @@ step ncu_paged 400 bash -c "$(declare -f ncu_profile); for s in '64 4096' '256 1
 step ncu_topk 200 bash -c "$(declare -f ncu_profile); ROWS=\${ROWS:-128} COLS=\${COLS:-8192} ncu_profile top_k 2 tools/ncu_topk.py"
 step paged_parts 300 env SWITCHES="${SWITCHES:-- CUPY_OPS_EXP_SKIP_MATH}" \
   python3 tools/exp_paged_parts.py
+step paged_repeat 300 python3 tools/exp_paged_repeat.py
 step gqa_stages 200 python3 tools/exp_paged.py
 step paged_floor 200 python3 tools/exp_paged_floor.py
 step paged8_tests 200 env CUPY_OPS_PAGED_WARPS=8 python3 -m pytest -q -p no:cacheprovider -x tests/test_paged_attention_gpu.py

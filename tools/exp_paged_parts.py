@@ -25,13 +25,9 @@ CONFIGS = [("v1 B64 L4096", "v1", 64, 4096, "auto"), ("v1 B256 L1024", "v1", 256
            ("v1 B1 L32768", "v1", 1, 32768, "auto"), ("v2 B1 L32768", "v2", 1, 32768, "auto")]
 CONFIGS = [c for c in CONFIGS if any(w in c[0] for w in os.environ.get("ONLY", c[0]).split(","))]
 # (A switch that skipped the warps' merge measured nothing useful: without the epilogue the
-# compiler deletes the O accumulators and most of P V with it.) Also CUPY_OPS_EXP_Q_FIRST: the
-# query rows loaded before the first stages are issued (as before p22c). (p22's switches for v2's
-# partition ends went with them in p23: a warp per partition; p25's NO_TABLE_PREFETCH and NO_FOLD
-# once measured, docs/perf.md session 6.) p25: CUPY_OPS_EXP_WAIT_FIRST (wait for the tile, then
-# the barrier and the refill: p24's order), CUPY_OPS_EXP_EMPTY_BARRIERS (no CTA barrier in the
-# loop: per-stage empty mbarriers, branch paged-p25c's kernel byte for byte), CUPY_OPS_EXP_Q_SMEM
-# (the query rows staged through shared memory in one round trip).
+# compiler deletes the O accumulators and most of P V with it.) Switches measured and settled are
+# removed from the kernel once their outcome is in docs/perf.md (session 7: WAIT_FIRST and Q_SMEM
+# became the default, EMPTY_BARRIERS and Q_FIRST went).
 SWITCHES = os.environ.get("SWITCHES", "- CUPY_OPS_EXP_SKIP_PV CUPY_OPS_EXP_SKIP_MATH").split()
 
 
@@ -55,9 +51,10 @@ def main():
         one = torch.ones((), device="cuda")
         P = math.ceil(L / 512)
         pa._PLANS.clear()
-        plans = []
+        plans, outs = [], []
         for q, kc, vc, table, lens in sets:
             out = torch.empty_like(q)
+            outs.append(out)
             if op == "v1":
                 cupy_ops.paged_attention_v1(out, q, kc, vc, 8, 128 ** -0.5, table, lens, 16, L,
                                             kv_cache_dtype=kv, k_scale=one, v_scale=one)
@@ -73,7 +70,7 @@ def main():
             print(f"{name:18s} runs {family_op}, not the GQA kernel: skipped", flush=True)
             continue
         expr = pa.GQA_FAMILY.name_expression(variant)
-        cells = []
+        cells, shipped_out = [], None
         for sw in SWITCHES:
             sw = "" if sw == "-" else sw
             if (expr, sw) not in built:  # shapes share instantiations
@@ -83,7 +80,15 @@ def main():
             for launch in decode:
                 launch.func_ptr = fn.ptr
             us = _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=100)
-            cells.append(f"{sw.replace('CUPY_OPS_EXP_', '') or 'shipped'} {us:.1f}")
+            # The switch's output against the shipped kernel's (poisoned first): a layout switch
+            # must agree to rounding, a SKIP_ one will not.
+            outs[0].fill_(float("nan"))
+            plans[0].run()
+            torch.cuda.synchronize()
+            if shipped_out is None:
+                shipped_out = outs[0].float().clone()
+            diff = (outs[0].float() - shipped_out).abs().nan_to_num(float("inf")).max().item()
+            cells.append(f"{sw.replace('CUPY_OPS_EXP_', '') or 'shipped'} {us:.1f} (diff {diff:.1e})")
         print(f"{name:18s} grid={decode[0].dims[:3]}: " + " | ".join(cells) +
               f" [SM clock {_bench.sm_clock_mhz():.0f} MHz]", flush=True)
         del sets

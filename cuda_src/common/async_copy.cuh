@@ -48,12 +48,6 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, int bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 #endif
 }
-// One plain arrival (release: this thread's earlier shared-memory reads and writes come first).
-__device__ __forceinline__ void mbar_arrive(unsigned bar) {
-#if CUPY_OPS_HAS_BULK_COPY
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-#endif
-}
 // Orders this thread's earlier generic-proxy shared-memory writes before later bulk copies (async
 // proxy) into the same bytes.
 __device__ __forceinline__ void fence_proxy_async_smem() {

@@ -552,8 +552,7 @@ def merge_smem_bytes(entries: int) -> int:
     return 16 + 16 * entries * 4
 
 
-# Static shared memory of paged_decode_gqa_kernel (the bulk path's mbarriers, up to 4 stages;
-# twice that with the experiment switch CUPY_OPS_EXP_EMPTY_BARRIERS).
+# Static shared memory of paged_decode_gqa_kernel (the bulk path's mbarriers, up to 4 stages).
 GQA_STATIC_SMEM = 4 * 8
 
 
