@@ -30,6 +30,7 @@
 //   MULTI   CTAs may span several v2 partitions (part_tokens < split_tokens; part_tokens = 512,
 //           block sizes <= 16): v2's instantiations only (HT 1, O = T). v1's loop is smaller
 //           without that code (H200, docs/perf.md p22e).
+//   EXACT   head_size == DMAX (the host guarantees it): loop bounds known at compile time.
 // fp8 fragments: a lane's k-indices {2c, 2c+1, 2c+8, 2c+9} of a 16-wide k-step are mapped to four
 // consecutive elements (dims 4c..4c+3 of K, tokens 4c..4c+3 of V), so each is one 32-bit shared
 // load; Q's B fragments use the same dimension order, and the S rows (tokens) follow the V token
@@ -55,13 +56,16 @@ __device__ __forceinline__ int s_row_token(int m) {
 // room for 4 CTAs (head size 64; fp8 head size 128 with <= 8 heads: 4 CTAs per SM make B64 L4096
 // one wave, docs/perf.md p20); else 2: 16-bit head size 128 runs 2 CTAs per SM (shared memory)
 // and ptxas's own choice of 128 registers spilled inside the tile loop there.
-template <typename T, typename KV, typename O, int DMAX, int STAGES, int HT, bool MULTI>
+template <typename T, typename KV, typename O, int DMAX, int STAGES, int HT, bool MULTI, bool EXACT>
 __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 && DMAX == 128 && HT == 1)) ? 4 : 2)
     paged_decode_gqa_kernel(PAGED_DECODE_MMA_PARAMS) {
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
   static_assert(HT == 1 || HT == 2, "8 or 16 query heads per CTA");
   static_assert(!MULTI || HT == 1, "v2 runs groups above 8 on the parts kernel");
+  // The head size, a constant when it is DMAX (EXACT): the k-step and m-tile loops then have no
+  // per-step bound test (~30 of ~200 instructions per warp and tile: ncu SASS, H200 p25b).
+  const int hd = EXACT ? DMAX : head_size;
   constexpr bool IS_FP8 = sizeof(KV) == 1;
   using MT = typename pick_type<IS_FP8, __half, T>::type;
   constexpr int ELEM = static_cast<int>(sizeof(KV));
@@ -74,7 +78,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   if (exp_sums != nullptr && cta.begin >= cta.seq_len) {
     if (final_out != nullptr && cta.seq_len == 0 && cta.split == 0)
       zero_empty_sequence<T, PA_THREADS>(final_out, final_stride_seq, final_stride_head, cta.seq, cta.head0,
-                                         cta.heads_here, head_size);
+                                         cta.heads_here, hd);
     return;
   }
   const int seq = cta.seq, head0 = cta.head0, heads_here = cta.heads_here;
@@ -84,7 +88,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
 
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(8) unsigned long long full_bar[STAGES];  // bulk path: one per stage
-  const int tile_bytes = TILE * head_size * ELEM;
+  const int tile_bytes = TILE * hd * ELEM;
   unsigned char* k_s = smem;
   unsigned char* v_s = smem + STAGES * tile_bytes;
   // Two ways to fill a stage (both keep one CTA barrier per tile):
@@ -96,7 +100,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   //   cp.async  every thread copies 16-byte words into the swizzled tile layout of
   //             paged_tiles.cuh (TileCopier); any block size.
   // The per-thread cp.async loader was ~40% of the instructions of a tile (ncu/SASS, H200).
-  const int block_size = 1 << log2_bs, block_bytes = head_size * block_size * ELEM;
+  const int block_size = 1 << log2_bs, block_bytes = hd * block_size * ELEM;
   const bool bulk = CUPY_OPS_HAS_BULK_COPY && (log2_bs == 3 || log2_bs == 4) &&
                     ((reinterpret_cast<unsigned long long>(key_cache) | reinterpret_cast<unsigned long long>(value_cache) |
                       static_cast<unsigned long long>((k_stride_block | k_stride_head | v_stride_block | v_stride_head) * ELEM)) &
@@ -105,7 +109,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
                           reinterpret_cast<const unsigned char*>(key_cache + cta.kv_head * k_stride_head),
                           reinterpret_cast<const unsigned char*>(value_cache + cta.kv_head * v_stride_head),
                           block_tables + seq * block_tables_stride, k_stride_block, v_stride_block,
-                          log2_bs, head_size, TILE, end};
+                          log2_bs, hd, TILE, end};
   auto all_blocks = [](int) { return true; };
   const TileCopier<KV> copier(tiles);
 
@@ -131,20 +135,20 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
     // query elements), whose copy goes out only after iteration 0's barrier (the barrier at the
     // end of load_q); rows padded by 8 elements so that the 8 rows a warp reads at once start in
     // different banks.
-    const int q_pitch = head_size + 8;
+    const int q_pitch = hd + 8;
     T* const q_s = reinterpret_cast<T*>(k_s + (STAGES - 1) * tile_bytes);
     constexpr int QV = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte load
     const bool q_vec = ((reinterpret_cast<unsigned long long>(q0) | static_cast<unsigned long long>(q_stride_head * sizeof(T))) & 15) == 0;
     if (q_vec) {
-      const int per_row = head_size / QV;  // head_size % 16 == 0
+      const int per_row = hd / QV;  // head_size % 16 == 0
       for (int i = tid; i < heads_here * per_row; i += PA_THREADS) {
         const int r = i / per_row, v = (i - r * per_row) * QV;
         *reinterpret_cast<uint4*>(q_s + r * q_pitch + v) = __ldg(reinterpret_cast<const uint4*>(q0 + r * q_stride_head + v));
       }
     } else {  // a query view not 16-byte aligned: element loads, 8 in flight per thread
 #pragma unroll 8
-      for (int i = tid; i < heads_here * head_size; i += PA_THREADS) {
-        const int r = i / head_size, col = i - r * head_size;
+      for (int i = tid; i < heads_here * hd; i += PA_THREADS) {
+        const int r = i / hd, col = i - r * hd;
         q_s[r * q_pitch + col] = q0[r * q_stride_head + col];
       }
     }
@@ -164,7 +168,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       };
 #pragma unroll
       for (int kk = 0; kk < KSTEPS; ++kk) {
-        if (kk * 16 < head_size) {
+        if (kk * 16 < hd) {
           qb[kk][h][0] = q_pair(kk * 16 + lo);
           qb[kk][h][1] = q_pair(kk * 16 + hi);
         }
@@ -238,7 +242,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   // padded by 4 floats: the 4 lanes of a quad write different columns of the same dims, which an
   // unpadded pitch of a multiple of 32 floats put in one bank).
   float* const region = reinterpret_cast<float*>(smem);
-  const int rows = min(HEADS, group), o_pitch = head_size + 4;
+  const int rows = min(HEADS, group), o_pitch = hd + 4;
   // The warp's exp sum of the query head column (h, j) this lane holds (heads 8h + 2c + j).
   auto column_sum = [&](int h, int j) {
     float l = l_run[h][j];
@@ -264,7 +268,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         float* orow = o_s + (warp * rows + col) * o_pitch;
 #pragma unroll
         for (int mt = 0; mt < KSTEPS; ++mt) {
-          if (mt * 16 >= head_size) break;
+          if (mt * 16 >= hd) break;
           orow[mt * 16 + g] = o[mt][h][j];
           orow[mt * 16 + g + 8] = o[mt][h][j + 2];
         }
@@ -284,7 +288,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         O* orow = out + seq * out_stride_seq + (head0 + col) * out_stride_head + part * out_stride_part;
 #pragma unroll
         for (int mt = 0; mt < KSTEPS; ++mt) {
-          if (mt * 16 >= head_size) break;
+          if (mt * 16 >= hd) break;
           orow[mt * 16 + g] = from_float<O>(o[mt][h][j] * norm);
           orow[mt * 16 + g + 8] = from_float<O>(o[mt][h][j + 2] * norm);
         }
@@ -429,7 +433,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         // zero there (probability 0 times NaN is NaN). Only this warp reads its 16 tokens.
         unsigned char* vs0 = v_s + stage * tile_bytes;
         const int rest = 16 - valid;
-        for (int i = lane; i < head_size * rest; i += 32) {
+        for (int i = lane; i < hd * rest; i += 32) {
           const int d = i / rest, t = tw + valid + (i - d * rest);
           unsigned char* p = vs0 + v_at(t, d);
 #pragma unroll
@@ -452,7 +456,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
         for (int i = 0; i < 4; ++i) s[h][i] = s_odd[h][i] = 0.0f;
 #pragma unroll
       for (int kk = 0; kk < KSTEPS; ++kk) {
-        if (kk * 16 >= head_size) break;
+        if (kk * 16 >= hd) break;
         unsigned a[4];
         if constexpr (IS_FP8) {
           const unsigned w0 = lds32(ks + kk * k_step), w1 = lds32(ks + kk * k_step + 2 * 16);
@@ -509,7 +513,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
       // O^T += V^T P^T, one 16-dim m-tile at a time.
 #pragma unroll
       for (int mt = 0; mt < KSTEPS; ++mt) {
-        if (mt * 16 >= head_size) break;
+        if (mt * 16 >= hd) break;
 #ifdef CUPY_OPS_EXP_SKIP_PV  // experiment: P V for the first 16 dims only
         if (mt > 0) break;
 #endif
@@ -548,32 +552,32 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
                        (out_stride_part & 3) == 0 && (out_stride_head & 3) == 0;
   const O* tmp_row0 = out + seq * out_stride_seq + head0 * out_stride_head + first_part * out_stride_part;
   PartitionBatch<O, PRE> pre;
-  const bool preloaded = fold && aligned && tid < heads_here * (head_size >> 2);
+  const bool preloaded = fold && aligned && tid < heads_here * (hd >> 2);
   if (preloaded) {
-    const int quads = head_size >> 2, r = tid / quads, d = (tid - r * quads) * 4;
+    const int quads = hd >> 2, r = tid / quads, d = (tid - r * quads) * 4;
     pre.load(max_logits, exp_sums, stat_row0 + r * num_partitions + first_part, tmp_row0 + r * out_stride_head + d,
              out_stride_part, 0, full_rounds * WARPS);
   }
   __syncthreads();
   merge_warps<T, O, PA_THREADS, WARPS>(
-      region, rows, o_pitch, 2 - last_lp, last_parts, v_scale, heads_here, head_size,
+      region, rows, o_pitch, 2 - last_lp, last_parts, v_scale, heads_here, hd,
       out + seq * out_stride_seq + head0 * out_stride_head + part0 * out_stride_part, out_stride_head,
       out_stride_part, exp_sums, max_logits, exp_sums != nullptr ? stat_row0 + part0 : -1, num_partitions,
       final_row0, final_stride_head);
   if (fold && aligned) {
     merge_with_partitions<T, O, PA_THREADS, WARPS, PRE>(
-        region, rows, o_pitch, v_scale, heads_here, head_size, exp_sums, max_logits, stat_row0 + first_part,
+        region, rows, o_pitch, v_scale, heads_here, hd, exp_sums, max_logits, stat_row0 + first_part,
         num_partitions, tmp_row0, out_stride_head, out_stride_part, full_rounds * WARPS, pre, preloaded,
         final_out + seq * final_stride_seq + head0 * final_stride_head, final_stride_head);
   } else if (fold) {  // a caller's tmp_out view not aligned to 4 elements
     __syncthreads();  // the last round's results (global) written by all warps; the region's last reads
     merge_partitions<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, exp_sums, max_logits, out, seq,
-                                       head0, heads_here, head_size, num_heads, num_partitions,
+                                       head0, heads_here, hd, num_heads, num_partitions,
                                        (seq_len + part_tokens - 1) / part_tokens, region);
   }
   if (split_counters != nullptr)
     merge_splits_if_last<T, O, PA_THREADS>(final_out, final_stride_seq, final_stride_head, split_counters, exp_sums,
-                                           max_logits, out, seq, head0, heads_here, head_size, num_heads,
+                                           max_logits, out, seq, head0, heads_here, hd, num_heads,
                                            num_partitions, (seq_len + split_tokens - 1) / split_tokens,
                                            (seq_len + part_tokens - 1) / part_tokens, smem);
 }

@@ -892,12 +892,16 @@ def test_variant_choice_and_geometry():
                 for group in (1, 3, 4, 7, 8, 16, 32):
                     for out in (dtype, "float32"):
                         for sparse in (False, True):
-                            for parts in (False, True):
-                                v = pa.choose_variant(dtype, kv, D, group, out, sparse, parts)
+                            for parts, multi in ((False, False), (False, True), (True, False)):
+                                if multi and out != dtype:
+                                    continue  # multi is v2's, whose out is the query dtype
+                                v = pa.choose_variant(dtype, kv, D, group, out, sparse, parts, multi)
                                 fam = (pa.GQA_FAMILY if isinstance(v, pa.GqaVariant) else
                                        pa.MMA_FAMILY if isinstance(v, pa.MmaVariant) else pa.FAMILY)
                                 assert fam.contains(v), v
                                 assert pa.heads_per_cta(v, group) >= min(group, 16)
+                                if isinstance(v, pa.GqaVariant):  # constant loop bounds only at dmax
+                                    assert v.exact == (D == v.dmax), v
     # Every GQA variant fits the H100/H200 227 KB opt-in limit (the end-of-CTA merges reuse the
     # stages, whose bytes are the same over one or several v2 partitions).
     limit = 227 * 1024 - pa.GQA_STATIC_SMEM

@@ -29,7 +29,7 @@ def main():
         elem = 1 if kvk != "auto" else 2
         cells = []
         for stages in stage_list:
-            v = pa.GqaVariant(dtype, kvk, dtype, D, stages, 8)
+            v = pa.GqaVariant(dtype, kvk, dtype, D, stages, 8, exact=True)
             expr = pa.GQA_FAMILY.name_expression(v)
             c = _runtime.nvrtc_compile(src, [expr], _runtime.compile_options(_device.arch(0)))
             smem = pa.smem_bytes(v, D, pa.MMA_TILE, elem)

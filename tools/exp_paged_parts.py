@@ -4,11 +4,13 @@ issue's shapes:
     -                      the kernel as shipped
     CUPY_OPS_EXP_SKIP_PV     P V for the first 16 dims only
     CUPY_OPS_EXP_SKIP_MATH   no math at all: the pipeline (copies, barriers) alone
+    INEXACT                  the same instantiation with exact=False (head size not a constant)
     (SWITCHES="- A B+C": the shipped kernel, A, then B and C together; the others are below;
     ONLY="B64,B1 " keeps the shapes whose names contain one of those strings)
 
     PYTHONPATH=. python3 tools/exp_paged_parts.py
 """
+import dataclasses
 import math
 import os
 
@@ -69,12 +71,14 @@ def main():
         if family_op != pa.GQA_FAMILY.op:
             print(f"{name:18s} runs {family_op}, not the GQA kernel: skipped", flush=True)
             continue
-        expr = pa.GQA_FAMILY.name_expression(variant)
         cells, shipped_out = [], None
         for sw in SWITCHES:
             sw = "" if sw == "-" else sw
+            inexact = "INEXACT" in sw.split("+")
+            expr = pa.GQA_FAMILY.name_expression(dataclasses.replace(variant, exact=False) if inexact else variant)
+            defines = tuple(f"-D{x}" for x in sw.split("+") if x and x != "INEXACT")
             if (expr, sw) not in built:  # shapes share instantiations
-                c = _runtime.nvrtc_compile(src, [expr], opts + tuple(f"-D{x}" for x in sw.split("+") if x))
+                c = _runtime.nvrtc_compile(src, [expr], opts + defines)
                 built[expr, sw] = _device.load_function(0, c.binary, c.lowered_names[expr])
             fn = built[expr, sw]
             for launch in decode:
@@ -87,7 +91,11 @@ def main():
             torch.cuda.synchronize()
             if shipped_out is None:
                 shipped_out = outs[0].float().clone()
-            diff = (outs[0].float() - shipped_out).abs().nan_to_num(float("inf")).max().item()
+            err = (outs[0].float() - shipped_out).abs().nan_to_num(float("inf"))
+            diff = err.max().item()
+            if diff > 1e-2:  # where: (sequence, head, dim) of the largest, and how many differ
+                where = [int(x) for x in torch.unravel_index(err.argmax(), err.shape)]
+                print(f"  {name} {sw}: {int((err > 1e-2).sum())} elements differ, largest at {where}", flush=True)
             cells.append(f"{sw.replace('CUPY_OPS_EXP_', '') or 'shipped'} {us:.1f} (diff {diff:.1e})")
         print(f"{name:18s} grid={decode[0].dims[:3]}: " + " | ".join(cells) +
               f" [SM clock {_bench.sm_clock_mhz():.0f} MHz]", flush=True)

@@ -138,14 +138,18 @@ MMA8_EXCHANGE_BYTES = 8 * 32 * 8 * 4  # partial S of every lane of the 8 warps
 @dataclasses.dataclass(frozen=True)
 class GqaVariant(MmaVariant):
     """paged_decode_gqa_kernel: MmaVariant's parameters plus the query heads per CTA (the mma's N:
-    8, or 16 for groups above 8) and whether CTAs may span several v2 partitions (``multi``: only
-    v2's instantiations carry that code; v1's loop is smaller without it, docs/perf.md p22e)."""
+    8, or 16 for groups above 8), whether CTAs may span several v2 partitions (``multi``: only
+    v2's instantiations carry that code; v1's loop is smaller without it, docs/perf.md p22e) and
+    whether the head size is dmax itself (``exact``: the k-step loops' bounds are then constants,
+    ~30 fewer instructions per warp and tile, docs/perf.md p27)."""
 
     heads: int = 8
     multi: bool = False
+    exact: bool = False
 
     def template_args(self) -> tuple[str, ...]:
-        return super().template_args() + (str(self.heads // 8), "true" if self.multi else "false")
+        flag = lambda b: "true" if b else "false"
+        return super().template_args() + (str(self.heads // 8), flag(self.multi), flag(self.exact))
 
 
 def gqa_stages(dmax: int, kv: str) -> int:
@@ -161,15 +165,16 @@ def gqa_stages(dmax: int, kv: str) -> int:
 
 
 GQA_HEADS = (8, 16)
-GQA_VARIANTS = tuple(GqaVariant(v.dtype, v.kv, v.out, v.dmax, gqa_stages(v.dmax, v.kv), h, multi)
+GQA_VARIANTS = tuple(GqaVariant(v.dtype, v.kv, v.out, v.dmax, gqa_stages(v.dmax, v.kv), h, multi, exact)
                      for v in MMA_VARIANTS for h in GQA_HEADS for multi in (False, True)
-                     if not multi or (h == 8 and v.out == v.dtype))
+                     for exact in (True, False) if not multi or (h == 8 and v.out == v.dtype))
 # The v1 kernel for tensor-core shapes (and v2's one-CTA-per-partition path): the GQA group as the
 # mma's N dimension, tokens as M (paged_attention_gqa.cu). H200 (docs/perf.md, p14).
 GQA_FAMILY = _runtime.KernelFamily(
     op="paged_attention_gqa", source="paged_attention_gqa.cu",
     template="cupy_ops::paged_decode_gqa_kernel", variants=GQA_VARIANTS,
-    common=tuple(v for v in GQA_VARIANTS if v.kv in ("auto", "e4m3") and v.dmax in (64, 128) and v.heads == 8))
+    common=tuple(v for v in GQA_VARIANTS
+                 if v.kv in ("auto", "e4m3") and v.dmax in (64, 128) and v.heads == 8 and v.exact))
 # "4" / "8" force the older head-as-M v1 kernels (4 or 8 warps) for every shape, for A/B
 # measurements and tests; anything else: the GQA kernel.
 MMA_WARPS = os.environ.get("CUPY_OPS_PAGED_WARPS", "auto")
@@ -505,7 +510,8 @@ def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str, sp
         if parts or v1_kernel() != "gqa":
             return v
         heads = 8 if group <= 8 else 16
-        return GqaVariant(dtype, kv, out, dmax, gqa_stages(dmax, kv), heads=heads, multi=multi and heads == 8)
+        return GqaVariant(dtype, kv, out, dmax, gqa_stages(dmax, kv), heads=heads, multi=multi and heads == 8,
+                          exact=head_size == dmax)
     return Variant(dtype, kv, out, group_tile(group), 1 if head_size <= THREADS else 2)
 
 
