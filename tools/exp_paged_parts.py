@@ -53,7 +53,9 @@ def main():
         one = torch.ones((), device="cuda")
         P = math.ceil(L / 512)
         pa._PLANS.clear()
-        plans, outs = [], []
+        # plan.run() replays raw pointers: every tensor a plan writes must stay alive (scratch too:
+        # freed, its memory went to later tensors, e.g. the shipped output kept for the diffs).
+        plans, outs, scratch = [], [], []
         for q, kc, vc, table, lens in sets:
             out = torch.empty_like(q)
             outs.append(out)
@@ -61,9 +63,10 @@ def main():
                 cupy_ops.paged_attention_v1(out, q, kc, vc, 8, 128 ** -0.5, table, lens, 16, L,
                                             kv_cache_dtype=kv, k_scale=one, v_scale=one)
             else:
-                es = torch.empty(B, 32, P, device="cuda")
+                es, ml = torch.empty(B, 32, P, device="cuda"), torch.empty(B, 32, P, device="cuda")
                 tmp = torch.empty(B, 32, P, 128, dtype=q.dtype, device="cuda")
-                cupy_ops.paged_attention_v2(out, es, es.clone(), tmp, q, kc, vc, 8, 128 ** -0.5, table,
+                scratch.append((es, ml, tmp))
+                cupy_ops.paged_attention_v2(out, es, ml, tmp, q, kc, vc, 8, 128 ** -0.5, table,
                                             lens, 16, L, kv_cache_dtype=kv, k_scale=one, v_scale=one)
             plans.append(list(pa._PLANS._plans.values())[-1])
         decode = [p.launches[0] if hasattr(p, "launches") else p for p in plans]  # the decode launches

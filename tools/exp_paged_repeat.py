@@ -52,10 +52,10 @@ def main():
                 cupy_ops.paged_attention_v1(out, q, kc, vc, 8, 128 ** -0.5, table, lens, 16, L,
                                             kv_cache_dtype="auto", k_scale=one, v_scale=one)
             else:
-                es = torch.empty(B, 32, P, device="cuda")
+                es, ml = torch.empty(B, 32, P, device="cuda"), torch.empty(B, 32, P, device="cuda")
                 tmp = torch.empty(B, 32, P, 128, dtype=q.dtype, device="cuda")
-                scratch.append((es, tmp))
-                cupy_ops.paged_attention_v2(out, es, es.clone(), tmp, q, kc, vc, 8, 128 ** -0.5, table,
+                scratch.append((es, ml, tmp))  # alive as long as the plans that write them
+                cupy_ops.paged_attention_v2(out, es, ml, tmp, q, kc, vc, 8, 128 ** -0.5, table,
                                             lens, 16, L, kv_cache_dtype="auto", k_scale=one, v_scale=one)
             plans.append(list(pa._PLANS._plans.values())[-1])
         torch.cuda.synchronize()
@@ -67,7 +67,7 @@ def main():
             for r in range(reps):
                 outs[0].fill_(float("nan"))
                 if scratch:
-                    scratch[0][1].fill_(float("nan"))
+                    scratch[0][2].fill_(float("nan"))
                 plans[0].run()
                 plans[1].run()
                 torch.cuda.synchronize()
