@@ -43,6 +43,31 @@ def plan_variant(launch):
     raise LookupError("the launch's kernel was not loaded through _runtime.get_kernel")
 
 
+def op_plans(op, B, L, kv, sets):
+    """Run v1 or v2 once on each (q, kc, vc, table, lens) of `sets` (bf16, 32 / 8 heads, d128,
+    block 16) and return the op's cached plans, the outputs and the v2 scratch tensors.
+    plan.run() replays raw pointers: the caller keeps every tensor returned alive as long as it
+    runs the plans (a freed scratch's memory went to later tensors, which the plans then wrote)."""
+    one = torch.ones((), device="cuda")
+    P = math.ceil(L / 512)
+    pa._PLANS.clear()
+    plans, outs, scratch = [], [], []
+    for q, kc, vc, table, lens in sets:
+        out = torch.empty_like(q)
+        outs.append(out)
+        if op == "v1":
+            cupy_ops.paged_attention_v1(out, q, kc, vc, 8, 128 ** -0.5, table, lens, 16, L,
+                                        kv_cache_dtype=kv, k_scale=one, v_scale=one)
+        else:
+            es, ml = torch.empty(B, 32, P, device="cuda"), torch.empty(B, 32, P, device="cuda")
+            tmp = torch.empty(B, 32, P, 128, dtype=q.dtype, device="cuda")
+            scratch.append((es, ml, tmp))
+            cupy_ops.paged_attention_v2(out, es, ml, tmp, q, kc, vc, 8, 128 ** -0.5, table,
+                                        lens, 16, L, kv_cache_dtype=kv, k_scale=one, v_scale=one)
+        plans.append(list(pa._PLANS._plans.values())[-1])
+    return plans, outs, scratch
+
+
 def main():
     print(_bench.device_line(_bench.copy_bandwidth_gbs()))
     src = _runtime.read_source("paged_attention_gqa.cu")
@@ -50,25 +75,7 @@ def main():
     built = {}
     for name, op, B, L, kv in CONFIGS:
         sets = [_bench._paged_set(torch, B, L, 32, 8, 128, 16, "bfloat16", kv, i) for i in range(2)]
-        one = torch.ones((), device="cuda")
-        P = math.ceil(L / 512)
-        pa._PLANS.clear()
-        # plan.run() replays raw pointers: every tensor a plan writes must stay alive (scratch too:
-        # freed, its memory went to later tensors, e.g. the shipped output kept for the diffs).
-        plans, outs, scratch = [], [], []
-        for q, kc, vc, table, lens in sets:
-            out = torch.empty_like(q)
-            outs.append(out)
-            if op == "v1":
-                cupy_ops.paged_attention_v1(out, q, kc, vc, 8, 128 ** -0.5, table, lens, 16, L,
-                                            kv_cache_dtype=kv, k_scale=one, v_scale=one)
-            else:
-                es, ml = torch.empty(B, 32, P, device="cuda"), torch.empty(B, 32, P, device="cuda")
-                tmp = torch.empty(B, 32, P, 128, dtype=q.dtype, device="cuda")
-                scratch.append((es, ml, tmp))
-                cupy_ops.paged_attention_v2(out, es, ml, tmp, q, kc, vc, 8, 128 ** -0.5, table,
-                                            lens, 16, L, kv_cache_dtype=kv, k_scale=one, v_scale=one)
-            plans.append(list(pa._PLANS._plans.values())[-1])
+        plans, outs, scratch = op_plans(op, B, L, kv, sets)
         decode = [p.launches[0] if hasattr(p, "launches") else p for p in plans]  # the decode launches
         family_op, variant = plan_variant(decode[0])
         if family_op != pa.GQA_FAMILY.op:

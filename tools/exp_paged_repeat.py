@@ -6,16 +6,15 @@ a fresh build of the same instantiation, as tools/exp_paged_parts.py does.
     PYTHONPATH=. python3 tools/exp_paged_repeat.py
 """
 import dataclasses
-import math
 import os
 
 import numpy as np
 import torch
 
-import cupy_ops
 from cupy_ops import _bench, _device, _runtime
 from cupy_ops.ops import paged_attention as pa
 from cupy_ops.reference import paged_attention as ref_pa
+from exp_paged_parts import op_plans  # tools/ is the script's directory
 
 CONFIGS = [("v2 B8 L4096", "v2", 8, 4096), ("v1 B8 L4096", "v1", 8, 4096),
            ("v2 B64 L4096", "v2", 64, 4096), ("v2 B1 L32768", "v2", 1, 32768),
@@ -41,23 +40,7 @@ def main():
         sets = [_bench._paged_set(torch, B, L, 32, 8, 128, 16, "bfloat16", "auto", i) for i in range(2)]
         want = reference(*sets[0], L)
         n = want.shape[0]
-        one = torch.ones((), device="cuda")
-        P = math.ceil(L / 512)
-        pa._PLANS.clear()
-        plans, outs, scratch = [], [], []
-        for q, kc, vc, table, lens in sets:
-            out = torch.empty_like(q)
-            outs.append(out)
-            if op == "v1":
-                cupy_ops.paged_attention_v1(out, q, kc, vc, 8, 128 ** -0.5, table, lens, 16, L,
-                                            kv_cache_dtype="auto", k_scale=one, v_scale=one)
-            else:
-                es, ml = torch.empty(B, 32, P, device="cuda"), torch.empty(B, 32, P, device="cuda")
-                tmp = torch.empty(B, 32, P, 128, dtype=q.dtype, device="cuda")
-                scratch.append((es, ml, tmp))  # alive as long as the plans that write them
-                cupy_ops.paged_attention_v2(out, es, ml, tmp, q, kc, vc, 8, 128 ** -0.5, table,
-                                            lens, 16, L, kv_cache_dtype="auto", k_scale=one, v_scale=one)
-            plans.append(list(pa._PLANS._plans.values())[-1])
+        plans, outs, scratch = op_plans(op, B, L, "auto", sets)
         torch.cuda.synchronize()
         first = np.abs(outs[0][:n].double().cpu().numpy() - want).max()
         lines = [f"{name}: launches {len(getattr(plans[0], 'launches', [plans[0]]))}, first call err {first:.2e}"]
@@ -67,7 +50,7 @@ def main():
             for r in range(reps):
                 outs[0].fill_(float("nan"))
                 if scratch:
-                    scratch[0][2].fill_(float("nan"))
+                    scratch[0][2].fill_(float("nan"))  # tmp_out
                 plans[0].run()
                 plans[1].run()
                 torch.cuda.synchronize()
