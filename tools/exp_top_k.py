@@ -20,6 +20,7 @@ ap.add_argument("--no-timing", action="store_true")
 ap.add_argument("--opt", action="append", default=[], help="extra NVRTC option")
 ap.add_argument("--case", type=int, default=None, help="run only this case index")
 ap.add_argument("--reps", type=int, default=60)
+ap.add_argument("--check", action="store_true", help="compare the index sets with torch.topk's")
 args = ap.parse_args()
 
 _orig = _runtime.get_kernel
@@ -55,6 +56,12 @@ for rows, cols, k in (CASES if args.case is None else CASES[args.case:args.case 
     print(f"--- {rows}x{cols} K={k} threads={args.threads}", flush=True)
     cupy_ops.top_k_per_row_decode(x[1], 1, sl, idx, rows, cols, 1, k)
     torch.cuda.synchronize()
+    if args.check:  # random normal scores: no ties, so the sets must be equal
+        idx.fill_(-7)
+        cupy_ops.top_k_per_row_decode(x[2], 1, sl, idx, rows, cols, 1, k)
+        want = torch.topk(x[2], k, dim=1).indices.sort(dim=1).values
+        same = torch.equal(idx.long().sort(dim=1).values, want)
+        print(f"    check vs torch.topk: {'same sets' if same else 'DIFFERENT'}", flush=True)
     if not args.no_timing:
         continue
     times = []
