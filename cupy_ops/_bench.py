@@ -255,6 +255,11 @@ PAGED_CONFIGS = [
     ("B256 L1024", 256, 1024, 32, 8, 128, 16, "bfloat16", "auto"),
     ("Hq64 fp16 B8 L4096", 8, 4096, 64, 8, 128, 16, "float16", "auto"),
     ("fp8e4m3 B64 L4096", 64, 4096, 32, 8, 128, 16, "bfloat16", "fp8_e4m3"),
+    # Beyond the issue's table: a group of 16 (v2 runs the parts kernel there), MQA, and a head
+    # size below its register bound (the run-time loop bounds, not EXACT's constants).
+    ("Hq64/Hkv4 B64 L4096", 64, 4096, 64, 4, 128, 16, "bfloat16", "auto"),
+    ("MQA Hkv1 B64 L4096", 64, 4096, 32, 1, 128, 16, "bfloat16", "auto"),
+    ("D96 B64 L4096", 64, 4096, 32, 8, 96, 16, "bfloat16", "auto"),
 ]
 # vLLM's kernels and dense SDPA on our H100 (issue #4), us: name -> (v1, v2, sdpa)
 VLLM_PAGED_US = {"B64 L4096": (1087, 893, 353), "B8 L4096": (269, 149, 55.1),
