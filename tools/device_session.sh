@@ -35,7 +35,7 @@ ncu_profile() { ncu --set full --import-source no -k "regex:$1" --launch-skip "$
     grep -E 'Duration|Throughput|IPC|Issued|Eligible|Warp Cycles|Registers|Achieved|Theoretical Occ|Stall';
   python3 tools/ncu_stalls.py /tmp/ncu_prof.ncu-rep; python3 tools/ncu_hot.py /tmp/ncu_prof.ncu-rep 40 ${4:+"$4"}; }
 GPU_FILES=$(ls tests/test_*_gpu.py | tr '\n' ' ')
-step precompile 170 python3 -m cupy_ops precompile --all -j 16
+step precompile 300 python3 -m cupy_ops precompile --all -j 16
 step pytest_gpu 300 python3 -m pytest -q -p no:cacheprovider -rs $GPU_FILES tests/test_torch_ops.py \
   tests/test_vllm_compat.py tests/test_functional.py tests/test_notebooks.py tests/test_cli.py \
   tests/test_runtime.py tests/test_multi_device.py tests/test_vertical_slash_op.py
