@@ -83,6 +83,17 @@ constexpr int SHORT_CAP = 8192;  // slices up to this long keep full keys on chi
 #ifndef CUPY_OPS_TOPK_SHORT_PATH
 #define CUPY_OPS_TOPK_SHORT_PATH 1  // experiments compare with 0 (tools/exp_top_k.py --define)
 #endif
+// Pass 0's groups in flight per lane (U), and the experiment of loading the next U groups before
+// converting and counting these (below): CUPY_OPS_EXP_TOPK_PREFETCH (U 4; ptxas spills 36-64 bytes
+// at 64 registers) or CUPY_OPS_EXP_TOPK_PREFETCH2 (U 2, no spills).
+#if defined(CUPY_OPS_EXP_TOPK_PREFETCH) || defined(CUPY_OPS_EXP_TOPK_PREFETCH2)
+#define CUPY_OPS_TOPK_PREFETCH 1
+#endif
+#ifdef CUPY_OPS_EXP_TOPK_PREFETCH2
+constexpr int PASS0_U = 2;
+#else
+constexpr int PASS0_U = 4;
+#endif
 
 constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
 constexpr int MODE_DECODE = 1;     // s = 0, e = seq_lens[r / next_n] - next_n + r % next_n + 1
@@ -480,16 +491,38 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   // prefix of the first cw elements into the cache (short slices: every full key).
   __syncthreads();  // hist zeroed
   {
-    constexpr int U = 4;  // 64 registers: two 512-thread CTAs per SM for many rows
+    constexpr int U = PASS0_U;  // 4: 64 registers, two 512-thread CTAs per SM for many rows
     const int groups_here = (seg_end - seg_first) / GROUP;  // segments are whole groups
     unsigned short* mine = cache + warp * cw;
+#ifdef CUPY_OPS_TOPK_PREFETCH
+    // Experiment (docs/perf.md, top-k, session 7): the next batch's loads go out before this
+    // batch is processed, so a lane always has U groups in flight instead of none while it
+    // converts and counts (long rows: pass 0 took ~2x the DRAM time of its bytes).
+    float nxt[U][GROUP];
+    auto load_batch = [&](int g0) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = g0 + u * 32;
+        if (g < groups_here) load_group(slice, vec, seg_first + g * GROUP, nxt[u]);
+      }
+    };
+    load_batch(lane);
+#endif
     for (int g0 = lane; g0 < groups_here; g0 += 32 * U) {
       float v[U][GROUP];
+#ifdef CUPY_OPS_TOPK_PREFETCH
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k) v[u][k] = nxt[u][k];
+      if (g0 + 32 * U < groups_here) load_batch(g0 + 32 * U);
+#else
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int g = g0 + u * 32;
         if (g < groups_here) load_group(slice, vec, seg_first + g * GROUP, v[u]);
       }
+#endif
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int g = g0 + u * 32;
