@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
-#   precompile pytest_gpu pytest_large selftest host_time wheel launch sanitize racecheck initcheck
+#   precompile pytest_gpu pytest_large selftest host_time wheel launch launch_floor sanitize racecheck initcheck
 #   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_parts paged_repeat gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
 #   sanitize_paged sanitize_vs bench_topk bench_vs bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh; with
@@ -44,6 +44,7 @@ step pytest_large 70 python3 -m pytest -q -p no:cacheprovider -m large tests/tes
 step selftest 30 python3 -m cupy_ops selftest
 step host_time 40 python3 tools/exp_host_time.py
 step launch 40 python3 tools/exp_launch.py
+step launch_floor 60 python3 tools/exp_launch_floor.py
 step wheel 60 bash -c "$(declare -f wheel); wheel"
 step sanitize 480 env OUT="$OUT/sanitize" TOOL_TIMEOUT=115 bash tools/sanitize.sh
 step initcheck 120 env OUT="$OUT/initcheck" TOOLS=initcheck TOOL_TIMEOUT=110 bash tools/sanitize.sh
