@@ -54,3 +54,26 @@ def test_common_sets_are_subsets_of_tables():
     for family in FAMILIES.values():
         assert family.common, f"{family.op} has no common variants to precompile"
         assert all(family.contains(v) for v in family.common)
+
+
+# Experiment switches staged in docs/perf.md for a device run (CUPY_OPS_EXPERIMENT_DEFINES): each
+# must still compile, with one variant it changes, until it is measured and either becomes the
+# default or is removed (then drop it here too).
+STAGED_SWITCHES = [
+    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_PREFETCH"),
+    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_PREFETCH2"),
+    ("vertical_slash", "CUPY_OPS_EXP_VS_EARLY_LOADS"),
+]
+
+
+@pytest.mark.parametrize("op,switch", STAGED_SWITCHES)
+def test_staged_experiment_switches_compile(op, switch, monkeypatch):
+    monkeypatch.setenv("CUPY_OPS_EXPERIMENT_DEFINES", switch)
+    family = FAMILIES[op]
+    source = _runtime.read_source(family.source)
+    assert switch in source, f"{switch} is no longer in {family.source}: drop it from STAGED_SWITCHES"
+    options = _runtime.compile_options(90)
+    assert f"-D{switch}" in options
+    exprs = [family.name_expression(v) for v in family.common]
+    compiled = _runtime.nvrtc_compile(source, exprs, options, program_name=family.source)
+    assert set(compiled.lowered_names) == set(exprs) and len(compiled.binary) > 1000
