@@ -362,9 +362,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   };
   if (bulk && tid == 0) {
 #pragma unroll
-    for (int st = 0; st < STAGES; ++st) {
-      mbar_init(smem_addr(&full_bar[st]), 1);
-    }
+    for (int st = 0; st < STAGES; ++st) mbar_init(smem_addr(&full_bar[st]), 1);
     mbar_init_fence();
   }
   __syncthreads();

@@ -494,19 +494,20 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
     constexpr int U = PASS0_U;  // 4: 64 registers, two 512-thread CTAs per SM for many rows
     const int groups_here = (seg_end - seg_first) / GROUP;  // segments are whole groups
     unsigned short* mine = cache + warp * cw;
+    // This lane's groups g0, g0 + 32, ... (U of them, those inside the segment) into dst.
+    auto load_batch = [&](int g0, float (&dst)[U][GROUP]) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = g0 + u * 32;
+        if (g < groups_here) load_group(slice, vec, seg_first + g * GROUP, dst[u]);
+      }
+    };
 #ifdef CUPY_OPS_TOPK_PREFETCH
     // Experiment (docs/perf.md, top-k, session 7): the next batch's loads go out before this
     // batch is processed, so a lane always has U groups in flight instead of none while it
     // converts and counts (long rows: pass 0 took ~2x the DRAM time of its bytes).
     float nxt[U][GROUP];
-    auto load_batch = [&](int g0) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int g = g0 + u * 32;
-        if (g < groups_here) load_group(slice, vec, seg_first + g * GROUP, nxt[u]);
-      }
-    };
-    load_batch(lane);
+    load_batch(lane, nxt);
 #endif
     for (int g0 = lane; g0 < groups_here; g0 += 32 * U) {
       float v[U][GROUP];
@@ -515,13 +516,9 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       for (int u = 0; u < U; ++u)
 #pragma unroll
         for (int k = 0; k < GROUP; ++k) v[u][k] = nxt[u][k];
-      if (g0 + 32 * U < groups_here) load_batch(g0 + 32 * U);
+      if (g0 + 32 * U < groups_here) load_batch(g0 + 32 * U, nxt);
 #else
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int g = g0 + u * 32;
-        if (g < groups_here) load_group(slice, vec, seg_first + g * GROUP, v[u]);
-      }
+      load_batch(g0, v);
 #endif
 #pragma unroll
       for (int u = 0; u < U; ++u) {
