@@ -14,7 +14,7 @@ import torch
 from cupy_ops import _bench, _device, _runtime
 from cupy_ops.ops import paged_attention as pa
 from cupy_ops.reference import paged_attention as ref_pa
-from exp_paged_parts import op_plans  # tools/ is the script's directory
+from exp_paged_parts import op_plans, plan_variant  # tools/ is the script's directory
 
 CONFIGS = [("v2 B8 L4096", "v2", 8, 4096), ("v1 B8 L4096", "v1", 8, 4096),
            ("v2 B64 L4096", "v2", 64, 4096), ("v2 B1 L32768", "v2", 1, 32768),
@@ -63,26 +63,24 @@ def main():
         _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=100)
         check("after the timing loop", 10)
         decode = [p.launches[0] if hasattr(p, "launches") else p for p in plans]
-        fn0 = decode[0].func_ptr
-        for (_, family_op, variant), fn in list(_runtime._modules.items()):
-            if fn.ptr == fn0 and family_op == pa.GQA_FAMILY.op:
-                expr = pa.GQA_FAMILY.name_expression(variant)
-                c = _runtime.nvrtc_compile(src, [expr], opts)
-                fresh = _device.load_function(0, c.binary, c.lowered_names[expr])
-                for launch in decode:
-                    launch.func_ptr = fresh.ptr
-                check("fresh build swapped in", 10)
+        family_op, variant = plan_variant(decode[0])
+
+        def swap_in(v):  # a fresh build of instantiation v runs the plans' decode launches
+            expr = pa.GQA_FAMILY.name_expression(v)
+            c = _runtime.nvrtc_compile(src, [expr], opts)
+            fn = _device.load_function(0, c.binary, c.lowered_names[expr])
+            for launch in decode:
+                launch.func_ptr = fn.ptr
+
+        if family_op == pa.GQA_FAMILY.op:
+            swap_in(variant)
+            check("fresh build swapped in", 10)
+            _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=100)
+            check("fresh build, after timing", 10)
+            if variant.exact:  # the run-time head size form of the same kernel
+                swap_in(dataclasses.replace(variant, exact=False))
                 _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=100)
-                check("fresh build, after timing", 10)
-                if getattr(variant, "exact", False):  # the run-time head size form of the same kernel
-                    expr = pa.GQA_FAMILY.name_expression(dataclasses.replace(variant, exact=False))
-                    c = _runtime.nvrtc_compile(src, [expr], opts)
-                    other = _device.load_function(0, c.binary, c.lowered_names[expr])
-                    for launch in decode:
-                        launch.func_ptr = other.ptr
-                    _bench.gpu_time_us(lambda i: plans[i % 2].run(), reps=100)
-                    check("exact=False build, after timing", 10)
-                break
+                check("exact=False build, after timing", 10)
         print("\n".join(lines), flush=True)
         del sets
         torch.cuda.empty_cache()
