@@ -63,6 +63,7 @@ STAGED_SWITCHES = [
     ("top_k_per_row", "CUPY_OPS_EXP_TOPK_PREFETCH"),
     ("top_k_per_row", "CUPY_OPS_EXP_TOPK_PREFETCH2"),
     ("vertical_slash", "CUPY_OPS_EXP_VS_EARLY_LOADS"),
+    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_LANE_GROUPS"),
 ]
 
 
