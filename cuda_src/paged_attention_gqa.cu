@@ -28,8 +28,9 @@
 //   STAGES  pipeline depth (2..4), from gqa_stages() in ops/paged_attention.py
 //   HT      head n-tiles: 1 (<= 8 query heads per CTA) or 2 (<= 16)
 //   MULTI   CTAs may span several v2 partitions (part_tokens < split_tokens; part_tokens = 512,
-//           block sizes <= 16): v2's instantiations only (HT 1, O = T). v1's loop is smaller
-//           without that code (H200, docs/perf.md p22e).
+//           block sizes <= 16): v2's instantiations only (O = T; HT 2 only up to DMAX 128, where
+//           it needs ~214-236 registers, no spills; d256 spilled). v1's loop is smaller without
+//           that code (H200, docs/perf.md p22e).
 //   EXACT   head_size == DMAX (the host guarantees it): loop bounds known at compile time.
 // fp8 fragments: a lane's k-indices {2c, 2c+1, 2c+8, 2c+9} of a 16-wide k-step are mapped to four
 // consecutive elements (dims 4c..4c+3 of K, tokens 4c..4c+3 of V), so each is one 32-bit shared
@@ -62,7 +63,7 @@ __global__ void __launch_bounds__(PA_THREADS, (DMAX == 64 || (sizeof(KV) == 1 &&
   static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "head_size bound");
   static_assert(STAGES >= 2 && STAGES <= 4, "pipeline depth");
   static_assert(HT == 1 || HT == 2, "8 or 16 query heads per CTA");
-  static_assert(!MULTI || HT == 1, "v2 runs groups above 8 on the parts kernel");
+  static_assert(!MULTI || HT == 1 || DMAX <= 128, "16 heads per CTA over several partitions: head sizes <= 128");
   // The head size, a constant when it is DMAX (EXACT): the k-step and m-tile loops then have no
   // per-step bound test (~30 of ~200 instructions per warp and tile: ncu SASS, H200 p25b).
   const int hd = EXACT ? DMAX : head_size;

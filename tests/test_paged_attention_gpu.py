@@ -335,7 +335,9 @@ ROUND_LENGTHS = [1, 511, 512, 513, 1024, 1100, 1536, 1537, 2048, 2049, 2600, 307
 @pytest.mark.parametrize("own", [True, False], ids=["whole_sequence_ctas", "split_ctas"])
 @pytest.mark.parametrize("kv,D,BS,Hq,Hkv", [("auto", 128, 16, 32, 8), ("auto", 64, 8, 6, 2), ("auto", 128, 4, 8, 8),
                                             ("auto", 80, 1, 12, 4), ("fp8_e4m3", 128, 16, 32, 8),
-                                            ("fp8_e5m2", 64, 8, 8, 1)])
+                                            ("fp8_e5m2", 64, 8, 8, 1),
+                                            # groups above 8: 16 heads per CTA (12 used; MQA: two chunks)
+                                            ("auto", 128, 16, 48, 4), ("fp8_e4m3", 64, 8, 32, 1)])
 def test_v2_partition_rounds(torch, monkeypatch, own, kv, D, BS, Hq, Hkv):
     """v2 on GQA CTAs over several partitions, every round layout: out and every partition's
     scratch (tmp_out, exp_sums, max_logits) against the reference, ALiBi on."""

@@ -1027,8 +1027,16 @@ def test_plan_routes_every_path_without_a_gpu(monkeypatch):
     monkeypatch.setattr(pa, "V2_FUSED_MERGE", False)
     assert [f for f, _ in route(pa.OP_V2, 8, 4096, 32, 8, 128, 16)] == [gqa, reduce_]
     monkeypatch.setattr(pa, "V2_FUSED_MERGE", True)
-    # v2, group 16: the parts kernel and the reduce.
+    # v2, group 16: GQA CTAs of 16 heads over several partitions (head sizes <= 128, blocks <= 16
+    # tokens); else the parts kernel and the reduce.
+    assert [f for f, _ in route(pa.OP_V2, 8, 4096, 128, 8, 128, 16)] == [gqa]
+    v = variant_of(pa.OP_V2, 8, 4096, 128, 8, 128, 16)
+    assert v.multi and v.heads == 16 and pa.GQA_FAMILY.contains(v)
+    assert [f for f, _ in route(pa.OP_V2, 8, 4096, 128, 8, 256, 16, resident=1)] == [parts, reduce_]
+    assert [f for f, _ in route(pa.OP_V2, 8, 4096, 128, 8, 128, 32)] == [parts, reduce_]
+    monkeypatch.setattr(pa, "V2_GQA16_MULTI", False)
     assert [f for f, _ in route(pa.OP_V2, 8, 4096, 128, 8, 128, 16)] == [parts, reduce_]
+    monkeypatch.setattr(pa, "V2_GQA16_MULTI", True)
     # Blocks over 16 tokens: a warp's 16 tokens of a tile would not be whole blocks, so v2 runs
     # one CTA per partition, not CTAs over several (MULTI).
     assert not variant_of(pa.OP_V2, 64, 4096, 32, 8, 128, 32).multi

@@ -38,6 +38,11 @@ FUSED_MERGE_MAX_WAVES = 1  # v1 merges its splits in the decode launch up to thi
 # 427.8 us against 499.3 per partition.
 V2_PART_CTAS_MIN_WAVES = 0
 V2_PARTS_MIN_GROUP = 9
+# ... except where the GQA kernel's CTAs over several partitions (MULTI) take 16 heads: head sizes
+# up to GQA_MULTI16_DMAX and blocks up to 16 tokens (docs/perf.md p28: the parts kernel ran v2 at
+# Hq128/Hkv8 B64 L4096 in 428 us, v1's 16-head GQA CTAs in ~300).
+V2_GQA16_MULTI = True
+GQA_MULTI16_DMAX = 128
 # v2 on the GQA kernel: CTAs span several partitions and flush one result per partition (instead
 # of one CTA per partition, each paying a pipeline fill). docs/perf.md, p17.
 V2_MULTI_PART = True
@@ -167,7 +172,8 @@ def gqa_stages(dmax: int, kv: str) -> int:
 GQA_HEADS = (8, 16)
 GQA_VARIANTS = tuple(GqaVariant(v.dtype, v.kv, v.out, v.dmax, gqa_stages(v.dmax, v.kv), h, multi, exact)
                      for v in MMA_VARIANTS for h in GQA_HEADS for multi in (False, True)
-                     for exact in (True, False) if not multi or (h == 8 and v.out == v.dtype))
+                     for exact in (True, False)
+                     if not multi or (v.out == v.dtype and (h == 8 or v.dmax <= GQA_MULTI16_DMAX)))
 # The v1 kernel for tensor-core shapes (and v2's one-CTA-per-partition path): the GQA group as the
 # mma's N dimension, tokens as M (paged_attention_gqa.cu). H200 (docs/perf.md, p14).
 GQA_FAMILY = _runtime.KernelFamily(
@@ -510,8 +516,8 @@ def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str, sp
         if parts or v1_kernel() != "gqa":
             return v
         heads = 8 if group <= 8 else 16
-        return GqaVariant(dtype, kv, out, dmax, gqa_stages(dmax, kv), heads=heads, multi=multi and heads == 8,
-                          exact=head_size == dmax)
+        return GqaVariant(dtype, kv, out, dmax, gqa_stages(dmax, kv), heads=heads,
+                          multi=multi and (heads == 8 or dmax <= GQA_MULTI16_DMAX), exact=head_size == dmax)
     return Variant(dtype, kv, out, group_tile(group), 1 if head_size <= THREADS else 2)
 
 
@@ -631,16 +637,18 @@ def _plan(arrays, scalars, validate):
 
     # v2 with several partitions on tensor cores: CTAs fill several partitions each, split by
     # the wave model. One partition: the v1 kernel, so that v1 and v2 agree bit for bit (§9.7).
+    # Groups above 8 stay on the GQA kernel (16 heads per CTA, spanning partitions) where it has
+    # that form; else the parts kernel.
+    multi_ok = (isinstance(probe, GqaVariant) and V2_MULTI_PART and a.block_size <= 16
+                and (probe.heads == 8 or (V2_GQA16_MULTI and probe.dmax <= GQA_MULTI16_DMAX)))
     parts = (mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE
-             and (group >= V2_PARTS_MIN_GROUP
+             and ((group >= V2_PARTS_MIN_GROUP and not (group > 8 and multi_ok))
                   or a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * v1_slots))
     # v2 on the GQA kernel: CTAs span several partitions (split by the wave model), each warp
     # on its own partition; V2_MULTI_PART off: one CTA per partition.
-    # (Not with 16 heads per CTA: the kernel compiles that path out, and groups above 8 take the
-    # parts kernel anyway. Not with blocks over 16 tokens: a warp's 16 tokens of a tile must be
-    # whole cache blocks.)
-    can_multi = (a.op == OP_V2 and mma and not parts and isinstance(probe, GqaVariant) and V2_MULTI_PART
-                 and probe.heads == 8 and a.max_seq_len > PARTITION_SIZE and a.block_size <= 16)
+    # (Not with 16 heads per CTA at head sizes over 128: that instantiation spills. Not with
+    # blocks over 16 tokens: a warp's 16 tokens of a tile must be whole cache blocks.)
+    can_multi = (a.op == OP_V2 and mma and not parts and multi_ok and a.max_seq_len > PARTITION_SIZE)
     multi_slots = slots(multi_part=True) if can_multi else 0
     if a.op == OP_V2:
         part = PARTITION_SIZE
