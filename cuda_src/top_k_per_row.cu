@@ -83,26 +83,28 @@ constexpr int SHORT_CAP = 8192;  // slices up to this long keep full keys on chi
 #ifndef CUPY_OPS_TOPK_SHORT_PATH
 #define CUPY_OPS_TOPK_SHORT_PATH 1  // experiments compare with 0 (tools/exp_top_k.py --define)
 #endif
-// Pass 0's groups in flight per lane (U), and the experiment of loading the next U groups before
-// converting and counting these (below): CUPY_OPS_EXP_TOPK_PREFETCH (U 4; ptxas spills 36-64 bytes
-// at 64 registers) or CUPY_OPS_EXP_TOPK_PREFETCH2 (U 2, no spills).
-#if defined(CUPY_OPS_EXP_TOPK_PREFETCH) || defined(CUPY_OPS_EXP_TOPK_PREFETCH2)
-#define CUPY_OPS_TOPK_PREFETCH 1
-#endif
-#ifdef CUPY_OPS_EXP_TOPK_PREFETCH2
+// Pass 0's groups per lane and batch (U): the next batch's loads go out before this one is
+// converted and counted. U = 2 (H200, session 8: 64x131072 41.0 -> 37.8 us; U = 4 with the same
+// prefetch spilled 36-64 bytes at 64 registers and gained less; U = 4 without prefetch left a lane
+// with nothing in flight while it worked).
 constexpr int PASS0_U = 2;
-#else
-constexpr int PASS0_U = 4;
-#endif
 
-// Experiment CUPY_OPS_EXP_TOPK_LANE_GROUPS (docs/perf.md, top-k, session 8): short slices' gather
-// and write walk each lane's own 16-byte key groups (pass 0's layout: group g = lane + 32 u of the
-// warp's segment) instead of 32-element warp steps, so a warp's counts and output slots come from
-// one packed warp scan rather than a chain of ballots per step.
-#ifdef CUPY_OPS_EXP_TOPK_LANE_GROUPS
-#define CUPY_OPS_TOPK_LANE_GROUPS 1
+// Experiments (docs/perf.md, top-k, session 8) on short slices, by lane groups (pass 0's layout:
+// group g = lane + 32 u of the warp's segment) instead of 32-element warp steps:
+// CUPY_OPS_EXP_TOPK_LANE_GATHER: the gather counts per lane, one warp sum instead of two ballots
+// per step; CUPY_OPS_EXP_TOPK_LANE_WRITE: the write ranks every element by one packed warp scan,
+// stages the indices in shared memory by slot, and copies the CTA's slots out in order
+// (coalesced; a first version that stored each lane's picks straight to global memory was
+// slower: write 4.4K -> 6.4K cycles at 128x8192).
+#ifdef CUPY_OPS_EXP_TOPK_LANE_GATHER
+#define CUPY_OPS_TOPK_LANE_GATHER 1
 #else
-#define CUPY_OPS_TOPK_LANE_GROUPS 0
+#define CUPY_OPS_TOPK_LANE_GATHER 0
+#endif
+#ifdef CUPY_OPS_EXP_TOPK_LANE_WRITE
+#define CUPY_OPS_TOPK_LANE_WRITE 1
+#else
+#define CUPY_OPS_TOPK_LANE_WRITE 0
 #endif
 
 constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
@@ -525,7 +527,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   // prefix of the first cw elements into the cache (short slices: every full key).
   __syncthreads();  // hist zeroed
   {
-    constexpr int U = PASS0_U;  // 4: 64 registers, two 512-thread CTAs per SM for many rows
+    constexpr int U = PASS0_U;
     const int groups_here = (seg_end - seg_first) / GROUP;  // segments are whole groups
     unsigned short* mine = cache + warp * cw;
     // This lane's groups g0, g0 + 32, ... (U of them, those inside the segment) into dst.
@@ -536,24 +538,17 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
         if (g < groups_here) load_group(slice, vec, seg_first + g * GROUP, dst[u]);
       }
     };
-#ifdef CUPY_OPS_TOPK_PREFETCH
-    // Experiment (docs/perf.md, top-k, session 7): the next batch's loads go out before this
-    // batch is processed, so a lane always has U groups in flight instead of none while it
-    // converts and counts (long rows: pass 0 took ~2x the DRAM time of its bytes).
+    // A lane always has the next U groups in flight while it converts and counts these (long
+    // rows: without it pass 0 took ~2x the DRAM time of its bytes).
     float nxt[U][GROUP];
     load_batch(lane, nxt);
-#endif
     for (int g0 = lane; g0 < groups_here; g0 += 32 * U) {
       float v[U][GROUP];
-#ifdef CUPY_OPS_TOPK_PREFETCH
 #pragma unroll
       for (int u = 0; u < U; ++u)
 #pragma unroll
         for (int k = 0; k < GROUP; ++k) v[u][k] = nxt[u][k];
       if (g0 + 32 * U < groups_here) load_batch(g0 + 32 * U, nxt);
-#else
-      load_batch(g0, v);
-#endif
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int g = g0 + u * 32;
@@ -613,7 +608,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
         }
       }
     };
-    if (short_slice && CUPY_OPS_TOPK_LANE_GROUPS) {
+    if (short_slice && CUPY_OPS_TOPK_LANE_GATHER) {
       u32 mine_in = 0;
       lane_groups<THREADS>(short_keys, seg_first, seg_end, [&](int, int i, const u32 (&k)[GROUP]) {
 #pragma unroll
@@ -821,10 +816,13 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       if (take && at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i;
       slot += __popc(m);
     };
-    if (short_slice && CUPY_OPS_TOPK_LANE_GROUPS) {
+    if (short_slice && CUPY_OPS_TOPK_LANE_WRITE) {
       // Counts above / equal to T of each of this lane's groups, one byte per group (at most 4
       // per lane, 128 per warp), gt in the low word and eq in the high: one 64-bit warp scan gives
       // every element its column-order rank. Slot = base + gt before + min(ties quota, eq before).
+      // The picks go to shared memory by slot (the candidate lists' room: free since the
+      // offsets' barriers, cluster-wide), then the CTA's slots go out in order.
+      int* stage = reinterpret_cast<int*>(cand);  // top_k <= CAND_CAP
       unsigned long long mine = 0;
       lane_groups<THREADS>(short_keys, seg_first, seg_end, [&](int u, int i, const u32 (&k)[GROUP]) {
         u32 gt_u = 0, eq_u = 0;
@@ -852,11 +850,15 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
           const bool gt = ok && k[j] > th.key, eq = ok && k[j] == th.key;
           const u32 at = slot + gt_before + min(quota, eq_before);
           if ((gt || (eq && eq_before < quota)) && at < static_cast<u32>(top_k))
-            out_row[static_cast<long long>(at) * out_stride1] = pos0 + i + j;
+            stage[at] = pos0 + i + j;
           gt_before += gt;
           eq_before += eq;
         }
       });
+      __syncthreads();
+      const u32 first = warp_base[0];
+      const u32 end = min(warp_base[NW - 1] + warp_gt[NW - 1] + warp_take[NW - 1], static_cast<u32>(top_k));
+      for (u32 j = first + tid; j < end; j += THREADS) out_row[static_cast<long long>(j) * out_stride1] = stage[j];
     } else if (short_slice) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, write);
     else sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, write);
   }

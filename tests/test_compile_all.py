@@ -60,10 +60,9 @@ def test_common_sets_are_subsets_of_tables():
 # must still compile (the common variants) until it is measured and either becomes the
 # default or is removed (then drop it here too).
 STAGED_SWITCHES = [
-    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_PREFETCH"),
-    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_PREFETCH2"),
     ("vertical_slash", "CUPY_OPS_EXP_VS_EARLY_LOADS"),
-    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_LANE_GROUPS"),
+    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_LANE_GATHER"),
+    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_LANE_WRITE"),
 ]
 
 
