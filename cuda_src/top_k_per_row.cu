@@ -89,24 +89,6 @@ constexpr int SHORT_CAP = 8192;  // slices up to this long keep full keys on chi
 // with nothing in flight while it worked).
 constexpr int PASS0_U = 2;
 
-// Experiments (docs/perf.md, top-k, session 8) on short slices, by lane groups (pass 0's layout:
-// group g = lane + 32 u of the warp's segment) instead of 32-element warp steps:
-// CUPY_OPS_EXP_TOPK_LANE_GATHER: the gather counts per lane, one warp sum instead of two ballots
-// per step; CUPY_OPS_EXP_TOPK_LANE_WRITE: the write ranks every element by one packed warp scan,
-// stages the indices in shared memory by slot, and copies the CTA's slots out in order
-// (coalesced; a first version that stored each lane's picks straight to global memory was
-// slower: write 4.4K -> 6.4K cycles at 128x8192).
-#ifdef CUPY_OPS_EXP_TOPK_LANE_GATHER
-#define CUPY_OPS_TOPK_LANE_GATHER 1
-#else
-#define CUPY_OPS_TOPK_LANE_GATHER 0
-#endif
-#ifdef CUPY_OPS_EXP_TOPK_LANE_WRITE
-#define CUPY_OPS_TOPK_LANE_WRITE 1
-#else
-#define CUPY_OPS_TOPK_LANE_WRITE 0
-#endif
-
 constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
 constexpr int MODE_DECODE = 1;     // s = 0, e = seq_lens[r / next_n] - next_n + r % next_n + 1
 constexpr int MODE_DECODE_2D = 2;  // s = 0, e = seq_lens[r / next_n, r % next_n]
@@ -300,30 +282,6 @@ __device__ __forceinline__ void sweep_segment(const Slice<T>& slice, int first, 
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) f(x[u], ok[u], i0 + u * 32 + lane);
-  }
-}
-
-// A short slice's keys in shared memory, by lane groups: f(u, i, keys) for this lane's groups of
-// the warp segment [first, end), group u starting at element i = first + GROUP (lane + 32 u)
-// (pass 0's layout: 16-byte loads, no bank conflicts); all of the lane's keys are loaded first.
-template <int THREADS, typename F>
-__device__ __forceinline__ void lane_groups(const u32* keys, int first, int end, F f) {
-  constexpr int MAXU = SHORT_CAP / (GROUP * THREADS);  // a short segment is <= SHORT_CAP / warps
-  static_assert(MAXU >= 1 && MAXU <= 4, "the write packs one byte per group into each 32-bit half");
-  const int lane = threadIdx.x & 31;
-  u32 k[MAXU][GROUP];
-#pragma unroll
-  for (int u = 0; u < MAXU; ++u) {
-    const int i = first + GROUP * (lane + 32 * u);
-    if (i < end) {
-      const uint4 q4 = *reinterpret_cast<const uint4*>(keys + i);
-      k[u][0] = q4.x; k[u][1] = q4.y; k[u][2] = q4.z; k[u][3] = q4.w;
-    }
-  }
-#pragma unroll
-  for (int u = 0; u < MAXU; ++u) {
-    const int i = first + GROUP * (lane + 32 * u);
-    if (i < end) f(u, i, k[u]);
   }
 }
 
@@ -608,40 +566,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
         }
       }
     };
-    if (short_slice && CUPY_OPS_TOPK_LANE_GATHER) {
-      u32 mine_in = 0;
-      lane_groups<THREADS>(short_keys, seg_first, seg_end, [&](int, int i, const u32 (&k)[GROUP]) {
-#pragma unroll
-        for (int j = 0; j < GROUP; ++j) {
-          const bool ok = slice.valid(i + j);
-          const bool above = ok && k[j] > hi0;
-          n_above += above;
-          mine_in += ok && k[j] >= lo0 && !above;
-        }
-      });
-      n_above = __reduce_add_sync(0xffffffffu, n_above);
-      const u32 incl = warp_inclusive_sum(mine_in);
-      n_in = __shfl_sync(0xffffffffu, incl, 31);
-      if (listed && n_in) {  // rare: one atomic per warp, then each lane lists its own
-        u32 at = 0;
-        if (lane == 0) at = atomicAdd(&cand_count, n_in);
-        at = __shfl_sync(0xffffffffu, at, 0) + incl - mine_in;
-        if (mine_in) {
-          lane_groups<THREADS>(short_keys, seg_first, seg_end, [&](int, int i, const u32 (&k)[GROUP]) {
-#pragma unroll
-            for (int j = 0; j < GROUP; ++j) {
-              if (slice.valid(i + j) && k[j] >= lo0 && k[j] <= hi0) {
-                if (at < CAND_CAP) {
-                  cand[at] = k[j];
-                  cand_idx[at] = static_cast<u32>(i + j);
-                }
-                ++at;
-              }
-            }
-          });
-        }
-      }
-    } else if (short_slice) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather);
+    if (short_slice) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather);
     else if (all_cached) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<true>(i, warp); }, gather);
     else sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<false>(i, warp); }, gather);
     if (lane == 0) {
@@ -816,50 +741,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       if (take && at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i;
       slot += __popc(m);
     };
-    if (short_slice && CUPY_OPS_TOPK_LANE_WRITE) {
-      // Counts above / equal to T of each of this lane's groups, one byte per group (at most 4
-      // per lane, 128 per warp), gt in the low word and eq in the high: one 64-bit warp scan gives
-      // every element its column-order rank. Slot = base + gt before + min(ties quota, eq before).
-      // The picks go to shared memory by slot (the candidate lists' room: free since the
-      // offsets' barriers, cluster-wide), then the CTA's slots go out in order.
-      int* stage = reinterpret_cast<int*>(cand);  // top_k <= CAND_CAP
-      unsigned long long mine = 0;
-      lane_groups<THREADS>(short_keys, seg_first, seg_end, [&](int u, int i, const u32 (&k)[GROUP]) {
-        u32 gt_u = 0, eq_u = 0;
-#pragma unroll
-        for (int j = 0; j < GROUP; ++j) {
-          const bool ok = slice.valid(i + j);
-          gt_u += ok && k[j] > th.key;
-          eq_u += ok && k[j] == th.key;
-        }
-        mine |= (static_cast<unsigned long long>(eq_u) << 32 | gt_u) << (8 * u);
-      });
-      const unsigned long long incl = warp_inclusive_sum(mine);
-      const unsigned long long tot = __shfl_sync(0xffffffffu, incl, 31);
-      const unsigned long long excl = incl - mine;
-      u32 gt_acc = 0, eq_acc = 0;  // warp totals of the groups before u
-      const u32 quota = ties_left;
-      lane_groups<THREADS>(short_keys, seg_first, seg_end, [&](int u, int i, const u32 (&k)[GROUP]) {
-        u32 gt_before = gt_acc + static_cast<u32>(excl >> (8 * u) & 0xffu);
-        u32 eq_before = eq_acc + static_cast<u32>(excl >> (32 + 8 * u) & 0xffu);
-        gt_acc += static_cast<u32>(tot >> (8 * u) & 0xffu);
-        eq_acc += static_cast<u32>(tot >> (32 + 8 * u) & 0xffu);
-#pragma unroll
-        for (int j = 0; j < GROUP; ++j) {
-          const bool ok = slice.valid(i + j);
-          const bool gt = ok && k[j] > th.key, eq = ok && k[j] == th.key;
-          const u32 at = slot + gt_before + min(quota, eq_before);
-          if ((gt || (eq && eq_before < quota)) && at < static_cast<u32>(top_k))
-            stage[at] = pos0 + i + j;
-          gt_before += gt;
-          eq_before += eq;
-        }
-      });
-      __syncthreads();
-      const u32 first = warp_base[0];
-      const u32 end = min(warp_base[NW - 1] + warp_gt[NW - 1] + warp_take[NW - 1], static_cast<u32>(top_k));
-      for (u32 j = first + tid; j < end; j += THREADS) out_row[static_cast<long long>(j) * out_stride1] = stage[j];
-    } else if (short_slice) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, write);
+    if (short_slice) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, write);
     else sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, write);
   }
   TOPK_MARK(6);

@@ -549,17 +549,13 @@ __device__ __forceinline__ void copy_to_shared(int* dst, const int* src, int n) 
 // the largest power of two of buckets up to kMaxVBuckets that fits (none below 32).
 // Returns (n_jumps, lift stride or 0, buckets or 0, bucket shift). Needs ns <= nnz_s <= 65535
 // and nv <= 65535 (16-bit indices; the host stages only rows that short).
-// COPIED: the caller already copied the rows (whole, nnz_s and nnz_v entries; the barrier here
-// publishes them).
-template <int BLOCK, int THREADS, bool COPIED = false>
+template <int BLOCK, int THREADS>
 __device__ int4 stage_rows(int* s_slash, int* s_vert, unsigned short* s_jumps, unsigned short* s_next,
                            const int* slash_row, const int* vert_row, int ns, int nv, int nnz_s) {
   constexpr int WARPS = THREADS / 32;
   __shared__ int warp_jumps[WARPS];
-  if constexpr (!COPIED) {
-    copy_to_shared<THREADS>(s_slash, slash_row, ns);
-    copy_to_shared<THREADS>(s_vert, vert_row, nv);
-  }
+  copy_to_shared<THREADS>(s_slash, slash_row, ns);
+  copy_to_shared<THREADS>(s_vert, vert_row, nv);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = lane_id();
   const int slice = (ns - 1 + WARPS - 1) / WARPS;
@@ -675,22 +671,8 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) vertical_slash_kernel
   const long long bh = blockIdx.x / static_cast<unsigned>(row_chunks);  // b * num_heads + h
   const int h = static_cast<int>(bh % num_heads);
   const long long b = bh / num_heads;
-#ifdef CUPY_OPS_EXP_VS_EARLY_LOADS
-  // Experiment (docs/perf.md, session 7): the block's global reads that do not depend on each
-  // other go out together (counts, sequence lengths, and for staged rows the whole rows), one
-  // round trip instead of three in a row (lengths -> counts -> rows) before any work.
-  const int count_s = MERGEHEAD ? slash_indices_count[h] : nnz_s;
-  const int count_v = MERGEHEAD ? vertical_indices_count[h] : nnz_v;
-#endif
   const long long q = q_seqlens[b];
   const long long kv = kv_seqlens[b];
-#ifdef CUPY_OPS_EXP_VS_EARLY_LOADS
-  if constexpr (STAGED) {
-    extern __shared__ int smem[];
-    copy_to_shared<THREADS>(smem, slash_indexes + bh * nnz_s, nnz_s);
-    copy_to_shared<THREADS>(smem + nnz_s, vertical_indexes + bh * nnz_v, nnz_v);
-  }
-#endif
   // Tiles vLLM writes: start < q. Never past n_rows (vLLM would write into the next head).
   const long long q_tiles = q > 0 ? (q + BLOCK - 1) / BLOCK : 0;
   const int tiles = static_cast<int>(q_tiles < n_rows ? q_tiles : n_rows);
@@ -698,15 +680,8 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) vertical_slash_kernel
   if (chunk >= rows_written) return;  // block-uniform: before any barrier
 
   IndexRows<STAGED> rows;
-#ifdef CUPY_OPS_EXP_VS_EARLY_LOADS
-  rows.ns = MERGEHEAD ? clamp_count(count_s, nnz_s) : nnz_s;
-  rows.nv = MERGEHEAD ? clamp_count(count_v, nnz_v) : nnz_v;
-  constexpr bool kCopied = true;
-#else
   rows.ns = MERGEHEAD ? clamp_count(slash_indices_count[h], nnz_s) : nnz_s;
   rows.nv = MERGEHEAD ? clamp_count(vertical_indices_count[h], nnz_v) : nnz_v;
-  constexpr bool kCopied = false;
-#endif
   const int* slash_row = slash_indexes + bh * nnz_s;
   const int* vert_row = vertical_indexes + bh * nnz_v;
   if constexpr (STAGED) {
@@ -719,8 +694,8 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) vertical_slash_kernel
     rows.vert = s_vert;
     rows.jumps = s_jumps;
     rows.next = s_next;
-    const int4 staged = chunk < tiles ? stage_rows<BLOCK, THREADS, kCopied>(s_slash, s_vert, s_jumps, s_next,
-                                                                            slash_row, vert_row, rows.ns, rows.nv, nnz_s)
+    const int4 staged = chunk < tiles ? stage_rows<BLOCK, THREADS>(s_slash, s_vert, s_jumps, s_next, slash_row,
+                                                                   vert_row, rows.ns, rows.nv, nnz_s)
                                       : make_int4(0, 0, 0, 0);  // block-uniform: only zero rows to write
     rows.n_jumps = staged.x;
     rows.lift_stride = staged.y;

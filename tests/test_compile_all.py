@@ -60,9 +60,6 @@ def test_common_sets_are_subsets_of_tables():
 # must still compile (the common variants) until it is measured and either becomes the
 # default or is removed (then drop it here too).
 STAGED_SWITCHES = [
-    ("vertical_slash", "CUPY_OPS_EXP_VS_EARLY_LOADS"),
-    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_LANE_GATHER"),
-    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_LANE_WRITE"),
 ]
 
 
