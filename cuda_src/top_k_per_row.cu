@@ -87,7 +87,11 @@ constexpr int SHORT_CAP = 8192;  // slices up to this long keep full keys on chi
 // converted and counted. U = 2 (H200, session 8: 64x131072 41.0 -> 37.8 us; U = 4 with the same
 // prefetch spilled 36-64 bytes at 64 registers and gained less; U = 4 without prefetch left a lane
 // with nothing in flight while it worked).
-constexpr int PASS0_U = 2;
+// CUPY_OPS_TOPK_PASS0_U overrides U for experiments (tools/exp_top_k.py --define CUPY_OPS_TOPK_PASS0_U=3).
+#ifndef CUPY_OPS_TOPK_PASS0_U
+#define CUPY_OPS_TOPK_PASS0_U 2
+#endif
+constexpr int PASS0_U = CUPY_OPS_TOPK_PASS0_U;
 
 constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
 constexpr int MODE_DECODE = 1;     // s = 0, e = seq_lens[r / next_n] - next_n + r % next_n + 1
