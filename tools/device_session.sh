@@ -2,7 +2,7 @@
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch launch_floor sanitize racecheck initcheck
 #   topk_tests topk_phases ncu_vs ncu_topk ncu_paged paged_parts paged_repeat gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
-#   sanitize_paged sanitize_vs bench_topk bench_vs bench_merge
+#   sanitize_paged sanitize_vs bench_topk bench_vs bench_vs_global bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh; with
 # CUPY_OPS_EXPERIMENT_DEFINES=CUPY_OPS_EXP_... every step runs that experimental kernel path.
 # Logs under $OUT, one line per step in $OUT/summary.txt (the rest packed into $OUT/all.tgz when
@@ -73,6 +73,9 @@ step sanitize_vs 300 env OUT="$OUT/sanitize_vs" TOOLS="memcheck racecheck" TOOL_
   "test_vertical_slash_gpu and (golden or random_sweep and 64-3)"
 step bench_topk 150 python3 -m cupy_ops bench top_k_per_row --json "$OUT/bench_topk.json"
 step bench_vs 150 python3 -m cupy_ops bench vertical_slash --json "$OUT/bench_vs.json"
+# bench_vs_global: every case on the global-memory kernel (no staging; _smem_limit 0, as the tests force it)
+step bench_vs_global 150 python3 -c "import sys; from cupy_ops.ops import vertical_slash as vs; vs._smem_limit = lambda d: 0; \
+from cupy_ops.__main__ import main; sys.exit(main(['bench', 'vertical_slash', '--json', '$OUT/bench_vs_global.json']))"
 step bench_merge 150 python3 -m cupy_ops bench merge_attn_states --json "$OUT/bench_merge.json"
 
 step racecheck 300 env OUT="$OUT/racecheck" TOOLS=racecheck TOOL_TIMEOUT=290 bash tools/sanitize.sh
