@@ -343,6 +343,34 @@ __device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32
 
 // refine() for a short key list in shared memory, by the calling warp alone (no block
 // barriers: the list's few keys cost less than the barriers would).
+// Experiment CUPY_OPS_EXP_TOPK_RANK_REFINE (docs/perf.md, top-k, session 8): the exact threshold of
+// a short candidate list (n <= 64 keys, all inside the threshold bin) by direct ranking. Lane i
+// holds keys i and i + 32, counts the keys above and equal to each by 32 shuffle steps, and the
+// key whose rank brackets `need` is the threshold: no histogram clears, atomics or scans, where
+// refine_warp runs up to three 8-bit passes over a 2^17-key bin.
+__device__ Threshold rank_warp(const u32* keys, u32 n, u32 lo, u32 need) {
+  const int lane = threadIdx.x & 31;
+  const bool v0 = static_cast<u32>(lane) < n, v1 = static_cast<u32>(lane) + 32u < n;
+  const u32 k0 = v0 ? keys[lane] : 0u, k1 = v1 ? keys[lane + 32] : 0u;
+  u32 gt0 = 0, eq0 = 0, gt1 = 0, eq1 = 0;
+#pragma unroll 8
+  for (int j = 0; j < 32; ++j) {
+    const u32 a = __shfl_sync(0xffffffffu, k0, j), b = __shfl_sync(0xffffffffu, k1, j);
+    const bool va = static_cast<u32>(j) < n, vb = static_cast<u32>(j) + 32u < n;
+    gt0 += (va && a > k0) + (vb && b > k0);
+    eq0 += (va && a == k0) + (vb && b == k0);
+    gt1 += (va && a > k1) + (vb && b > k1);
+    eq1 += (va && a == k1) + (vb && b == k1);
+  }
+  const u32 m0 = __ballot_sync(0xffffffffu, v0 && gt0 < need && need <= gt0 + eq0);
+  const u32 m1 = __ballot_sync(0xffffffffu, v1 && gt1 < need && need <= gt1 + eq1);
+  if (!(m0 | m1)) return Threshold{lo, need};  // inconsistent data (need > n): stop anyway
+  const int src = __ffs(m0 ? m0 : m1) - 1;
+  const u32 key = __shfl_sync(0xffffffffu, m0 ? k0 : k1, src);
+  const u32 gt = __shfl_sync(0xffffffffu, m0 ? gt0 : gt1, src);
+  return Threshold{key, need - gt};
+}
+
 template <int BITS>
 __device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 count, u32 need, u32* hist) {
   constexpr int NB = 1 << BITS, PER = NB / 32;
@@ -616,7 +644,12 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
     }
     if (total <= WARP_REFINE_MAX) {  // short list: one warp, no block barriers
       if (warp == 0) {
+#ifdef CUPY_OPS_EXP_TOPK_RANK_REFINE
+        const Threshold t = total <= 64u ? rank_warp(sum, total, lo0, need0)
+                                         : refine_warp<LIST_BITS>(sum, total, lo0, hi0, total, need0, hist);
+#else
         const Threshold t = refine_warp<LIST_BITS>(sum, total, lo0, hi0, total, need0, hist);
+#endif
         if (lane == 0) th_shared = t;
       }
       __syncthreads();
