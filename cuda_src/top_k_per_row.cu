@@ -341,8 +341,6 @@ __device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32
   return Threshold{lo, need};  // unreachable with consistent data
 }
 
-// refine() for a short key list in shared memory, by the calling warp alone (no block
-// barriers: the list's few keys cost less than the barriers would).
 // Experiment CUPY_OPS_EXP_TOPK_RANK_REFINE (docs/perf.md, top-k, session 8): the exact threshold of
 // a short candidate list (n <= 64 keys, all inside the threshold bin) by direct ranking. Lane i
 // holds keys i and i + 32, counts the keys above and equal to each by 32 shuffle steps, and the
@@ -371,6 +369,8 @@ __device__ Threshold rank_warp(const u32* keys, u32 n, u32 lo, u32 need) {
   return Threshold{key, need - gt};
 }
 
+// refine() for a short key list in shared memory, by the calling warp alone (no block
+// barriers: the list's few keys cost less than the barriers would).
 template <int BITS>
 __device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 count, u32 need, u32* hist) {
   constexpr int NB = 1 << BITS, PER = NB / 32;
