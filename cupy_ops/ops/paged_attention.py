@@ -170,10 +170,18 @@ def gqa_stages(dmax: int, kv: str) -> int:
 
 
 GQA_HEADS = (8, 16)
+
+
+def gqa_has_multi(heads: int, dmax: int) -> bool:
+    """Whether the GQA kernel has the multi-partition (v2) form for this CTA shape: 8 heads, or 16
+    up to head size GQA_MULTI16_DMAX (16 heads at d256 spilled)."""
+    return heads == 8 or dmax <= GQA_MULTI16_DMAX
+
+
 GQA_VARIANTS = tuple(GqaVariant(v.dtype, v.kv, v.out, v.dmax, gqa_stages(v.dmax, v.kv), h, multi, exact)
                      for v in MMA_VARIANTS for h in GQA_HEADS for multi in (False, True)
                      for exact in (True, False)
-                     if not multi or (v.out == v.dtype and (h == 8 or v.dmax <= GQA_MULTI16_DMAX)))
+                     if not multi or (v.out == v.dtype and gqa_has_multi(h, v.dmax)))
 # The v1 kernel for tensor-core shapes (and v2's one-CTA-per-partition path): the GQA group as the
 # mma's N dimension, tokens as M (paged_attention_gqa.cu). H200 (docs/perf.md, p14).
 GQA_FAMILY = _runtime.KernelFamily(
@@ -517,7 +525,7 @@ def choose_variant(dtype: str, kv: str, head_size: int, group: int, out: str, sp
             return v
         heads = 8 if group <= 8 else 16
         return GqaVariant(dtype, kv, out, dmax, gqa_stages(dmax, kv), heads=heads,
-                          multi=multi and (heads == 8 or dmax <= GQA_MULTI16_DMAX), exact=head_size == dmax)
+                          multi=multi and gqa_has_multi(heads, dmax), exact=head_size == dmax)
     return Variant(dtype, kv, out, group_tile(group), 1 if head_size <= THREADS else 2)
 
 
@@ -640,7 +648,7 @@ def _plan(arrays, scalars, validate):
     # Groups above 8 stay on the GQA kernel (16 heads per CTA, spanning partitions) where it has
     # that form; else the parts kernel.
     multi_ok = (isinstance(probe, GqaVariant) and V2_MULTI_PART and a.block_size <= 16
-                and (probe.heads == 8 or (V2_GQA16_MULTI and probe.dmax <= GQA_MULTI16_DMAX)))
+                and gqa_has_multi(probe.heads, probe.dmax) and (probe.heads == 8 or V2_GQA16_MULTI))
     parts = (mma and a.op == OP_V2 and a.max_seq_len > PARTITION_SIZE
              and ((group >= V2_PARTS_MIN_GROUP and not (group > 8 and multi_ok))
                   or a.num_seqs * ctas_per_split * a.partitions < V2_PART_CTAS_MIN_WAVES * v1_slots))
