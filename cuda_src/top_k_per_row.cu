@@ -86,7 +86,7 @@ constexpr int SHORT_CAP = 8192;  // slices up to this long keep full keys on chi
 // Pass 0's groups per lane and batch (U): the next batch's loads go out before this one is
 // converted and counted. U = 2 (H200, session 8: 64x131072 41.0 -> 37.8 us; U = 4 with the same
 // prefetch spilled 36-64 bytes at 64 registers and gained less; U = 4 without prefetch left a lane
-// with nothing in flight while it worked).
+// with nothing in flight while it worked; U = 3 at 1024 threads, session 9: 36.0 vs 35.1 us).
 // CUPY_OPS_TOPK_PASS0_U overrides U for experiments (tools/exp_top_k.py --define CUPY_OPS_TOPK_PASS0_U=3).
 #ifndef CUPY_OPS_TOPK_PASS0_U
 #define CUPY_OPS_TOPK_PASS0_U 2
@@ -267,6 +267,51 @@ __device__ __forceinline__ void load_group(const Slice<T>& slice, bool vec, int 
     v[k] = slice.valid(i + k) ? to_float(slice.base[static_cast<long long>(slice.pos0 + i + k) * slice.stride1]) : 0.0f;
 }
 
+// Where this CTA's part of a row lies and how its warps split it.
+template <typename T>
+struct Layout {
+  Slice<T> slice;
+  int seg_first, seg_end;  // this warp's segment: elements [seg_first, seg_end)
+  bool short_slice;        // every full key fits in shared memory (see the kernel)
+};
+
+// The layout of a row of `len` scores from `base` (position 0) for CTA q of C and warp `warp`:
+// groups of GROUP elements from an aligned origin at position -mis, the row's groups split
+// evenly over the cluster, the CTA's slice into one segment per warp, walked 32 elements at a
+// time, so column order is (CTA, warp, step, lane). Elements [0, len) of the row are valid.
+template <typename T, int C, int NW>
+__device__ __forceinline__ Layout<T> make_layout(const T* base, long long stride1, bool vec, int len, u32 q,
+                                                 int warp, int cache_elems, const unsigned short* cache) {
+  const int mis = vec ? static_cast<int>((reinterpret_cast<unsigned long long>(base) / sizeof(T)) % GROUP) : 0;
+  const int row_groups = (len + mis + GROUP - 1) / GROUP;
+  const int per_cta = (row_groups + C - 1) / C;
+  const int g_first = static_cast<int>(q) * per_cta;
+  const int n = max(0, min(per_cta, row_groups - g_first)) * GROUP;
+  const int pos0 = g_first * GROUP - mis;
+  const int seg = (n + 32 * NW - 1) / (32 * NW) * 32;
+  const int seg_first = min(n, warp * seg);
+  const int cw = min(seg, cache_elems / NW / GROUP * GROUP);
+  // Short slices (prefill rows, small decode batches) keep every full key in shared memory,
+  // in element order, where the host made room (the prefix cache's region): the gather and
+  // the write then read keys on chip, with no L2 round trips for candidates and no step
+  // masks. Uniform over the cluster.
+  const bool short_slice = CUPY_OPS_TOPK_SHORT_PATH && per_cta * GROUP <= SHORT_CAP && cache_elems >= 2 * SHORT_CAP;
+  return Layout<T>{Slice<T>{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, len - pos0)), seg, cw, cache},
+                   seg_first, min(n, seg_first + seg), short_slice};
+}
+
+// Pass 0's loads: this lane's groups g0, g0 + 32, ... (U of them, those inside its warp's
+// segment) into dst.
+template <int U, typename T>
+__device__ __forceinline__ void load_batch(const Layout<T>& lay, bool vec, int g0, float (&dst)[U][GROUP]) {
+  const int groups_here = (lay.seg_end - lay.seg_first) / GROUP;  // segments are whole groups
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int g = g0 + u * 32;
+    if (g < groups_here) load_group(lay.slice, vec, lay.seg_first + g * GROUP, dst[u]);
+  }
+}
+
 // The ordered sweeps: warp w walks its segment [first, end) 32 elements per step; f(x, ok, i)
 // runs for U steps at a time (values loaded first, for ILP), in column order, on all lanes
 // together (it may use warp votes); ok = element i is a candidate of this warp. get(i) gives x
@@ -341,34 +386,6 @@ __device__ Threshold refine(const Source& source, u32 lo, u32 hi, u32 count, u32
   return Threshold{lo, need};  // unreachable with consistent data
 }
 
-// Experiment CUPY_OPS_EXP_TOPK_RANK_REFINE (docs/perf.md, top-k, session 8): the exact threshold of
-// a short candidate list (n <= 64 keys, all inside the threshold bin) by direct ranking. Lane i
-// holds keys i and i + 32, counts the keys above and equal to each by 32 shuffle steps, and the
-// key whose rank brackets `need` is the threshold: no histogram clears, atomics or scans, where
-// refine_warp runs up to three 8-bit passes over a 2^17-key bin.
-__device__ Threshold rank_warp(const u32* keys, u32 n, u32 lo, u32 need) {
-  const int lane = threadIdx.x & 31;
-  const bool v0 = static_cast<u32>(lane) < n, v1 = static_cast<u32>(lane) + 32u < n;
-  const u32 k0 = v0 ? keys[lane] : 0u, k1 = v1 ? keys[lane + 32] : 0u;
-  u32 gt0 = 0, eq0 = 0, gt1 = 0, eq1 = 0;
-#pragma unroll 8
-  for (int j = 0; j < 32; ++j) {
-    const u32 a = __shfl_sync(0xffffffffu, k0, j), b = __shfl_sync(0xffffffffu, k1, j);
-    const bool va = static_cast<u32>(j) < n, vb = static_cast<u32>(j) + 32u < n;
-    gt0 += (va && a > k0) + (vb && b > k0);
-    eq0 += (va && a == k0) + (vb && b == k0);
-    gt1 += (va && a > k1) + (vb && b > k1);
-    eq1 += (va && a == k1) + (vb && b == k1);
-  }
-  const u32 m0 = __ballot_sync(0xffffffffu, v0 && gt0 < need && need <= gt0 + eq0);
-  const u32 m1 = __ballot_sync(0xffffffffu, v1 && gt1 < need && need <= gt1 + eq1);
-  if (!(m0 | m1)) return Threshold{lo, need};  // inconsistent data (need > n): stop anyway
-  const int src = __ffs(m0 ? m0 : m1) - 1;
-  const u32 key = __shfl_sync(0xffffffffu, m0 ? k0 : k1, src);
-  const u32 gt = __shfl_sync(0xffffffffu, m0 ? gt0 : gt1, src);
-  return Threshold{key, need - gt};
-}
-
 // refine() for a short key list in shared memory, by the calling warp alone (no block
 // barriers: the list's few keys cost less than the barriers would).
 template <int BITS>
@@ -428,7 +445,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
     const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
     const int* __restrict__ row_b, long long row_b_stride,
     int* __restrict__ out, long long out_stride0, int out_stride1,
-    int num_rows, int top_k, int mode, int next_n, int cache_elems, int mask_steps) {
+    int num_rows, int top_k, int mode, int next_n, int cache_elems, int mask_steps, int spec_cols) {
   static_assert(C == 1 || C == 2 || C == 4 || C == 8, "portable cluster sizes");
   static_assert(THREADS % 32 == 0 && THREADS <= 1024 && BINS % THREADS == 0, "whole warps");
   constexpr int NW = THREADS / 32;
@@ -457,8 +474,9 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   __shared__ u32 published[2];  // this CTA's {count above T, count equal T}, read by others
 
   // ---- the row's candidate range, clamped to what logits holds
+  const bool decode = mode == MODE_DECODE || mode == MODE_DECODE_2D;
   long long s = 0, e = 0;
-  if (mode != MODE_DECODE && mode != MODE_DECODE_2D) {
+  if (!decode) {
     s = row_a[row * row_a_stride0];
     e = row_b[row * row_b_stride];
   } else {
@@ -469,13 +487,26 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       e = row_a[b * row_a_stride0 + j * row_a_stride1];
     }
   }
-  for (int i = tid; i < BINS; i += THREADS) hist[i] = 0u;  // overlaps the loads above
-  if (tid == 0) cand_count = 0u;
   const long long row_offset = row * stride0;
   long long col_limit = 0;  // columns c with row_offset + c * stride1 inside logits
   if (row_offset < logits_extent) {
     col_limit = stride1 > 0 ? (logits_extent - 1 - row_offset) / stride1 + 1 : (1ll << 40);
   }
+  const bool vec = stride1 == 1;  // then a slice's origin (position -mis) is GROUP-element aligned
+  // Decode rows start at column 0, so with spec_cols > 0 (the host's logits.shape[1]) this CTA's
+  // slice is laid out as that of a spec_len-long row, which needs no seq_lens: the first pass-0
+  // loads go out while seq_lens is still in flight (one DRAM round trip before the histogram
+  // instead of two). A longer row (only without validation) is laid out again from its length.
+  const int spec_len = decode ? static_cast<int>(min(static_cast<long long>(spec_cols), col_limit)) : 0;
+  constexpr int U = PASS0_U;
+  float nxt[U][GROUP];  // pass 0's first batch of this lane
+  Layout<T> lay;
+  if (spec_len > 0) {
+    lay = make_layout<T, C, NW>(logits + row_offset, stride1, vec, spec_len, q, warp, cache_elems, cache);
+    load_batch<U>(lay, vec, lane, nxt);
+  }
+  for (int i = tid; i < BINS; i += THREADS) hist[i] = 0u;  // overlaps the loads above
+  if (tid == 0) cand_count = 0u;
   s = max(s, 0ll);
   e = min(e, col_limit);
   const int L = static_cast<int>(e > s ? e - s : 0);  // int32 row ranges: < 2^31
@@ -488,28 +519,16 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   }
   TOPK_MARK(1);
 
-  // ---- this CTA's slice: groups of GROUP elements from an aligned origin at position -mis
-  const T* base = logits + row_offset + s * stride1;  // position 0
-  const bool vec = stride1 == 1;  // then base - mis is GROUP-element aligned (tensor data is)
-  const int mis = vec ? static_cast<int>((reinterpret_cast<unsigned long long>(base) / sizeof(T)) % GROUP) : 0;
-  const int row_groups = (L + mis + GROUP - 1) / GROUP;
-  const int per_cta = (row_groups + C - 1) / C;
-  const int g_first = static_cast<int>(q) * per_cta;
-  const int groups = max(0, min(per_cta, row_groups - g_first));
-  const int n = groups * GROUP;
-  const int pos0 = g_first * GROUP - mis;
-  // Warp w owns elements [seg_first, seg_end), walked 32 at a time: column order is
-  // (CTA, warp, step, lane).
-  const int seg = (n + 32 * NW - 1) / (32 * NW) * 32;
-  const int seg_first = min(n, warp * seg), seg_end = min(n, seg_first + seg);
-  const int cw = min(seg, cache_elems / NW / GROUP * GROUP);
-  const Slice<T> slice{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, L - pos0)), seg, cw, cache};
-  const bool all_cached = cw >= seg;
-  // Short slices (prefill rows, small decode batches) keep every full key in shared memory,
-  // in element order, where the host made room (the prefix cache's region): the gather and
-  // the write then read keys on chip, with no L2 round trips for candidates and no step
-  // masks. Uniform over the cluster.
-  const bool short_slice = CUPY_OPS_TOPK_SHORT_PATH && per_cta * GROUP <= SHORT_CAP && cache_elems >= 2 * SHORT_CAP;
+  const bool relaid = L > spec_len;  // uniform over the cluster
+  if (relaid) {
+    lay = make_layout<T, C, NW>(logits + row_offset + s * stride1, stride1, vec, L, q, warp, cache_elems, cache);
+  } else {
+    lay.slice.hi = max(0, min(lay.slice.n, L - lay.slice.pos0));  // the loads could read further
+  }
+  const Slice<T>& slice = lay.slice;
+  const int n = slice.n, pos0 = slice.pos0, seg = slice.seg, cw = slice.cw;
+  const int seg_first = lay.seg_first, seg_end = lay.seg_end;
+  const bool all_cached = cw >= seg, short_slice = lay.short_slice;
   u32* short_keys = reinterpret_cast<u32*>(cache);
   const bool use_masks = NW * (seg / 32) <= mask_steps && !short_slice;
   // ---- pass 0: every element of this warp's segment once, GROUP at a time straight into
@@ -517,28 +536,18 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   // prefix of the first cw elements into the cache (short slices: every full key).
   __syncthreads();  // hist zeroed
   {
-    constexpr int U = PASS0_U;
     const int groups_here = (seg_end - seg_first) / GROUP;  // segments are whole groups
     unsigned short* mine = cache + warp * cw;
-    // This lane's groups g0, g0 + 32, ... (U of them, those inside the segment) into dst.
-    auto load_batch = [&](int g0, float (&dst)[U][GROUP]) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int g = g0 + u * 32;
-        if (g < groups_here) load_group(slice, vec, seg_first + g * GROUP, dst[u]);
-      }
-    };
     // A lane always has the next U groups in flight while it converts and counts these (long
     // rows: without it pass 0 took ~2x the DRAM time of its bytes).
-    float nxt[U][GROUP];
-    load_batch(lane, nxt);
+    if (relaid) load_batch<U>(lay, vec, lane, nxt);
     for (int g0 = lane; g0 < groups_here; g0 += 32 * U) {
       float v[U][GROUP];
 #pragma unroll
       for (int u = 0; u < U; ++u)
 #pragma unroll
         for (int k = 0; k < GROUP; ++k) v[u][k] = nxt[u][k];
-      if (g0 + 32 * U < groups_here) load_batch(g0 + 32 * U, nxt);
+      if (g0 + 32 * U < groups_here) load_batch<U>(lay, vec, g0 + 32 * U, nxt);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int g = g0 + u * 32;
@@ -644,12 +653,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
     }
     if (total <= WARP_REFINE_MAX) {  // short list: one warp, no block barriers
       if (warp == 0) {
-#ifdef CUPY_OPS_EXP_TOPK_RANK_REFINE
-        const Threshold t = total <= 64u ? rank_warp(sum, total, lo0, need0)
-                                         : refine_warp<LIST_BITS>(sum, total, lo0, hi0, total, need0, hist);
-#else
         const Threshold t = refine_warp<LIST_BITS>(sum, total, lo0, hi0, total, need0, hist);
-#endif
         if (lane == 0) th_shared = t;
       }
       __syncthreads();

@@ -271,6 +271,36 @@ def test_decode_garbage_past_row_end_is_never_read(torch, cluster):
     run_decode(torch, logits, 1, [10000, 9000, 2100, 10000], 2048)
 
 
+@pytest.mark.parametrize("speculative", [True, False], ids=["spec", "own_length"])
+def test_decode_misaligned_rows_both_layouts(torch, cluster, speculative, monkeypatch):
+    """Rows at odd element offsets (stride0 = cols + 1), lengths from 0 to cols, laid out for
+    logits.shape[1] before seq_lens is read (the kernel's spec_cols) or from each row's length."""
+    monkeypatch.setattr(op_module, "SPECULATIVE_DECODE_LOADS", speculative)
+    gen = torch.Generator(device="cuda").manual_seed(21)
+    rng = np.random.default_rng(21)
+    cols = 9001
+    logits = torch.randn(7, cols + 1, device="cuda", generator=gen)[:, :cols]
+    seq_lens = rng.integers(0, cols + 1, 7)
+    seq_lens[:3] = [cols, 2049, 4097]
+    run_decode(torch, logits, 1, seq_lens, 2048)
+
+
+def test_decode_rows_longer_than_shape_are_laid_out_again(torch, cluster):
+    """Unvalidated strides that let a row run past logits.shape[1] (through the next rows'
+    memory): such a row gets its own layout, and its first loads are issued again."""
+    gen = torch.Generator(device="cuda").manual_seed(22)
+    logits = torch.randn(3, 4000, device="cuda", generator=gen)
+    idx = torch.full((4, 2048), POISON, dtype=torch.int32, device="cuda")
+    seq_lens = np.array([5000, 3000, 7999], dtype=np.int32)  # rows at stride0 = 2000
+    sl = torch.as_tensor(seq_lens, device="cuda")
+    cupy_ops.top_k_per_row_decode(logits, 1, sl, idx, 3, 2000, 1, 2048)
+    torch.cuda.synchronize()
+    lg = host_logits(logits)
+    oracle = ref.top_k_per_row_decode(lg, 1, seq_lens, 3, 2000, 1, 2048)
+    scores = ref.decode_row_scores(lg, 1, seq_lens, 3, 2000, 1)
+    assert_rows(host(idx), oracle, ref.decode_row_ends(1, seq_lens, 3), scores, 2048, 3)
+
+
 # ------------------------------------------------------------------- interop, streams, graphs
 
 def test_cupy_inputs_and_rows_zero(torch):

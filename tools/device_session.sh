@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch launch_floor sanitize racecheck initcheck
-#   topk_tests topk_phases topk_staged ncu_vs ncu_topk ncu_paged paged_parts paged_repeat gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
-#   sanitize_paged sanitize_vs bench_topk bench_vs bench_vs_global bench_merge
+#   topk_tests topk_phases topk_spec sanitize_topk ncu_vs ncu_topk ncu_paged paged_parts paged_repeat gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
+#   sanitize_paged sanitize_vs bench_topk bench_topk_nospec bench_vs bench_vs_global bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh; with
 # CUPY_OPS_EXPERIMENT_DEFINES=CUPY_OPS_EXP_... every step runs that experimental kernel path.
 # Logs under $OUT, one line per step in $OUT/summary.txt (the rest packed into $OUT/all.tgz when
@@ -51,13 +51,17 @@ step initcheck 120 env OUT="$OUT/initcheck" TOOLS=initcheck TOOL_TIMEOUT=110 bas
 step topk_tests 200 python3 -m pytest -q -p no:cacheprovider -x tests/test_top_k_per_row_gpu.py \
   tests/test_determinism_gpu.py tests/test_large_gpu.py -k "top_k or topk"
 step topk_phases 120 bash -c "for t in 512 1024; do python3 tools/exp_top_k.py --threads \$t; done"
-# topk_staged: docs/perf.md's staged top-k experiments, A/B in one process order, sets checked:
-# pass-0 batch U 2 vs 3 at 1024 threads (long rows), then RANK_REFINE vs default (phase marks too)
-step topk_staged 300 bash -c "for r in 1 2; do for u in 2 3; do echo \"== round \$r U=\$u\"; \
-  python3 tools/exp_top_k.py --no-timing --check --threads 1024 --case 0 --reps 200 --define CUPY_OPS_TOPK_PASS0_U=\$u; done; \
-  for d in '' '--define CUPY_OPS_EXP_TOPK_RANK_REFINE'; do echo \"== round \$r \$d\"; \
-  python3 tools/exp_top_k.py --no-timing --check --reps 200 \$d; done; done; \
-  for d in '' '--define CUPY_OPS_EXP_TOPK_RANK_REFINE'; do echo \"== phases \$d\"; python3 tools/exp_top_k.py --case 3 --reps 20 \$d; done"
+# topk_spec: decode rows laid out for logits.shape[1] before seq_lens arrives (default) vs from
+# their own length (--no-spec), A/B in one process order, two rounds, sets checked; case 0 also
+# at the op's 1024 threads
+step topk_spec 300 bash -c "for r in 1 2; do for d in '' '--no-spec'; do echo \"== round \$r \$d\"; \
+  python3 tools/exp_top_k.py --no-timing --check --reps 200 \$d; \
+  python3 tools/exp_top_k.py --no-timing --check --reps 200 --threads 1024 --case 0 \$d; done; done"
+# sanitize_topk: memcheck and racecheck on the decode layouts (speculative loads read up to
+# logits.shape[1] before seq_lens is known; rows past it are laid out again)
+step sanitize_topk 300 bash -c "for t in memcheck racecheck; do compute-sanitizer --tool \$t --error-exitcode 99 \
+  python3 -m pytest -q -p no:cacheprovider tests/test_top_k_per_row_gpu.py \
+  -k '(misaligned_rows or longer_than_shape or garbage_past_row_end or (decode_next_n and 4)) and (auto or C2)' 2>&1 | tail -3; done"
 step ncu_vs 200 bash -c "$(declare -f ncu_profile); ncu_profile vertical 1 tools/ncu_vs.py"
 # ncu_paged: v1 and v2 (OPS) at B64 L4096 and B256 L1024, SASS pages kept as $OUT/ncu_sass_OP_BN.csv
 step ncu_paged 400 bash -c "$(declare -f ncu_profile); for s in '64 4096' '256 1024'; do set -- \$s; for op in ${OPS:-v1 v2}; do echo \"== \$op B\$1 L\$2\"; OP=\$op B=\$1 L=\$2 ncu_profile paged_decode_gqa 2 tools/ncu_paged.py $OUT/ncu_sass_\${op}_B\$1.csv; done; done"
@@ -79,6 +83,8 @@ step sanitize_paged 400 env OUT="$OUT/sanitize_paged" TOOLS="memcheck racecheck"
 step sanitize_vs 300 env OUT="$OUT/sanitize_vs" TOOLS="memcheck racecheck" TOOL_TIMEOUT=140 bash tools/sanitize.sh \
   "test_vertical_slash_gpu and (golden or random_sweep and 64-3)"
 step bench_topk 150 python3 -m cupy_ops bench top_k_per_row --json "$OUT/bench_topk.json"
+step bench_topk_nospec 150 python3 -c "import sys; from cupy_ops.ops import top_k_per_row as m; m.SPECULATIVE_DECODE_LOADS = False; \
+from cupy_ops.__main__ import main; sys.exit(main(['bench', 'top_k_per_row', '--json', '$OUT/bench_topk_nospec.json']))"
 step bench_vs 150 python3 -m cupy_ops bench vertical_slash --json "$OUT/bench_vs.json"
 # bench_vs_global: every case on the global-memory kernel (no staging; _smem_limit 0, as the tests force it)
 step bench_vs_global 150 python3 -c "import sys; from cupy_ops.ops import vertical_slash as vs; vs._smem_limit = lambda d: 0; \

@@ -1,7 +1,7 @@
 """Device experiment: phase timings (clock64 marks of CTA 0) and event times of the top-k kernel
 for the benchmark shapes, with optional forced cluster size / thread count.
 
-    python tools/exp_top_k.py [--threads 512] [--cluster C] [--define X=Y ...]
+    python tools/exp_top_k.py [--threads 512] [--cluster C] [--define X=Y ...] [--no-spec]
 """
 import argparse
 import statistics
@@ -21,6 +21,7 @@ ap.add_argument("--opt", action="append", default=[], help="extra NVRTC option")
 ap.add_argument("--case", type=int, default=None, help="run only this case index")
 ap.add_argument("--reps", type=int, default=60)
 ap.add_argument("--check", action="store_true", help="compare the index sets with torch.topk's")
+ap.add_argument("--no-spec", action="store_true", help="decode rows laid out from their own length")
 args = ap.parse_args()
 
 _orig = _runtime.get_kernel
@@ -42,6 +43,7 @@ def kernel(family, variant, device):
 
 
 m._runtime.get_kernel = kernel
+m.SPECULATIVE_DECODE_LOADS = not args.no_spec
 m.threads_for = lambda *a: args.threads
 if args.cluster:
     m.launch_shape = lambda *a: args.cluster

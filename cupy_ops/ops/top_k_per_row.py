@@ -25,6 +25,10 @@ SHORT_CAP = 8192  # the kernel's short-slice path: CTA slices this long keep ful
 MIN_COLS_PER_CTA = 4096  # a CTA with fewer columns spends more on cluster barriers than it saves
 MAX_MASK_BYTES = 32 * 1024  # step masks for slices up to 128K elements; longer ones go without
 STATIC_SMEM_SLACK = 2048  # the kernel's static shared memory (under 1 KB: counters, scan buffer)
+# Decode: lay every row out as a logits.shape[1]-long one so the first score loads need no
+# seq_lens (the kernel's spec_cols). Only for grids of at most one wave: with several waves a
+# short row would keep a full row's work per warp.
+SPECULATIVE_DECODE_LOADS = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +318,15 @@ def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool 
     return max(0, min(need, room))
 
 
+def spec_cols(op: str, ctas: int, threads: int, num_cols: int, sm_count: int) -> int:
+    """The kernel's spec_cols: the row length decode rows are laid out for before their
+    seq_lens arrive (0: lay each row out from its own length, as prefill rows always are)."""
+    ctas_per_sm = 2 if threads <= THREADS else 1
+    if op != OP_DECODE or not SPECULATIVE_DECODE_LOADS or ctas > ctas_per_sm * sm_count:
+        return 0
+    return min(num_cols, 2**31 - 1)
+
+
 def _plan(op, logits, ranges, indices, scalars, validate):
     a = _validate(op, logits, ranges, indices, scalars)
     if validate or a.logits.device is None:
@@ -339,7 +352,8 @@ def _plan(op, logits, ranges, indices, scalars, validate):
             r1.ptr, r1.strides[0],
             a.indices.ptr, a.indices.strides[0], a.indices.strides[1],
             a.num_rows, a.top_k, a.mode, max(1, a.next_n), cache_elems,
-            mask_bytes(cluster, num_cols, threads) // 8)
+            mask_bytes(cluster, num_cols, threads) // 8,
+            spec_cols(a.op, a.num_rows * cluster, threads, num_cols, sm_count))
     return _interop.LaunchPlan(PARAMS, kernel, a.logits, (a.num_rows * cluster,), (variant.threads,),
                                args, smem_bytes(cluster, cache_elems, num_cols, threads))
 
@@ -351,6 +365,7 @@ PARAMS = _interop.KernelParams((
     "ptr", "i64",                  # row_b (ends), its stride
     "ptr", "i64", "i32",           # out, out_stride0, out_stride1
     "i32", "i32", "i32", "i32", "i32", "i32",  # num_rows, top_k, mode, next_n, cache_elems, mask_steps
+    "i32",                         # spec_cols
 ))
 
 
