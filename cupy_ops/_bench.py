@@ -38,10 +38,14 @@ def _torch():
     return torch
 
 
-def gpu_time_us(fn, reps: int = 200, warmup: int = 20) -> float:
-    """Median GPU time of fn(i) in microseconds (host enqueue hidden behind a GPU sleep)."""
+def gpu_time_us(fn, reps: int = 200, warmup: int = 20, sets: int = 1) -> float:
+    """Median GPU time of fn(i) in microseconds (host enqueue hidden behind a GPU sleep).
+
+    The warm-up calls every one of the ``sets`` rotated input sets at least once: an op's first
+    call on a set builds its launch plan, host work the sleep may not hide (top-k 1 x 32768
+    rotates 800 sets; with 20 warm-up calls most timed calls were first calls, 18-61 us)."""
     torch = _torch()
-    for i in range(warmup):
+    for i in range(max(warmup, sets)):
         fn(i)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
@@ -153,7 +157,7 @@ def same_bytes_copy_us(bytes_moved: int) -> float:
     n = rotation_count(bytes_moved)
     bufs = [(torch.empty(half, dtype=torch.uint8, device="cuda"),
              torch.randint(0, 255, (half,), dtype=torch.uint8, device="cuda")) for _ in range(n)]
-    return gpu_time_us(lambda i: bufs[i % n][0].copy_(bufs[i % n][1]))
+    return gpu_time_us(lambda i: bufs[i % n][0].copy_(bufs[i % n][1]), sets=n)
 
 
 def rotation_count(set_bytes: int) -> int:
@@ -207,12 +211,12 @@ def bench_merge(sizes, copy_gbs: float) -> list[dict]:
             o, x, p, y, s, ol = sets[i % n]
             torch_merge(o, x, p, y, s, ol)
 
-        us = gpu_time_us(ours)
+        us = gpu_time_us(ours, sets=n)
         row = {"op": "merge_attn_states", "T": T, "H": H, "D": D, "dtype": dtype,
                "bytes": bytes_moved, "us": us, "gbs": bytes_moved / us / 1e3,
                "pct_copy": 100 * bytes_moved / us / 1e3 / copy_gbs,
                "stream_us": stream_time_us(ours), "graph_us": graph_time_us(ours, max(n, 16)),
-               "torch_us": gpu_time_us(base, reps=50),
+               "torch_us": gpu_time_us(base, reps=50, sets=n),
                "vllm_us": VLLM_US.get((T, H, D, dtype))}
         row["speedup_vs_torch"] = row["torch_us"] / us
         row["copy_same_bytes_us"] = same_bytes_copy_us(bytes_moved)
@@ -319,7 +323,7 @@ def bench_paged(copy_gbs: float, configs=None) -> list[dict]:
                                None, kv, one, one)
 
         row = {"op": "paged_attention", "config": name, "bytes": bytes_moved,
-               "v1_us": gpu_time_us(v1, reps=100), "v2_us": gpu_time_us(v2, reps=100)}
+               "v1_us": gpu_time_us(v1, reps=100, sets=n), "v2_us": gpu_time_us(v2, reps=100, sets=n)}
         row["v1_graph_us"] = graph_time_us(v1, max(n, 4))
         sets = scratch = outs = None
         torch.cuda.empty_cache()
@@ -329,7 +333,7 @@ def bench_paged(copy_gbs: float, configs=None) -> list[dict]:
                       torch.randn(B, Hkv, L, D, device="cuda").to(dt),
                       torch.randn(B, Hkv, L, D, device="cuda").to(dt)) for _ in range(n)]
             sdpa = torch.nn.functional.scaled_dot_product_attention
-            row["sdpa_us"] = gpu_time_us(lambda i: sdpa(*dense[i % n], enable_gqa=True), reps=100)
+            row["sdpa_us"] = gpu_time_us(lambda i: sdpa(*dense[i % n], enable_gqa=True), reps=100, sets=n)
             del dense
             torch.cuda.empty_cache()
         else:

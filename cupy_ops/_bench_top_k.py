@@ -61,8 +61,8 @@ def bench_top_k(copy_gbs: float, cases=None) -> list[dict]:
             torch.topk(sets[i % n][0], k, dim=1, sorted=False)
 
         row = {"op": "top_k_per_row", "case": name, "bytes": set_bytes,
-               "us": gpu_time_us(ours, reps=200), "graph_us": graph_time_us(ours, max(n, 8)),
-               "torch_topk_us": gpu_time_us(baseline, reps=50, warmup=5),
+               "us": gpu_time_us(ours, reps=200, sets=n), "graph_us": graph_time_us(ours, max(n, 8)),
+               "torch_topk_us": gpu_time_us(baseline, reps=50, warmup=5, sets=n),
                "vllm_us": VLLM_US.get(name), "target_us": TARGET_US.get(name)}
         row["x_torch"] = row["torch_topk_us"] / row["us"]
         row["gbs"] = set_bytes / row["us"] / 1e3
