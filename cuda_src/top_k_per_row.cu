@@ -66,10 +66,10 @@ namespace topk {
 
 using u32 = unsigned int;
 
-// Phase timestamps of CTA 0 (thread 0), printed at exit: a profiling aid for tools/exp_top_k.py,
-// compiled in only with -DCUPY_OPS_TOPK_TIMING.
+// Phase timestamps of CTA 0 (lane 0 of the first and of the last warp), printed at exit: a
+// profiling aid for tools/exp_top_k.py, compiled in only with -DCUPY_OPS_TOPK_TIMING.
 #ifdef CUPY_OPS_TOPK_TIMING
-#define TOPK_MARK(i) if (blockIdx.x == 0 && threadIdx.x == 0) marks[i] = clock64()
+#define TOPK_MARK(i) if (blockIdx.x == 0 && (threadIdx.x == 0 || threadIdx.x == blockDim.x - 32)) marks[i] = clock64()
 #else
 #define TOPK_MARK(i)
 #endif
@@ -454,7 +454,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   const u32 q = C > 1 ? cluster::rank() : 0u;
   if (row >= num_rows) return;  // uniform over the cluster
 #ifdef CUPY_OPS_TOPK_TIMING
-  long long marks[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  long long marks[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
 #endif
   TOPK_MARK(0);
 
@@ -548,6 +548,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
 #pragma unroll
         for (int k = 0; k < GROUP; ++k) v[u][k] = nxt[u][k];
       if (g0 + 32 * U < groups_here) load_batch<U>(lay, vec, g0 + 32 * U, nxt);
+      if (g0 == lane) TOPK_MARK(2);  // the first batch has arrived
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int g = g0 + u * 32;
@@ -568,7 +569,9 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       }
     }
   }
+  TOPK_MARK(7);
   __syncthreads();
+  TOPK_MARK(8);
   const u32* H0 = hist;
   if constexpr (C > 1) {
     cluster_sum_histograms<C, THREADS, BINS>(hist, sum, q);
@@ -615,8 +618,10 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       warp_in[warp] = n_in;
       warp_eq[warp] = 0u;
     }
+    TOPK_MARK(9);
   }
   __syncthreads();
+  TOPK_MARK(10);
 
   // ---- the exact threshold, and each warp's counts above / equal to it
   Threshold th;
@@ -662,6 +667,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       th = refine<C, THREADS, LIST_BITS, false>(KeyList{sum, total}, lo0, hi0, total, need0, hist,
                                                 sum, buf, &choice, q);
     }
+    TOPK_MARK(11);
     for (u32 c = tid; c < mine; c += THREADS) {
       const u32 k = cand[c];
       const int w = static_cast<int>(cand_idx[c]) / seg;
@@ -788,7 +794,15 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
 #ifdef CUPY_OPS_TOPK_TIMING
+  if (blockIdx.x == 0 && threadIdx.x == blockDim.x - 32) {
+    printf("topk marks warp %d: first loads %lld pass0 loop %lld barrier %lld find_bin %lld gather %lld barrier %lld refine %lld counts %lld offsets %lld write %lld\n",
+           THREADS / 32 - 1, marks[2] - marks[1], marks[7] - marks[2], marks[8] - marks[7], marks[3] - marks[8], marks[9] - marks[3],
+           marks[10] - marks[9], marks[11] - marks[10], marks[4] - marks[11], marks[5] - marks[4], marks[6] - marks[5]);
+  }
   if (blockIdx.x == 0 && threadIdx.x == 0) {
+    printf("topk marks warp 0: first loads %lld pass0 loop %lld barrier %lld find_bin %lld gather %lld barrier %lld refine %lld counts %lld offsets %lld write %lld\n",
+           marks[2] - marks[1], marks[7] - marks[2], marks[8] - marks[7], marks[3] - marks[8], marks[9] - marks[3],
+           marks[10] - marks[9], marks[11] - marks[10], marks[4] - marks[11], marks[5] - marks[4], marks[6] - marks[5]);
     printf("topk timing C=%d n=%d short=%d cached/warp=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
            C, n, int(short_slice), cw, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
            marks[5] - marks[4], marks[6] - marks[5]);
