@@ -480,7 +480,8 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
     s = row_a[row * row_a_stride0];
     e = row_b[row * row_b_stride];
   } else {
-    const long long b = row / next_n, j = row % next_n;
+    // 32-bit: a 64-bit division is a long software routine ahead of the seq_lens read
+    const int r = static_cast<int>(row), b = r / next_n, j = r - b * next_n;
     if (mode == MODE_DECODE) {
       e = static_cast<long long>(row_a[b * row_a_stride0]) - next_n + j + 1;
     } else {
@@ -489,8 +490,9 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   }
   const long long row_offset = row * stride0;
   long long col_limit = 0;  // columns c with row_offset + c * stride1 inside logits
-  if (row_offset < logits_extent) {
-    col_limit = stride1 > 0 ? (logits_extent - 1 - row_offset) / stride1 + 1 : (1ll << 40);
+  if (row_offset < logits_extent) {  // (no 64-bit division for contiguous rows: see above)
+    const long long left = logits_extent - row_offset;
+    col_limit = stride1 == 1 ? left : stride1 > 0 ? (left - 1) / stride1 + 1 : (1ll << 40);
   }
   const bool vec = stride1 == 1;  // then a slice's origin (position -mis) is GROUP-element aligned
   // Decode rows start at column 0, so with spec_cols > 0 (the host's logits.shape[1]) this CTA's
