@@ -594,14 +594,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
     u32 n_above = 0, n_in = 0;
     // x: the key prefix, or for short slices the full key (then the bin's own key bounds)
     const u32 x_lo = short_slice ? lo0 : plo, x_hi = short_slice ? hi0 : phi;
-    auto gather = [&](u32 x, bool ok, int i) {
-      const bool above = ok && x > x_hi;
-      const bool in = ok && x >= x_lo && !above;
-      const u32 ma = __ballot_sync(0xffffffffu, above);
-      const u32 m = __ballot_sync(0xffffffffu, in);
-      n_above += __popc(ma);
-      n_in += __popc(m);
-      if (use_masks && lane == 0 && i < seg_end) step_masks[i >> 5] = make_uint2(ma, m);  // lane 0: the step start
+    auto list = [&](u32 m, bool in, u32 x, int i) {  // the warp step's candidates (m: their lanes)
       if (listed && m) {  // rare: one atomic per warp step with candidates
         u32 at = 0;
         if (lane == 0) at = atomicAdd(&cand_count, __popc(m));
@@ -612,9 +605,34 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
         }
       }
     };
-    if (short_slice) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather);
-    else if (all_cached) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<true>(i, warp); }, gather);
-    else sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<false>(i, warp); }, gather);
+    auto gather = [&](u32 x, bool ok, int i) {
+      const bool above = ok && x > x_hi;
+      const bool in = ok && x >= x_lo && !above;
+      const u32 ma = __ballot_sync(0xffffffffu, above);
+      const u32 m = __ballot_sync(0xffffffffu, in);
+      n_above += __popc(ma);
+      n_in += __popc(m);
+      if (use_masks && lane == 0 && i < seg_end) step_masks[i >> 5] = make_uint2(ma, m);  // lane 0: the step start
+      list(m, in, x, i);
+    };
+    // Short slices keep no masks: each lane counts its own keys (one vote per step, for the
+    // list), summed over the warp after the sweep.
+    auto gather_short = [&](u32 x, bool ok, int i) {
+      const bool above = ok && x > x_hi;
+      const bool in = ok && x >= x_lo && !above;
+      n_above += above;
+      n_in += in;
+      list(__ballot_sync(0xffffffffu, in), in, x, i);
+    };
+    if (short_slice) {
+      sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather_short);
+      n_above = __reduce_add_sync(0xffffffffu, n_above);
+      n_in = __reduce_add_sync(0xffffffffu, n_in);
+    } else if (all_cached) {
+      sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<true>(i, warp); }, gather);
+    } else {
+      sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.template prefix<false>(i, warp); }, gather);
+    }
     if (lane == 0) {
       warp_gt[warp] = n_above;
       warp_in[warp] = n_in;
@@ -778,6 +796,18 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   } else {  // short slices, bin overflow or no room for masks: compare every key again, in column order
     u32 slot = warp_base[warp], ties_left = warp_take[warp];
     const u32 lanes_before = (1u << lane) - 1u;
+    // Only a warp whose tie quota ends inside its own ties has to rank them; every other warp
+    // takes all or none of its keys equal to T, a plain comparison (the usual row: T's key is
+    // unique, so its one warp takes it whole).
+    const bool rank_ties = ties_left > 0 && ties_left < warp_eq[warp];
+    const bool take_ties = ties_left > 0;
+    auto write_all_or_none = [&](u32 k, bool ok, int i) {
+      const bool take = ok && (k > th.key || (take_ties && k == th.key));
+      const u32 m = __ballot_sync(0xffffffffu, take);
+      const u32 at = slot + __popc(m & lanes_before);
+      if (take && at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i;
+      slot += __popc(m);
+    };
     auto write = [&](u32 k, bool ok, int i) {
       bool take = ok && k > th.key;
       const u32 eqm = __ballot_sync(0xffffffffu, ok && k == th.key);
@@ -790,8 +820,13 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       if (take && at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i;
       slot += __popc(m);
     };
-    if (short_slice) sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, write);
-    else sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, write);
+    if (short_slice) {
+      auto key = [&](int i) { return short_keys[i]; };
+      if (rank_ties) sweep_segment<4>(slice, seg_first, seg_end, key, write);
+      else sweep_segment<4>(slice, seg_first, seg_end, key, write_all_or_none);
+    } else {
+      sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, write);
+    }
   }
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
