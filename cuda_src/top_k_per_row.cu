@@ -189,6 +189,64 @@ __device__ void find_bin(const u32* H, u32 need, u32* buf, BinChoice* out) {
   __syncthreads();
 }
 
+// Warp step of find_bin_cluster: lane l holds the counts a, b of entries top - 2l and top - 2l - 1
+// (the top first). Returns, on every lane, the entry where the running count from the top
+// reaches `need`, the count above it and its own count; if the counts hold fewer than `need`
+// (only if the data changed under us) entry 0 with nothing above it, as find_bin does.
+__device__ __forceinline__ BinChoice pick_from_top(u32 a, u32 b, int top, u32 need) {
+  const int lane = threadIdx.x & 31;
+  const u32 incl = warp_inclusive_sum(a + b);
+  const u32 excl = incl - a - b;
+  const u32 owner = __ballot_sync(0xffffffffu, excl < need && need <= incl);
+  const int src = owner ? __ffs(owner) - 1 : 31;
+  const bool first = excl + a >= need;
+  BinChoice c{static_cast<u32>(top - 2 * lane - (first ? 0 : 1)), first ? excl : excl + a, first ? a : b};
+  if (!owner) c = BinChoice{0u, 0u, b};  // lane 31's b is entry 0
+  return BinChoice{__shfl_sync(0xffffffffu, c.bin, src), __shfl_sync(0xffffffffu, c.above, src),
+                   __shfl_sync(0xffffffffu, c.count, src)};
+}
+
+// find_bin of the cluster-summed 12-bit histogram without summing all of it (C > 1): each CTA
+// adds its bins up in 64 groups of 64; warp 0 of every CTA reads the C CTAs' group sums, picks
+// the group holding the need-th largest key, then reads only that group's 64 bins from each
+// CTA. Why: summing all 4096 bins into every CTA (8 remote loads and 8 remote stores per
+// thread at C8) and a block-wide search took ~5.4K cycles at 1 x 32768 (H200, session 9).
+// Entered after a CTA barrier with the local histogram complete; leaves after a cluster
+// barrier (no CTA changes its histogram while another may still read it), with *out set.
+template <int C, int THREADS>
+__device__ void find_bin_cluster(const u32* hist, u32* groups, u32 need, BinChoice* out) {
+  constexpr int GROUPS = 64, PER = BINS / THREADS, LANES = BINS / GROUPS / PER;  // threads per group
+  static_assert(BINS == GROUPS * GROUPS && PER >= 1 && LANES >= 1 && 32 % LANES == 0, "groups inside warps");
+  const int tid = threadIdx.x, lane = tid & 31;
+  u32 s = 0;
+#pragma unroll
+  for (int i = 0; i < PER; ++i) s += hist[tid * PER + i];
+#pragma unroll
+  for (int d = LANES / 2; d >= 1; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
+  if (lane % LANES == 0) groups[tid / LANES] = s;
+  cluster::sync();  // every CTA's group sums and histogram complete
+  if (tid < 32) {
+    const int top = GROUPS - 1 - 2 * lane;
+    u32 a = 0, b = 0;
+#pragma unroll
+    for (int r = 0; r < C; ++r) {
+      a += cluster::load(cluster::map(groups + top, r));
+      b += cluster::load(cluster::map(groups + top - 1, r));
+    }
+    const BinChoice g = pick_from_top(a, b, GROUPS - 1, need);
+    const u32* bins = hist + g.bin * GROUPS;
+    a = b = 0;
+#pragma unroll
+    for (int r = 0; r < C; ++r) {
+      a += cluster::load(cluster::map(bins + top, r));
+      b += cluster::load(cluster::map(bins + top - 1, r));
+    }
+    const BinChoice c = pick_from_top(a, b, GROUPS - 1, need - g.above);
+    if (lane == 0) *out = BinChoice{g.bin * GROUPS + c.bin, g.above + c.above, c.count};
+  }
+  cluster::sync();
+}
+
 // Sum the C CTAs' NB-bin histograms `hist` into every CTA's `sum`: CTA q adds up its share of
 // the bins over all CTAs and writes them to all CTAs. Entered with every local histogram done.
 template <int C, int THREADS, int NB>
@@ -469,6 +527,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   uint2* step_masks = reinterpret_cast<uint2*>(cache + cache_elems);
   __shared__ u32 buf[32];  // per-warp partial sums of find_bin
   __shared__ BinChoice choice;
+  __shared__ u32 group_sums[64];  // find_bin_cluster's groups of 64 coarse bins (read by the cluster)
   __shared__ Threshold th_shared;
   __shared__ u32 cand_count, warp_gt[NW], warp_in[NW], warp_eq[NW], warp_base[NW], warp_take[NW];
   __shared__ u32 published[2];  // this CTA's {count above T, count equal T}, read by others
@@ -574,12 +633,11 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   TOPK_MARK(7);
   __syncthreads();
   TOPK_MARK(8);
-  const u32* H0 = hist;
   if constexpr (C > 1) {
-    cluster_sum_histograms<C, THREADS, BINS>(hist, sum, q);
-    H0 = sum;
+    find_bin_cluster<C, THREADS>(hist, group_sums, static_cast<u32>(top_k), &choice);
+  } else {
+    find_bin<THREADS, BINS>(hist, static_cast<u32>(top_k), buf, &choice);
   }
-  find_bin<THREADS, BINS>(H0, static_cast<u32>(top_k), buf, &choice);
   const BinChoice b0 = choice;
   const u32 need0 = static_cast<u32>(top_k) - b0.above;
   const u32 lo0 = static_cast<u32>(coarse_bin_first_key(b0.bin));
