@@ -497,8 +497,18 @@ __device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 cou
   return Threshold{lo, need};
 }
 
+// Experiment CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM (docs/perf.md, top-k, session 9): the 512-thread
+// variants are capped at 64 registers so that two CTAs share an SM (prefill's many rows); the
+// few-row decode grids run one CTA per SM anyway, and the ncu SASS of 128x8192 shows the cap's
+// cost (addresses rematerialised in every write step, 4-byte spills in the cluster variants).
+#ifdef CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM
+#define CUPY_OPS_TOPK_MIN_CTAS(THREADS) 1
+#else
+#define CUPY_OPS_TOPK_MIN_CTAS(THREADS) ((THREADS) <= 512 ? 2 : 1)
+#endif
+
 template <typename T, int C, int THREADS>
-__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREADS <= 512 ? 2 : 1) top_k_per_row_kernel(
+__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_OPS_TOPK_MIN_CTAS(THREADS)) top_k_per_row_kernel(
     const T* __restrict__ logits, long long logits_extent, long long stride0, long long stride1,
     const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
     const int* __restrict__ row_b, long long row_b_stride,

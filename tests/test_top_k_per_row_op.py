@@ -129,6 +129,17 @@ def test_threads_per_cta():
     assert op_module.threads_for(1, 32768, 8) == 512
 
 
+def test_speculative_decode_layout_only_for_one_wave_of_decode_rows(monkeypatch):
+    decode, prefill = op_module.OP_DECODE, op_module.OP_PREFILL
+    assert op_module.spec_cols(decode, 128, 512, 8192, 132) == 8192
+    assert op_module.spec_cols(decode, 264, 512, 8192, 132) == 8192   # two 512-thread CTAs per SM
+    assert op_module.spec_cols(decode, 265, 512, 8192, 132) == 0      # a second wave
+    assert op_module.spec_cols(decode, 133, 1024, 131072, 132) == 0   # one 1024-thread CTA per SM
+    assert op_module.spec_cols(prefill, 8, 512, 8192, 132) == 0       # rows start anywhere
+    monkeypatch.setattr(op_module, "SPECULATIVE_DECODE_LOADS", False)
+    assert op_module.spec_cols(decode, 8, 512, 8192, 132) == 0
+
+
 def test_shared_memory_budget_fits_the_device_limit():
     for cluster in op_module.CLUSTERS:
         for cols in (100, 8192, 131072, 10**6):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run that re-checks a HEAD (device tool). Steps (default: all but sanitize, launch):
 #   precompile pytest_gpu pytest_large selftest host_time wheel launch launch_floor sanitize racecheck initcheck
-#   topk_tests topk_phases topk_spec sanitize_topk ncu_vs ncu_topk ncu_paged paged_parts paged_repeat gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
+#   topk_tests topk_phases topk_spec topk_staged sanitize_topk ncu_vs ncu_topk ncu_paged paged_parts paged_repeat gqa_stages paged_floor paged8_tests paged_warps paged_tests bench_paged bench_paged2 bench_paged_noown
 #   sanitize_paged sanitize_vs bench_topk bench_topk_nospec bench_vs bench_vs_global bench_merge
 # e.g. STEPS="sanitize launch wheel" bash tools/device_session.sh; with
 # CUPY_OPS_EXPERIMENT_DEFINES=CUPY_OPS_EXP_... every step runs that experimental kernel path.
@@ -57,6 +57,11 @@ step topk_phases 120 bash -c "for t in 512 1024; do python3 tools/exp_top_k.py -
 step topk_spec 300 bash -c "for r in 1 2; do for d in '' '--no-spec'; do echo \"== round \$r \$d\"; \
   python3 tools/exp_top_k.py --no-timing --check --reps 200 \$d; \
   python3 tools/exp_top_k.py --no-timing --check --reps 200 --threads 1024 --case 0 \$d; done; done"
+# topk_staged: docs/perf.md's staged top-k experiment (ONE_CTA_PER_SM: no 64-register cap on the
+# 512-thread variants), A/B in one process order, two rounds, sets checked, then phase marks
+step topk_staged 300 bash -c "for r in 1 2; do for d in '' '--define CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM'; do \
+  echo \"== round \$r \$d\"; python3 tools/exp_top_k.py --no-timing --check --reps 200 \$d; done; done; \
+  for c in 3 1; do echo \"== marks case \$c\"; python3 tools/exp_top_k.py --case \$c --reps 5 --define CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM; done"
 # sanitize_topk: memcheck and racecheck on the decode layouts (speculative loads read up to
 # logits.shape[1] before seq_lens is known; rows past it are laid out again)
 step sanitize_topk 300 bash -c "for t in memcheck racecheck; do compute-sanitizer --tool \$t --error-exitcode 99 \
