@@ -571,10 +571,16 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
   const int spec_len = decode ? static_cast<int>(min(static_cast<long long>(spec_cols), col_limit)) : 0;
   constexpr int U = PASS0_U;
   float nxt[U][GROUP];  // pass 0's first batch of this lane
+#ifdef CUPY_OPS_EXP_TOPK_PINGPONG
+  float nxt2[U][GROUP];  // ... and its second
+#endif
   Layout<T> lay;
   if (spec_len > 0) {
     lay = make_layout<T, C, NW>(logits + row_offset, stride1, vec, spec_len, q, warp, cache_elems, cache);
     load_batch<U>(lay, vec, lane, nxt);
+#ifdef CUPY_OPS_EXP_TOPK_PINGPONG
+    load_batch<U>(lay, vec, lane + 32 * U, nxt2);
+#endif
   }
   for (int i = tid; i < BINS; i += THREADS) hist[i] = 0u;  // overlaps the loads above
   if (tid == 0) cand_count = 0u;
@@ -609,6 +615,50 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
   {
     const int groups_here = (seg_end - seg_first) / GROUP;  // segments are whole groups
     unsigned short* mine = cache + warp * cw;
+    // Keys, histogram counts and cached prefixes / keys of one batch (groups g0, g0 + 32, ...).
+    auto count_batch = [&](const float (&v)[U][GROUP], int g0) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = g0 + u * 32;
+        if (g >= groups_here) break;
+        const int i = seg_first + g * GROUP;
+        u32 key[GROUP];
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k) {
+          key[k] = order_key(v[u][k]);
+#ifdef CUPY_OPS_EXP_TOPK_DUMMY_BIN
+          // invalid elements count in a slot past the histogram (no branch per element; the
+          // slot is the first word of `sum` / `cand`, written before it is ever read)
+          atomicAdd(&hist[slice.valid(i + k) ? coarse_bin(key[k]) : BINS], 1u);
+#else
+          if (slice.valid(i + k)) atomicAdd(&hist[coarse_bin(key[k])], 1u);
+#endif
+        }
+        if (short_slice) {
+          *reinterpret_cast<uint4*>(short_keys + i) = make_uint4(key[0], key[1], key[2], key[3]);
+        } else if (g * GROUP < cw) {  // prefixes; invalid elements are never read
+          *reinterpret_cast<uint2*>(mine + g * GROUP) =
+              make_uint2(key[0] >> 16 | (key[1] >> 16) << 16, key[2] >> 16 | (key[3] >> 16) << 16);
+        }
+      }
+    };
+#ifdef CUPY_OPS_EXP_TOPK_PINGPONG
+    // Two register buffers in turn: a batch's loads go out before the previous batch is counted
+    // and never wait for its data (copying one buffer into the other made every prefetch wait
+    // for the batch before it: two DRAM round trips in a row for a short slice).
+    if (relaid) {
+      load_batch<U>(lay, vec, lane, nxt);
+      load_batch<U>(lay, vec, lane + 32 * U, nxt2);
+    }
+    for (int g0 = lane; g0 < groups_here; g0 += 64 * U) {
+      if (g0 != lane) load_batch<U>(lay, vec, g0 + 32 * U, nxt2);  // the first pair went out together
+      if (g0 == lane) TOPK_MARK(2);
+      count_batch(nxt, g0);
+      if (g0 + 32 * U >= groups_here) break;
+      load_batch<U>(lay, vec, g0 + 64 * U, nxt);
+      count_batch(nxt2, g0 + 32 * U);
+    }
+#else
     // A lane always has the next U groups in flight while it converts and counts these (long
     // rows: without it pass 0 took ~2x the DRAM time of its bytes).
     if (relaid) load_batch<U>(lay, vec, lane, nxt);
@@ -620,25 +670,9 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
         for (int k = 0; k < GROUP; ++k) v[u][k] = nxt[u][k];
       if (g0 + 32 * U < groups_here) load_batch<U>(lay, vec, g0 + 32 * U, nxt);
       if (g0 == lane) TOPK_MARK(2);  // the first batch has arrived
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int g = g0 + u * 32;
-        if (g >= groups_here) break;
-        const int i = seg_first + g * GROUP;
-        u32 key[GROUP];
-#pragma unroll
-        for (int k = 0; k < GROUP; ++k) {
-          key[k] = order_key(v[u][k]);
-          if (slice.valid(i + k)) atomicAdd(&hist[coarse_bin(key[k])], 1u);
-        }
-        if (short_slice) {
-          *reinterpret_cast<uint4*>(short_keys + i) = make_uint4(key[0], key[1], key[2], key[3]);
-        } else if (g * GROUP < cw) {  // prefixes; invalid elements are never read
-          *reinterpret_cast<uint2*>(mine + g * GROUP) =
-              make_uint2(key[0] >> 16 | (key[1] >> 16) << 16, key[2] >> 16 | (key[3] >> 16) << 16);
-        }
-      }
+      count_batch(v, g0);
     }
+#endif
   }
   TOPK_MARK(7);
   __syncthreads();

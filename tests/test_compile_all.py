@@ -61,6 +61,8 @@ def test_common_sets_are_subsets_of_tables():
 # default or is removed (then drop it here too).
 STAGED_SWITCHES = [
     ("top_k_per_row", "CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM"),
+    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_PINGPONG"),
+    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_DUMMY_BIN"),
 ]
 
 
