@@ -131,13 +131,23 @@ def test_threads_per_cta():
 
 def test_speculative_decode_layout_only_for_one_wave_of_decode_rows(monkeypatch):
     decode, prefill = op_module.OP_DECODE, op_module.OP_PREFILL
-    assert op_module.spec_cols(decode, 128, 512, 8192, 132) == 8192
-    assert op_module.spec_cols(decode, 264, 512, 8192, 132) == 8192   # two 512-thread CTAs per SM
-    assert op_module.spec_cols(decode, 265, 512, 8192, 132) == 0      # a second wave
-    assert op_module.spec_cols(decode, 133, 1024, 131072, 132) == 0   # one 1024-thread CTA per SM
-    assert op_module.spec_cols(prefill, 8, 512, 8192, 132) == 0       # rows start anywhere
+    assert op_module.spec_cols(decode, 128, 2, 8192, 132) == 8192
+    assert op_module.spec_cols(decode, 264, 2, 8192, 132) == 8192   # two CTAs per SM
+    assert op_module.spec_cols(decode, 265, 2, 8192, 132) == 0      # a second wave
+    assert op_module.spec_cols(decode, 133, 1, 131072, 132) == 0    # one CTA per SM
+    assert op_module.spec_cols(prefill, 8, 2, 8192, 132) == 0       # rows start anywhere
     monkeypatch.setattr(op_module, "SPECULATIVE_DECODE_LOADS", False)
-    assert op_module.spec_cols(decode, 8, 512, 8192, 132) == 0
+    assert op_module.spec_cols(decode, 8, 2, 8192, 132) == 0
+
+
+def test_ctas_per_sm_from_threads_and_shared_memory():
+    h100 = 232448
+    assert op_module.ctas_per_sm(512, 100_000, h100) == 2
+    assert op_module.ctas_per_sm(512, 150_000, h100) == 1   # two would not fit
+    assert op_module.ctas_per_sm(1024, 50_000, h100) == 1   # launch bounds: one 1024-thread CTA
+    # the plan for 128 x 8192 decode fits two per SM; 64 x 131072 (C2, 1024 threads) one
+    smem = op_module.smem_bytes(1, op_module.cache_elems_for(1, 8192, h100), 8192)
+    assert op_module.ctas_per_sm(512, smem, h100) == 2
 
 
 def test_shared_memory_budget_fits_the_device_limit():

@@ -73,7 +73,7 @@ step topk_staged 400 bash -c "for r in 1 2; do for d in '' '--define CUPY_OPS_EX
 step sanitize_topk 300 bash -c "for t in memcheck racecheck; do compute-sanitizer --tool \$t --error-exitcode 99 \
   python3 -m pytest -q -p no:cacheprovider tests/test_top_k_per_row_gpu.py \
   -k '(misaligned_rows or longer_than_shape or garbage_past_row_end or (decode_next_n and 4)) and (auto or C2)' 2>&1 | tail -3; done"
-step ncu_vs 200 bash -c "$(declare -f ncu_profile); ncu_profile vertical 1 tools/ncu_vs.py"
+step ncu_vs 200 bash -c "$(declare -f ncu_profile); ncu_profile vertical 1 tools/ncu_vs.py $OUT/ncu_sass_vs.csv"
 # ncu_paged: v1 and v2 (OPS) at B64 L4096 and B256 L1024, SASS pages kept as $OUT/ncu_sass_OP_BN.csv
 step ncu_paged 400 bash -c "$(declare -f ncu_profile); for s in '64 4096' '256 1024'; do set -- \$s; for op in ${OPS:-v1 v2}; do echo \"== \$op B\$1 L\$2\"; OP=\$op B=\$1 L=\$2 ncu_profile paged_decode_gqa 2 tools/ncu_paged.py $OUT/ncu_sass_\${op}_B\$1.csv; done; done"
 step ncu_topk 200 bash -c "$(declare -f ncu_profile); ROWS=\${ROWS:-128} COLS=\${COLS:-8192} ncu_profile top_k 2 tools/ncu_topk.py $OUT/ncu_sass_topk.csv"

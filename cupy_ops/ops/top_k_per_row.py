@@ -318,13 +318,20 @@ def cache_elems_for(cluster: int, num_cols: int, max_smem: int, many_rows: bool 
     return max(0, min(need, room))
 
 
-def spec_cols(op: str, ctas: int, threads: int, num_cols: int, sm_count: int) -> int:
+def spec_cols(op: str, ctas: int, ctas_per_sm: int, num_cols: int, sm_count: int) -> int:
     """The kernel's spec_cols: the row length decode rows are laid out for before their
-    seq_lens arrive (0: lay each row out from its own length, as prefill rows always are)."""
-    ctas_per_sm = 2 if threads <= THREADS else 1
+    seq_lens arrive (0: lay each row out from its own length, as prefill rows always are).
+    Only when all ``ctas`` run in one wave of ``ctas_per_sm`` per SM."""
     if op != OP_DECODE or not SPECULATIVE_DECODE_LOADS or ctas > ctas_per_sm * sm_count:
         return 0
     return min(num_cols, 2**31 - 1)
+
+
+def ctas_per_sm(threads: int, smem: int, max_smem: int) -> int:
+    """CTAs of the kernel that share an SM: the launch bounds allow two 512-thread CTAs (one of
+    1024 threads), if their shared memory fits beside each other."""
+    by_threads = 2 if threads <= THREADS else 1
+    return max(1, min(by_threads, max_smem // max(1, smem + STATIC_SMEM_SLACK)))
 
 
 def _plan(op, logits, ranges, indices, scalars, validate):
@@ -344,6 +351,8 @@ def _plan(op, logits, ranges, indices, scalars, validate):
                                   many_rows=a.num_rows >= 2 * sm_count, threads=threads)
     variant = Variant(a.logits.dtype, cluster, threads)
     kernel = _runtime.get_kernel(FAMILY, variant, device)
+    smem = smem_bytes(cluster, cache_elems, num_cols, threads)
+    per_sm = ctas_per_sm(threads, smem, _device.max_dynamic_smem(device))
     r0 = a.ranges[0]
     r1 = a.ranges[1] if len(a.ranges) > 1 else a.ranges[0]
     r0_strides = tuple(r0.strides) + (0,) * (2 - len(r0.strides))
@@ -353,9 +362,9 @@ def _plan(op, logits, ranges, indices, scalars, validate):
             a.indices.ptr, a.indices.strides[0], a.indices.strides[1],
             a.num_rows, a.top_k, a.mode, max(1, a.next_n), cache_elems,
             mask_bytes(cluster, num_cols, threads) // 8,
-            spec_cols(a.op, a.num_rows * cluster, threads, num_cols, sm_count))
+            spec_cols(a.op, a.num_rows * cluster, per_sm, num_cols, sm_count))
     return _interop.LaunchPlan(PARAMS, kernel, a.logits, (a.num_rows * cluster,), (variant.threads,),
-                               args, smem_bytes(cluster, cache_elems, num_cols, threads))
+                               args, smem)
 
 
 # top_k_per_row_kernel's parameter types, line by line as in the .cu signature.
