@@ -7,13 +7,15 @@
 // selection on 32-bit order keys:
 //
 //   pass 0   each warp reads its segment of the slice once, 16 bytes per lane per load with
-//            four loads in flight, straight into registers: order keys, a 12-bit coarse
+//            the next batch in flight, straight into registers: order keys, a 12-bit coarse
 //            histogram, and the 16-bit key prefix (key >> 16) kept in shared memory (as much
 //            as fits; the rest is re-read from L2 later, the same share in every warp). Two
-//            bytes per score let a 64K-element slice stay on chip.
-//            With C > 1 the histograms are summed across the cluster through distributed
-//            shared memory. The threshold bin is where the K-th largest key falls; a bin is a
-//            range of key >> 17, so prefixes alone say above / inside / below.
+//            bytes per score let a 64K-element slice stay on chip. Decode rows (which start at
+//            column 0) are laid out for logits.shape[1], so the first loads go out before
+//            seq_lens arrives. The threshold bin is where the K-th largest key falls (with
+//            C > 1, of the cluster's summed histograms: find_bin_cluster reads group sums,
+//            then one group's bins, through distributed shared memory); a bin is a range of
+//            key >> 17, so prefixes alone say above / inside / below.
 //   gather   one sweep over the prefixes: each warp counts its keys above the threshold bin,
 //            appends the keys inside it (usually tens to a few hundred, full keys re-read from
 //            L2) with their element numbers to a candidate list, and notes per 32-element step
