@@ -110,3 +110,21 @@ def test_bench_header_reports_the_sm_clock(monkeypatch):
     assert _bench.sm_clock_mhz() == pytest.approx(1500.0)
     assert _bench.device_line(4261.4) == ("device: Fake GPU  copy ceiling 4261 GB/s (read+write), "
                                           "SM clock 1500 MHz")
+
+
+def test_top_k_bench_table_has_every_column(monkeypatch):
+    """The top-k table printer on a made-up row (the GPU run is the device's job)."""
+    import io
+
+    from cupy_ops import _bench_top_k
+
+    monkeypatch.setattr(_bench_top_k, "device_line", lambda gbs: f"device: Fake GPU {gbs:.0f}")
+    row = {"case": "decode 128x8192 K2048", "us": 13.1, "warm_us": 11.6, "graph_us": 10.1,
+           "torch_topk_us": 78.8, "x_torch": 6.02, "gbs": 320.0, "pct_copy": 7.5, "vllm_us": 12.5,
+           "target_us": 10}
+    out = io.StringIO()
+    _bench_top_k.print_top_k([row], 4261.0, 13.6, out=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "device: Fake GPU 4261; host time per call 13.6 us"
+    assert lines[3].split()[:4] == ["case", "us", "warm", "graph"]
+    assert lines[4].split()[3:] == ["13.1", "11.6", "10.1", "78.8", "6.02", "320", "7.5", "12.5", "10"]
