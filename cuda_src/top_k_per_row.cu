@@ -394,6 +394,72 @@ __device__ __forceinline__ void sweep_segment(const Slice<T>& slice, int first, 
   }
 }
 
+#ifdef CUPY_OPS_EXP_TOPK_BATCHED_STEPS
+// Experiment (docs/perf.md, top-k, session 9): short slices' gather and plain write with the
+// votes of U steps issued together. Through sweep_segment each step runs its own chain (vote,
+// then a branch on it, or popcounts, slot and store) before the next step's vote, and the warp
+// issues in order, so the chains add up: ~225 cycles per 32-key step in the write, ~160 in the
+// gather at 128x8192. Here the U votes and popcounts of a batch go out back to back.
+template <int U, typename T, typename L>
+__device__ __forceinline__ void gather_short_steps(const Slice<T>& slice, const u32* keys, int first, int end,
+                                                   u32 x_lo, u32 x_hi, u32& n_above, u32& n_in, L list) {
+  const int lane = threadIdx.x & 31;
+  const int lo = max(slice.lo, first), hi = max(lo, min(slice.hi, end));
+  for (int i0 = first; i0 < end; i0 += 32 * U) {
+    u32 x[U], m[U];
+    bool in[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = i0 + u * 32 + lane;
+      const bool ok = static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
+      x[u] = ok ? keys[i] : 0u;
+      const bool above = ok && x[u] > x_hi;
+      in[u] = ok && x[u] >= x_lo && !above;
+      n_above += above;
+      n_in += in[u];
+    }
+    u32 any = 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) any |= m[u] = __ballot_sync(0xffffffffu, in[u]);
+    if (any) {  // rare: a step with candidates
+#pragma unroll
+      for (int u = 0; u < U; ++u) list(m[u], in[u], x[u], i0 + u * 32 + lane);
+    }
+  }
+}
+
+// The plain-comparison write (keys > t, and keys == t if take_eq) of elements [first, end) in
+// column order from output slot `slot` on.
+template <int U, typename T>
+__device__ __forceinline__ void write_plain_steps(const Slice<T>& slice, const u32* keys, int first, int end,
+                                                  u32 t, bool take_eq, u32 slot, int* out_row,
+                                                  int out_stride1, int top_k) {
+  const int lane = threadIdx.x & 31;
+  const u32 lanes_before = (1u << lane) - 1u;
+  const int lo = max(slice.lo, first), hi = max(lo, min(slice.hi, end));
+  for (int i0 = first; i0 < end; i0 += 32 * U) {
+    bool take[U];
+    u32 m[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = i0 + u * 32 + lane;
+      const bool ok = static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
+      const u32 k = ok ? keys[i] : 0u;
+      take[u] = ok && (k > t || (take_eq && k == t));
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) m[u] = __ballot_sync(0xffffffffu, take[u]);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const u32 at = slot + __popc(m[u] & lanes_before);
+      slot += __popc(m[u]);
+      if (take[u] && at < static_cast<u32>(top_k))
+        out_row[static_cast<long long>(at) * out_stride1] = slice.pos0 + i0 + u * 32 + lane;
+    }
+  }
+}
+#endif
+
 // Candidate keys in shared memory.
 struct KeyList {
   const u32* keys;
@@ -729,7 +795,11 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
       list(__ballot_sync(0xffffffffu, in), in, x, i);
     };
     if (short_slice) {
+#ifdef CUPY_OPS_EXP_TOPK_BATCHED_STEPS
+      gather_short_steps<4>(slice, short_keys, seg_first, seg_end, x_lo, x_hi, n_above, n_in, list);
+#else
       sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather_short);
+#endif
       n_above = __reduce_add_sync(0xffffffffu, n_above);
       n_in = __reduce_add_sync(0xffffffffu, n_in);
     } else if (all_cached) {
@@ -927,7 +997,11 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
     if (short_slice) {
       auto key = [&](int i) { return short_keys[i]; };
       if (rank_ties) sweep_segment<4>(slice, seg_first, seg_end, key, write);
+#ifdef CUPY_OPS_EXP_TOPK_BATCHED_STEPS
+      else write_plain_steps<4>(slice, short_keys, seg_first, seg_end, th.key, take_ties, slot, out_row, out_stride1, top_k);
+#else
       else sweep_segment<4>(slice, seg_first, seg_end, key, write_all_or_none);
+#endif
     } else {
       sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, write);
     }

@@ -63,6 +63,7 @@ STAGED_SWITCHES = [
     ("top_k_per_row", "CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM"),
     ("top_k_per_row", "CUPY_OPS_EXP_TOPK_PINGPONG"),
     ("top_k_per_row", "CUPY_OPS_EXP_TOPK_DUMMY_BIN"),
+    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_BATCHED_STEPS"),
 ]
 
 

@@ -57,17 +57,8 @@ step topk_phases 120 bash -c "for t in 512 1024; do python3 tools/exp_top_k.py -
 step topk_spec 300 bash -c "for r in 1 2; do for d in '' '--no-spec'; do echo \"== round \$r \$d\"; \
   python3 tools/exp_top_k.py --no-timing --check --reps 200 \$d; \
   python3 tools/exp_top_k.py --no-timing --check --reps 200 --threads 1024 --case 0 \$d; done; done"
-# topk_staged: docs/perf.md's staged top-k experiments (PINGPONG: pass-0 batches in two register
-# buffers in turn; DUMMY_BIN: no branch per element in the histogram; ONE_CTA_PER_SM: no
-# 64-register cap on the 512-thread variants), A/B in one process order, two rounds, sets
-# checked; case 0 also at the op's 1024 threads; then phase marks of the first two
-step topk_staged 400 bash -c "for r in 1 2; do for d in '' '--define CUPY_OPS_EXP_TOPK_PINGPONG' \
-  '--define CUPY_OPS_EXP_TOPK_DUMMY_BIN' '--define CUPY_OPS_EXP_TOPK_PINGPONG --define CUPY_OPS_EXP_TOPK_DUMMY_BIN' \
-  '--define CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM'; do echo \"== round \$r \$d\"; \
-  python3 tools/exp_top_k.py --no-timing --check --reps 200 \$d; \
-  python3 tools/exp_top_k.py --no-timing --check --reps 200 --threads 1024 --case 0 \$d; done; done; \
-  for d in '' '--define CUPY_OPS_EXP_TOPK_PINGPONG'; do for c in 3 1; do echo \"== marks case \$c \$d\"; \
-  python3 tools/exp_top_k.py --case \$c --reps 5 \$d; done; done"
+# topk_staged: docs/perf.md's staged top-k switches A/B against the default (tools/topk_staged.sh)
+step topk_staged 480 bash tools/topk_staged.sh
 # sanitize_topk: memcheck and racecheck on the decode layouts (speculative loads read up to
 # logits.shape[1] before seq_lens is known; rows past it are laid out again)
 step sanitize_topk 300 bash -c "for t in memcheck racecheck; do compute-sanitizer --tool \$t --error-exitcode 99 \
