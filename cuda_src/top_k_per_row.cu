@@ -287,6 +287,8 @@ struct Slice {
   __device__ __forceinline__ bool valid(int i) const {
     return static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
   }
+  // hi for a row whose positions [0, len) are candidates
+  __device__ __forceinline__ int end_for(int len) const { return max(0, min(n, len - pos0)); }
   __device__ __forceinline__ u32 load(int i) const {
     return order_key(to_float(base[static_cast<long long>(pos0 + i) * stride1]));
   }
@@ -356,8 +358,10 @@ __device__ __forceinline__ Layout<T> make_layout(const T* base, long long stride
   // the write then read keys on chip, with no L2 round trips for candidates and no step
   // masks. Uniform over the cluster.
   const bool short_slice = CUPY_OPS_TOPK_SHORT_PATH && per_cta * GROUP <= SHORT_CAP && cache_elems >= 2 * SHORT_CAP;
-  return Layout<T>{Slice<T>{base, stride1, pos0, n, max(0, -pos0), max(0, min(n, len - pos0)), seg, cw, cache},
-                   seg_first, min(n, seg_first + seg), short_slice};
+  Layout<T> lay{Slice<T>{base, stride1, pos0, n, max(0, -pos0), 0, seg, cw, cache}, seg_first,
+                min(n, seg_first + seg), short_slice};
+  lay.slice.hi = lay.slice.end_for(len);
+  return lay;
 }
 
 // Pass 0's loads: this lane's groups g0, g0 + 32, ... (U of them, those inside its warp's
@@ -668,7 +672,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
   if (relaid) {
     lay = make_layout<T, C, NW>(logits + row_offset + s * stride1, stride1, vec, L, q, warp, cache_elems, cache);
   } else {
-    lay.slice.hi = max(0, min(lay.slice.n, L - lay.slice.pos0));  // the loads could read further
+    lay.slice.hi = lay.slice.end_for(L);  // the loads could read further
   }
   const Slice<T>& slice = lay.slice;
   const int n = slice.n, pos0 = slice.pos0, seg = slice.seg, cw = slice.cw;
