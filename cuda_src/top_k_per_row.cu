@@ -398,72 +398,6 @@ __device__ __forceinline__ void sweep_segment(const Slice<T>& slice, int first, 
   }
 }
 
-#ifdef CUPY_OPS_EXP_TOPK_BATCHED_STEPS
-// Experiment (docs/perf.md, top-k, session 9): short slices' gather and plain write with the
-// votes of U steps issued together. Through sweep_segment each step runs its own chain (vote,
-// then a branch on it, or popcounts, slot and store) before the next step's vote, and the warp
-// issues in order, so the chains add up: ~225 cycles per 32-key step in the write, ~160 in the
-// gather at 128x8192. Here the U votes and popcounts of a batch go out back to back.
-template <int U, typename T, typename L>
-__device__ __forceinline__ void gather_short_steps(const Slice<T>& slice, const u32* keys, int first, int end,
-                                                   u32 x_lo, u32 x_hi, u32& n_above, u32& n_in, L list) {
-  const int lane = threadIdx.x & 31;
-  const int lo = max(slice.lo, first), hi = max(lo, min(slice.hi, end));
-  for (int i0 = first; i0 < end; i0 += 32 * U) {
-    u32 x[U], m[U];
-    bool in[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int i = i0 + u * 32 + lane;
-      const bool ok = static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
-      x[u] = ok ? keys[i] : 0u;
-      const bool above = ok && x[u] > x_hi;
-      in[u] = ok && x[u] >= x_lo && !above;
-      n_above += above;
-      n_in += in[u];
-    }
-    u32 any = 0;
-#pragma unroll
-    for (int u = 0; u < U; ++u) any |= m[u] = __ballot_sync(0xffffffffu, in[u]);
-    if (any) {  // rare: a step with candidates
-#pragma unroll
-      for (int u = 0; u < U; ++u) list(m[u], in[u], x[u], i0 + u * 32 + lane);
-    }
-  }
-}
-
-// The plain-comparison write (keys > t, and keys == t if take_eq) of elements [first, end) in
-// column order from output slot `slot` on.
-template <int U, typename T>
-__device__ __forceinline__ void write_plain_steps(const Slice<T>& slice, const u32* keys, int first, int end,
-                                                  u32 t, bool take_eq, u32 slot, int* out_row,
-                                                  int out_stride1, int top_k) {
-  const int lane = threadIdx.x & 31;
-  const u32 lanes_before = (1u << lane) - 1u;
-  const int lo = max(slice.lo, first), hi = max(lo, min(slice.hi, end));
-  for (int i0 = first; i0 < end; i0 += 32 * U) {
-    bool take[U];
-    u32 m[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int i = i0 + u * 32 + lane;
-      const bool ok = static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
-      const u32 k = ok ? keys[i] : 0u;
-      take[u] = ok && (k > t || (take_eq && k == t));
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) m[u] = __ballot_sync(0xffffffffu, take[u]);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const u32 at = slot + __popc(m[u] & lanes_before);
-      slot += __popc(m[u]);
-      if (take[u] && at < static_cast<u32>(top_k))
-        out_row[static_cast<long long>(at) * out_stride1] = slice.pos0 + i0 + u * 32 + lane;
-    }
-  }
-}
-#endif
-
 // Candidate keys in shared memory.
 struct KeyList {
   const u32* keys;
@@ -569,15 +503,9 @@ __device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 cou
   return Threshold{lo, need};
 }
 
-// Experiment CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM (docs/perf.md, top-k, session 9): the 512-thread
-// variants are capped at 64 registers so that two CTAs share an SM (prefill's many rows); the
-// few-row decode grids run one CTA per SM anyway, and the ncu SASS of 128x8192 shows the cap's
-// cost (addresses rematerialised in every write step, 4-byte spills in the cluster variants).
-#ifdef CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM
-#define CUPY_OPS_TOPK_MIN_CTAS(THREADS) 1
-#else
+// Two 512-thread CTAs share an SM (prefill's many rows): 64 registers each. (Uncapped, for the
+// one-CTA-per-SM decode grids, measured no faster: docs/perf.md, top-k, tenth session.)
 #define CUPY_OPS_TOPK_MIN_CTAS(THREADS) ((THREADS) <= 512 ? 2 : 1)
-#endif
 
 template <typename T, int C, int THREADS>
 __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_OPS_TOPK_MIN_CTAS(THREADS)) top_k_per_row_kernel(
@@ -643,16 +571,10 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
   const int spec_len = decode ? static_cast<int>(min(static_cast<long long>(spec_cols), col_limit)) : 0;
   constexpr int U = PASS0_U;
   float nxt[U][GROUP];  // pass 0's first batch of this lane
-#ifdef CUPY_OPS_EXP_TOPK_PINGPONG
-  float nxt2[U][GROUP];  // ... and its second
-#endif
   Layout<T> lay;
   if (spec_len > 0) {
     lay = make_layout<T, C, NW>(logits + row_offset, stride1, vec, spec_len, q, warp, cache_elems, cache);
     load_batch<U>(lay, vec, lane, nxt);
-#ifdef CUPY_OPS_EXP_TOPK_PINGPONG
-    load_batch<U>(lay, vec, lane + 32 * U, nxt2);
-#endif
   }
   for (int i = tid; i < BINS; i += THREADS) hist[i] = 0u;  // overlaps the loads above
   if (tid == 0) cand_count = 0u;
@@ -698,13 +620,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
 #pragma unroll
         for (int k = 0; k < GROUP; ++k) {
           key[k] = order_key(v[u][k]);
-#ifdef CUPY_OPS_EXP_TOPK_DUMMY_BIN
-          // invalid elements count in a slot past the histogram (no branch per element; the
-          // slot is the first word of `sum` / `cand`, written before it is ever read)
-          atomicAdd(&hist[slice.valid(i + k) ? coarse_bin(key[k]) : BINS], 1u);
-#else
           if (slice.valid(i + k)) atomicAdd(&hist[coarse_bin(key[k])], 1u);
-#endif
         }
         if (short_slice) {
           *reinterpret_cast<uint4*>(short_keys + i) = make_uint4(key[0], key[1], key[2], key[3]);
@@ -714,23 +630,6 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
         }
       }
     };
-#ifdef CUPY_OPS_EXP_TOPK_PINGPONG
-    // Two register buffers in turn: a batch's loads go out before the previous batch is counted
-    // and never wait for its data (copying one buffer into the other made every prefetch wait
-    // for the batch before it: two DRAM round trips in a row for a short slice).
-    if (relaid) {
-      load_batch<U>(lay, vec, lane, nxt);
-      load_batch<U>(lay, vec, lane + 32 * U, nxt2);
-    }
-    for (int g0 = lane; g0 < groups_here; g0 += 64 * U) {
-      if (g0 != lane) load_batch<U>(lay, vec, g0 + 32 * U, nxt2);  // the first pair went out together
-      if (g0 == lane) TOPK_MARK(2);
-      count_batch(nxt, g0);
-      if (g0 + 32 * U >= groups_here) break;
-      load_batch<U>(lay, vec, g0 + 64 * U, nxt);
-      count_batch(nxt2, g0 + 32 * U);
-    }
-#else
     // A lane always has the next U groups in flight while it converts and counts these (long
     // rows: without it pass 0 took ~2x the DRAM time of its bytes).
     if (relaid) load_batch<U>(lay, vec, lane, nxt);
@@ -744,7 +643,6 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
       if (g0 == lane) TOPK_MARK(2);  // the first batch has arrived
       count_batch(v, g0);
     }
-#endif
   }
   TOPK_MARK(7);
   __syncthreads();
@@ -799,11 +697,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
       list(__ballot_sync(0xffffffffu, in), in, x, i);
     };
     if (short_slice) {
-#ifdef CUPY_OPS_EXP_TOPK_BATCHED_STEPS
-      gather_short_steps<4>(slice, short_keys, seg_first, seg_end, x_lo, x_hi, n_above, n_in, list);
-#else
       sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather_short);
-#endif
       n_above = __reduce_add_sync(0xffffffffu, n_above);
       n_in = __reduce_add_sync(0xffffffffu, n_in);
     } else if (all_cached) {
@@ -1001,11 +895,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
     if (short_slice) {
       auto key = [&](int i) { return short_keys[i]; };
       if (rank_ties) sweep_segment<4>(slice, seg_first, seg_end, key, write);
-#ifdef CUPY_OPS_EXP_TOPK_BATCHED_STEPS
-      else write_plain_steps<4>(slice, short_keys, seg_first, seg_end, th.key, take_ties, slot, out_row, out_stride1, top_k);
-#else
       else sweep_segment<4>(slice, seg_first, seg_end, key, write_all_or_none);
-#endif
     } else {
       sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, write);
     }

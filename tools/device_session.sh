@@ -28,8 +28,9 @@ wheel() { rm -rf /tmp/whl /tmp/wv && python3 -m pip wheel --no-deps --no-build-i
   cd /tmp && env -u PYTHONPATH /tmp/wv/bin/python -c "import cupy_ops; print(cupy_ops.__file__)" &&
   env -u PYTHONPATH /tmp/wv/bin/python -m cupy_ops selftest; }
 # ncu_profile KERNEL_REGEX LAUNCHES_TO_SKIP SCRIPT [CSV]: one launch's headline metrics, stall
-# reasons and hottest SASS lines (CSV: also keep the whole SASS source page there).
-ncu_profile() { ncu --set full --import-source no -k "regex:$1" --launch-skip "$2" -c 1 -f -o /tmp/ncu_prof \
+# reasons and hottest SASS lines (CSV: also keep the whole SASS source page there). NCU_EXTRA: more
+# ncu options, e.g. "--warp-sampling-interval 0" for the densest stall sampling of a short kernel.
+ncu_profile() { ncu --set full ${NCU_EXTRA:-} --import-source no -k "regex:$1" --launch-skip "$2" -c 1 -f -o /tmp/ncu_prof \
     python3 "$3" > /dev/null &&
   ncu -i /tmp/ncu_prof.ncu-rep --page details |
     grep -E 'Duration|Throughput|IPC|Issued|Eligible|Warp Cycles|Registers|Achieved|Theoretical Occ|Stall';

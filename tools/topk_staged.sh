@@ -5,8 +5,8 @@
 # Usage (device machine, repository root): bash tools/topk_staged.sh [SWITCH ...]
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 SWITCHES=("$@")
-[ ${#SWITCHES[@]} -eq 0 ] && SWITCHES=(CUPY_OPS_EXP_TOPK_PINGPONG CUPY_OPS_EXP_TOPK_DUMMY_BIN
-  CUPY_OPS_EXP_TOPK_BATCHED_STEPS CUPY_OPS_EXP_TOPK_ONE_CTA_PER_SM)
+[ ${#SWITCHES[@]} -eq 0 ] && SWITCHES=(${TOPK_SWITCHES:-})  # none staged now (tenth session)
+[ ${#SWITCHES[@]} -eq 0 ] && { echo "no switches given"; exit 2; }
 ALL=()
 for s in "${SWITCHES[@]}"; do ALL+=(--define "$s"); done
 run() {  # run LABEL [--define X ...]
