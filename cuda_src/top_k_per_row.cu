@@ -687,14 +687,25 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
       if (use_masks && lane == 0 && i < seg_end) step_masks[i >> 5] = make_uint2(ma, m);  // lane 0: the step start
       list(m, in, x, i);
     };
-    // Short slices keep no masks: each lane counts its own keys (one vote per step, for the
-    // list), summed over the warp after the sweep.
+    // Short slices keep no masks: each lane counts its own keys, summed over the warp after the
+    // sweep, and no step votes: only the lanes holding candidates (rare) meet, in a branch, to
+    // take list slots with one atomic, so a step without candidates waits for no other lane.
     auto gather_short = [&](u32 x, bool ok, int i) {
       const bool above = ok && x > x_hi;
       const bool in = ok && x >= x_lo && !above;
       n_above += above;
       n_in += in;
-      list(__ballot_sync(0xffffffffu, in), in, x, i);
+      if (in && listed) {
+        const u32 m = __activemask();  // the lanes here now (each group that arrives takes its own slots)
+        const int first = __ffs(m) - 1;
+        u32 at = 0;
+        if (lane == first) at = atomicAdd(&cand_count, __popc(m));
+        at = __shfl_sync(m, at, first) + __popc(m & ((1u << lane) - 1u));
+        if (at < CAND_CAP) {
+          cand[at] = x;
+          cand_idx[at] = static_cast<u32>(i);
+        }
+      }
     };
     if (short_slice) {
       sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather_short);
