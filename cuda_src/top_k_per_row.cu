@@ -94,6 +94,17 @@ constexpr int SHORT_CAP = 8192;  // slices up to this long keep full keys on chi
 #define CUPY_OPS_TOPK_PASS0_U 2
 #endif
 constexpr int PASS0_U = CUPY_OPS_TOPK_PASS0_U;
+// Steps of 32 keys a short slice's gather and write load before working on them (sweep_segment's
+// U): the keys of a batch come from shared memory in one round trip. Experiments override it
+// (tools/exp_top_k.py --define CUPY_OPS_TOPK_SHORT_U=16); staged for a device run (docs/perf.md,
+// top-k, tenth session): CUPY_OPS_EXP_TOPK_SHORT_U8.
+#if defined(CUPY_OPS_EXP_TOPK_SHORT_U8) && !defined(CUPY_OPS_TOPK_SHORT_U)
+#define CUPY_OPS_TOPK_SHORT_U 8
+#endif
+#ifndef CUPY_OPS_TOPK_SHORT_U
+#define CUPY_OPS_TOPK_SHORT_U 4
+#endif
+constexpr int SHORT_U = CUPY_OPS_TOPK_SHORT_U;
 
 constexpr int MODE_PREFILL = 0;    // s = row_a[r], e = row_b[r]
 constexpr int MODE_DECODE = 1;     // s = 0, e = seq_lens[r / next_n] - next_n + r % next_n + 1
@@ -708,7 +719,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
       }
     };
     if (short_slice) {
-      sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather_short);
+      sweep_segment<SHORT_U>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather_short);
       n_above = __reduce_add_sync(0xffffffffu, n_above);
       n_in = __reduce_add_sync(0xffffffffu, n_in);
     } else if (all_cached) {
@@ -905,8 +916,8 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
     };
     if (short_slice) {
       auto key = [&](int i) { return short_keys[i]; };
-      if (rank_ties) sweep_segment<4>(slice, seg_first, seg_end, key, write);
-      else sweep_segment<4>(slice, seg_first, seg_end, key, write_all_or_none);
+      if (rank_ties) sweep_segment<SHORT_U>(slice, seg_first, seg_end, key, write);
+      else sweep_segment<SHORT_U>(slice, seg_first, seg_end, key, write_all_or_none);
     } else {
       sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, write);
     }
