@@ -549,10 +549,8 @@ __device__ Threshold refine_warp(const u32* keys, u32 n, u32 lo, u32 hi, u32 cou
 
 // Two 512-thread CTAs share an SM (prefill's many rows): 64 registers each. (Uncapped, for the
 // one-CTA-per-SM decode grids, measured no faster: docs/perf.md, top-k, tenth session.)
-#define CUPY_OPS_TOPK_MIN_CTAS(THREADS) ((THREADS) <= 512 ? 2 : 1)
-
 template <typename T, int C, int THREADS>
-__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_OPS_TOPK_MIN_CTAS(THREADS)) top_k_per_row_kernel(
+__global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREADS <= 512 ? 2 : 1) top_k_per_row_kernel(
     const T* __restrict__ logits, long long logits_extent, long long stride0, long long stride1,
     const int* __restrict__ row_a, long long row_a_stride0, long long row_a_stride1,
     const int* __restrict__ row_b, long long row_b_stride,
@@ -710,17 +708,6 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
     u32 n_above = 0, n_in = 0;
     // x: the key prefix, or for short slices the full key (then the bin's own key bounds)
     const u32 x_lo = short_slice ? lo0 : plo, x_hi = short_slice ? hi0 : phi;
-    auto list = [&](u32 m, bool in, u32 x, int i) {  // the warp step's candidates (m: their lanes)
-      if (listed && m) {  // rare: one atomic per warp step with candidates
-        u32 at = 0;
-        if (lane == 0) at = atomicAdd(&cand_count, __popc(m));
-        at = __shfl_sync(0xffffffffu, at, 0) + __popc(m & ((1u << lane) - 1u));
-        if (in && at < CAND_CAP) {
-          cand[at] = short_slice ? x : slice.load(i);  // the full key (else from L2)
-          cand_idx[at] = static_cast<u32>(i);
-        }
-      }
-    };
     auto gather = [&](u32 x, bool ok, int i) {
       const bool above = ok && x > x_hi;
       const bool in = ok && x >= x_lo && !above;
@@ -729,7 +716,15 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
       n_above += __popc(ma);
       n_in += __popc(m);
       if (use_masks && lane == 0 && i < seg_end) step_masks[i >> 5] = make_uint2(ma, m);  // lane 0: the step start
-      list(m, in, x, i);
+      if (listed && m) {  // rare: one atomic per warp step with candidates
+        u32 at = 0;
+        if (lane == 0) at = atomicAdd(&cand_count, __popc(m));
+        at = __shfl_sync(0xffffffffu, at, 0) + __popc(m & ((1u << lane) - 1u));
+        if (in && at < CAND_CAP) {
+          cand[at] = slice.load(i);  // the full key, from L2
+          cand_idx[at] = static_cast<u32>(i);
+        }
+      }
     };
     // Short slices keep no masks: each lane counts its own keys, summed over the warp after the
     // sweep, and no step votes: only the lanes holding candidates (rare) meet, in a branch, to
@@ -979,15 +974,12 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, CUPY_O
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
 #ifdef CUPY_OPS_TOPK_TIMING
-  if (blockIdx.x == 0 && threadIdx.x == blockDim.x - 32) {
+  if (blockIdx.x == 0 && (threadIdx.x == 0 || threadIdx.x == blockDim.x - 32)) {
     printf("topk marks warp %d: first loads %lld pass0 loop %lld barrier %lld find_bin %lld gather %lld barrier %lld refine %lld counts %lld offsets %lld write %lld\n",
-           THREADS / 32 - 1, marks[2] - marks[1], marks[7] - marks[2], marks[8] - marks[7], marks[3] - marks[8], marks[9] - marks[3],
+           warp, marks[2] - marks[1], marks[7] - marks[2], marks[8] - marks[7], marks[3] - marks[8], marks[9] - marks[3],
            marks[10] - marks[9], marks[11] - marks[10], marks[4] - marks[11], marks[5] - marks[4], marks[6] - marks[5]);
   }
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    printf("topk marks warp 0: first loads %lld pass0 loop %lld barrier %lld find_bin %lld gather %lld barrier %lld refine %lld counts %lld offsets %lld write %lld\n",
-           marks[2] - marks[1], marks[7] - marks[2], marks[8] - marks[7], marks[3] - marks[8], marks[9] - marks[3],
-           marks[10] - marks[9], marks[11] - marks[10], marks[4] - marks[11], marks[5] - marks[4], marks[6] - marks[5]);
     printf("topk timing C=%d n=%d short=%d cached/warp=%d b0.count=%u: range %lld pass0 %lld select %lld offsets %lld write %lld cycles\n",
            C, n, int(short_slice), cw, b0.count, marks[1] - marks[0], marks[3] - marks[1], marks[4] - marks[3],
            marks[5] - marks[4], marks[6] - marks[5]);

@@ -58,8 +58,9 @@ step topk_phases 120 bash -c "for t in 512 1024; do python3 tools/exp_top_k.py -
 step topk_spec 300 bash -c "for r in 1 2; do for d in '' '--no-spec'; do echo \"== round \$r \$d\"; \
   python3 tools/exp_top_k.py --no-timing --check --reps 200 \$d; \
   python3 tools/exp_top_k.py --no-timing --check --reps 200 --threads 1024 --case 0 \$d; done; done"
-# topk_staged: docs/perf.md's staged top-k switches A/B against the default (tools/topk_staged.sh)
-step topk_staged 480 bash tools/topk_staged.sh
+# topk_staged: the switches in TOPK_SWITCHES (docs/perf.md's staged top-k experiments) A/B against
+# the default, and against ab_old/ where there is one (tools/ab_topk.sh)
+step topk_staged 480 bash tools/ab_topk.sh ${TOPK_SWITCHES:-}
 # sanitize_topk: memcheck and racecheck on the decode layouts (speculative loads read up to
 # logits.shape[1] before seq_lens is known; rows past it are laid out again)
 step sanitize_topk 300 bash -c "for t in memcheck racecheck; do compute-sanitizer --tool \$t --error-exitcode 99 \
