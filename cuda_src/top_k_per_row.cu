@@ -96,11 +96,8 @@ constexpr int SHORT_CAP = 8192;  // slices up to this long keep full keys on chi
 constexpr int PASS0_U = CUPY_OPS_TOPK_PASS0_U;
 // Steps of 32 keys a short slice's gather and write load before working on them (sweep_segment's
 // U): the keys of a batch come from shared memory in one round trip. Experiments override it
-// (tools/exp_top_k.py --define CUPY_OPS_TOPK_SHORT_U=16); staged for a device run (docs/perf.md,
-// top-k, tenth session): CUPY_OPS_EXP_TOPK_SHORT_U8.
-#if defined(CUPY_OPS_EXP_TOPK_SHORT_U8) && !defined(CUPY_OPS_TOPK_SHORT_U)
-#define CUPY_OPS_TOPK_SHORT_U 8
-#endif
+// (tools/exp_top_k.py --define CUPY_OPS_TOPK_SHORT_U=8); 8 measured no faster (docs/perf.md,
+// top-k, eleventh session).
 #ifndef CUPY_OPS_TOPK_SHORT_U
 #define CUPY_OPS_TOPK_SHORT_U 4
 #endif
@@ -409,39 +406,6 @@ __device__ __forceinline__ void sweep_segment(const Slice<T>& slice, int first, 
   }
 }
 
-#ifdef CUPY_OPS_EXP_TOPK_PAIRS
-// Experiment (docs/perf.md, top-k, tenth session): a short slice's gather and plain write walk
-// 64 keys per warp step, two adjacent keys per lane (one 8-byte shared load), so a warp has half
-// the steps and two independent compare chains in each. ncu of 128x8192 puts 43-44% of those
-// phases' stall samples on fixed-latency dependencies ("wait") with 4 warps per scheduler.
-// f(x0, x1, ok0, ok1, i) gets elements i and i + 1 (i even), in column order as sweep_segment.
-template <int U, typename T, typename F>
-__device__ __forceinline__ void sweep_pairs(const Slice<T>& slice, const u32* keys, int first, int end, F f) {
-  const int lane = threadIdx.x & 31;
-  const int lo = max(slice.lo, first), hi = max(lo, min(slice.hi, end));
-  for (int i0 = first; i0 < end; i0 += 64 * U) {  // first is even: segments start at multiples of 32
-    u32 x0[U], x1[U];
-    bool ok0[U], ok1[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int i = i0 + u * 64 + 2 * lane;
-      ok0[u] = static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo);
-      ok1[u] = static_cast<unsigned>(i + 1 - lo) < static_cast<unsigned>(hi - lo);
-      if (ok0[u] && ok1[u]) {
-        const uint2 p = *reinterpret_cast<const uint2*>(keys + i);
-        x0[u] = p.x;
-        x1[u] = p.y;
-      } else {  // a slice's edge: never read past the warp's keys
-        x0[u] = ok0[u] ? keys[i] : 0u;
-        x1[u] = ok1[u] ? keys[i + 1] : 0u;
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) f(x0[u], x1[u], ok0[u], ok1[u], i0 + u * 64 + 2 * lane);
-  }
-}
-#endif
-
 // Candidate keys in shared memory.
 struct KeyList {
   const u32* keys;
@@ -747,14 +711,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       }
     };
     if (short_slice) {
-#ifdef CUPY_OPS_EXP_TOPK_PAIRS
-      sweep_pairs<SHORT_U / 2>(slice, short_keys, seg_first, seg_end, [&](u32 x0, u32 x1, bool ok0, bool ok1, int i) {
-        gather_short(x0, ok0, i);
-        gather_short(x1, ok1, i + 1);
-      });
-#else
       sweep_segment<SHORT_U>(slice, seg_first, seg_end, [&](int i) { return short_keys[i]; }, gather_short);
-#endif
       n_above = __reduce_add_sync(0xffffffffu, n_above);
       n_in = __reduce_add_sync(0xffffffffu, n_in);
     } else if (all_cached) {
@@ -952,21 +909,7 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
     if (short_slice) {
       auto key = [&](int i) { return short_keys[i]; };
       if (rank_ties) sweep_segment<SHORT_U>(slice, seg_first, seg_end, key, write);
-#ifdef CUPY_OPS_EXP_TOPK_PAIRS
-      else sweep_pairs<SHORT_U / 2>(slice, short_keys, seg_first, seg_end, [&](u32 k0, u32 k1, bool ok0, bool ok1, int i) {
-        // lane l's first key follows every taken key of lanes < l, its second also its first
-        const bool t0 = ok0 && (k0 > th.key || (take_ties && k0 == th.key));
-        const bool t1 = ok1 && (k1 > th.key || (take_ties && k1 == th.key));
-        const u32 m0 = __ballot_sync(0xffffffffu, t0), m1 = __ballot_sync(0xffffffffu, t1);
-        const u32 at = slot + __popc(m0 & lanes_before) + __popc(m1 & lanes_before);
-        if (t0 && at < static_cast<u32>(top_k)) out_row[static_cast<long long>(at) * out_stride1] = pos0 + i;
-        const u32 at1 = at + (t0 ? 1u : 0u);
-        if (t1 && at1 < static_cast<u32>(top_k)) out_row[static_cast<long long>(at1) * out_stride1] = pos0 + i + 1;
-        slot += __popc(m0) + __popc(m1);
-      });
-#else
       else sweep_segment<SHORT_U>(slice, seg_first, seg_end, key, write_all_or_none);
-#endif
     } else {
       sweep_segment<4>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, write);
     }

@@ -3,7 +3,7 @@
 # of an earlier commit made before the device call (untracked, so the device tool carries it):
 #   rm -rf ab_old && mkdir ab_old && git archive <commit> | tar -x -C ab_old
 # With arguments, each is also run as "new" built with that define (tools/exp_top_k.py --define),
-# e.g. bash tools/ab_topk.sh CUPY_OPS_EXP_TOPK_PAIRS: staged switches against this tree's default
+# e.g. bash tools/ab_topk.sh CUPY_OPS_EXP_TOPK_SOMETHING: staged switches against this tree's default
 # (without ab_old/ the "old" build is skipped).
 # Event times and set checks of tools/exp_top_k.py, two rounds, then this tree's phase marks.
 export PYTHONUNBUFFERED=1 CUPY_OPS_CACHE_DIR=${CUPY_OPS_CACHE_DIR:-/tmp/cupy_ops_cache}
