@@ -70,10 +70,22 @@ using u32 = unsigned int;
 
 // Phase timestamps of CTA 0 (lane 0 of the first and of the last warp), printed at exit: a
 // profiling aid for tools/exp_top_k.py, compiled in only with -DCUPY_OPS_TOPK_TIMING.
-#ifdef CUPY_OPS_TOPK_TIMING
+#if defined(CUPY_OPS_TOPK_TIMING) && defined(CUPY_OPS_TOPK_CTA_TIMES)
+#define TOPK_MARK(i) if (threadIdx.x == 0) marks[i] = clock64()
+#elif defined(CUPY_OPS_TOPK_TIMING)
 #define TOPK_MARK(i) if (blockIdx.x == 0 && (threadIdx.x == 0 || threadIdx.x == blockDim.x - 32)) marks[i] = clock64()
 #else
 #define TOPK_MARK(i)
+#endif
+// Every CTA's start and end (%globaltimer, ns, comparable across SMs) and its length in its SM's
+// cycles, printed at exit: how far the grid's CTAs start apart and which one ends last, for
+// tools/exp_top_k.py --define CUPY_OPS_TOPK_CTA_TIMES (a profiling aid, never in a shipped build).
+#ifdef CUPY_OPS_TOPK_CTA_TIMES
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 #endif
 
 constexpr int BINS = 4096;       // 12-bit digits
@@ -526,6 +538,10 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const long long row = blockIdx.x / C;
   const u32 q = C > 1 ? cluster::rank() : 0u;
+#ifdef CUPY_OPS_TOPK_CTA_TIMES
+  const unsigned long long cta_t0 = global_ns();
+  const long long cta_c0 = clock64();
+#endif
   if (row >= num_rows) return;  // uniform over the cluster
 #ifdef CUPY_OPS_TOPK_TIMING
   long long marks[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -916,6 +932,21 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
   }
   TOPK_MARK(6);
   if constexpr (C > 1) cluster::wait();  // keep this CTA's shared memory alive for the others
+#ifdef CUPY_OPS_TOPK_CTA_TIMES
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    u32 sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+#ifdef CUPY_OPS_TOPK_TIMING
+    printf("ctatime %d %u %llu %llu %lld marks %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\n", int(blockIdx.x), sm,
+           cta_t0, global_ns(), clock64() - cta_c0, marks[1] - marks[0], marks[2] - marks[1], marks[7] - marks[2],
+           marks[8] - marks[7], marks[3] - marks[8], marks[9] - marks[3], marks[10] - marks[9], marks[11] - marks[10],
+           marks[4] - marks[11], marks[5] - marks[4], marks[6] - marks[5]);
+#else
+    printf("ctatime %d %u %llu %llu %lld\n", int(blockIdx.x), sm, cta_t0, global_ns(), clock64() - cta_c0);
+#endif
+  }
+#endif
 #ifdef CUPY_OPS_TOPK_TIMING
   if (blockIdx.x == 0 && (threadIdx.x == 0 || threadIdx.x == blockDim.x - 32)) {
     printf("topk marks warp %d: first loads %lld pass0 loop %lld barrier %lld find_bin %lld gather %lld barrier %lld refine %lld counts %lld offsets %lld write %lld\n",
