@@ -74,3 +74,17 @@ def test_staged_experiment_switches_compile(op, switch, monkeypatch):
     exprs = [family.name_expression(v) for v in family.common]
     compiled = _runtime.nvrtc_compile(source, exprs, options, program_name=family.source)
     assert set(compiled.lowered_names) == set(exprs) and len(compiled.binary) > 1000
+
+
+# Profiling builds of tools/exp_top_k.py (phase marks, per-CTA times): not shipped, but a tool
+# that no longer compiles is found on the GPU machine, where time is scarce.
+@pytest.mark.parametrize("defines", [("CUPY_OPS_TOPK_TIMING",), ("CUPY_OPS_TOPK_CTA_TIMES",),
+                                     ("CUPY_OPS_TOPK_TIMING", "CUPY_OPS_TOPK_CTA_TIMES")])
+def test_top_k_profiling_builds_compile(defines):
+    family = FAMILIES["top_k_per_row"]
+    source = _runtime.read_source(family.source)
+    options = _runtime.compile_options(90) + tuple(f"-D{d}" for d in defines)
+    variant = next(v for v in family.common if v.cluster == 1)
+    expr = family.name_expression(variant)
+    compiled = _runtime.nvrtc_compile(source, [expr], options, program_name=family.source)
+    assert expr in compiled.lowered_names and len(compiled.binary) > 1000
