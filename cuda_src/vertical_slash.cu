@@ -653,7 +653,25 @@ __device__ __forceinline__ int clamp_count(int count, int cap) {
   return count < 1 ? 1 : (count > cap ? cap : count);
 }
 
+// p[from, to) = 0 by one warp: 16-byte stores between a 4-byte head and tail. The plain op's
+// zero tails are almost all of its bytes (ctx 32768, NNZ_S 6000: 459 MB, ~90% zeros), and 4-byte
+// stores reached ~80% of the copy ceiling (docs/perf.md, vertical-slash, eleventh session).
+__device__ __forceinline__ void zero_fill(int* p, int from, int to, int lane) {
+  if (from >= to) return;
+  int* q = p + from;
+  int n = to - from;
+  const int head = min(n, static_cast<int>((16u - (reinterpret_cast<unsigned long long>(q) & 15u)) / 4u & 3u));
+  if (lane < head) q[lane] = 0;
+  q += head;
+  n -= head;
+  int4* v = reinterpret_cast<int4*>(q);  // 16-byte aligned now
+  const int nv = n >> 2;
+  for (int i = lane; i < nv; i += 32) v[i] = make_int4(0, 0, 0, 0);
+  if (lane < (n & 3)) q[(nv << 2) + lane] = 0;
+}
+
 }  // namespace vertical_slash
+
 
 template <int BLOCK, bool CAUSAL, bool MERGEHEAD, bool STAGED, int THREADS>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS) vertical_slash_kernel(
@@ -729,8 +747,8 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) vertical_slash_kernel
     out.v_next = 0;
     if (r < tiles) build_tile<BLOCK, CAUSAL, STAGED>(rows, out, q, kv, r);
     if (!MERGEHEAD) {  // the plain op's outputs are zero wherever nothing was emitted
-      for (int i = out.n_blocks + lane; i < nnz_s; i += 32) out.offsets[i] = 0;
-      for (int i = out.n_columns + lane; i < nnz_v; i += 32) out.columns[i] = 0;
+      zero_fill(out.offsets, out.n_blocks, nnz_s, lane);
+      zero_fill(out.columns, out.n_columns, nnz_v, lane);
     }
     if (lane == 0) {
       block_count[row] = out.n_blocks;
