@@ -599,3 +599,20 @@ def test_raw_strides_are_bounded_by_the_buffer():
     with pytest.raises(CupyOpsValueError, match=r"row 0's candidates \[0, 21\) .* spans "
                                                 r"element offsets \[0, 60\)"):
         top_k_per_row_prefill(buffer, starts, np.full(3, 21, np.int32), 3, 1, 3, 2)
+
+
+def test_partial_selection_equals_the_full_stable_sort():
+    # The oracle selects by partition (reference._ranked_top_k) instead of sorting whole rows;
+    # it must give exactly the full sort's first K: heavy ties, NaN, +-inf, +-0, denormals.
+    from cupy_ops.reference.top_k_per_row import _ranked_top_k
+    rng = np.random.default_rng(77)
+    pool = np.array([np.nan, -np.inf, np.inf, 0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 3.4e38], np.float32)
+    for case in range(3000):
+        n = int(rng.integers(2, 300))
+        k = int(rng.integers(1, n))
+        kind = case % 3
+        scores = (random_scores(rng, n) if kind == 0 else
+                  rng.integers(-3, 3, n).astype(np.float32) if kind == 1 else pool[rng.integers(0, pool.size, n)])
+        keys = order_keys(scores, nan_rank=("lowest", "highest")[case % 2], signed_zeros=bool(case % 5))
+        np.testing.assert_array_equal(_ranked_top_k(keys, k), np.argsort(-keys, kind="stable")[:k],
+                                      err_msg=f"case {case}: n={n} k={k}")
