@@ -69,7 +69,8 @@ namespace topk {
 using u32 = unsigned int;
 
 // Phase timestamps of CTA 0 (lane 0 of the first and of the last warp), printed at exit: a
-// profiling aid for tools/exp_top_k.py, compiled in only with -DCUPY_OPS_TOPK_TIMING.
+// profiling aid for tools/exp_top_k.py, compiled in only with -DCUPY_OPS_TOPK_TIMING. With
+// CUPY_OPS_TOPK_CTA_TIMES too, thread 0 of every CTA keeps them (printed with its CTA times).
 #if defined(CUPY_OPS_TOPK_TIMING) && defined(CUPY_OPS_TOPK_CTA_TIMES)
 #define TOPK_MARK(i) if (threadIdx.x == 0) marks[i] = clock64()
 #elif defined(CUPY_OPS_TOPK_TIMING)

@@ -672,7 +672,6 @@ __device__ __forceinline__ void zero_fill(int* p, int from, int to, int lane) {
 
 }  // namespace vertical_slash
 
-
 template <int BLOCK, bool CAUSAL, bool MERGEHEAD, bool STAGED, int THREADS>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS) vertical_slash_kernel(
     int* block_count, int* block_offset, int* column_count, int* column_index,
