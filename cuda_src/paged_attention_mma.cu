@@ -20,6 +20,38 @@
 
 namespace cupy_ops {
 
+// The v1 kernels' hand-over to finish_cta: token group g (16 tokens of every tile, one online
+// softmax) publishes its (m, l) for the CTA's 16 query rows (the lanes given owns_ml; l summed
+// over the quad first) and its O n-tiles [n0, n0 + NT) (8 columns each), to m_s [4][16],
+// l_s [4][16] and o_s [4][16][head_size].
+template <int NT>
+__device__ __forceinline__ void publish_group_state(float* m_s, float* l_s, float* o_s, int g, bool owns_ml, int n0,
+                                                    const float (&m_run)[2], float (&l_run)[2],
+                                                    const float (&o)[NT][4], int head_size, int gq, int tq) {
+#pragma unroll
+  for (int row = 0; row < 2; ++row) {
+    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 1);
+    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 2);
+  }
+  if (owns_ml) {
+    m_s[g * 16 + gq] = m_run[0];
+    m_s[g * 16 + gq + 8] = m_run[1];
+    l_s[g * 16 + gq] = l_run[0];
+    l_s[g * 16 + gq + 8] = l_run[1];
+  }
+  float* base = o_s + (g * 16) * head_size;
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int n = n0 + j;
+    if (n * 8 >= head_size) break;
+    const int d = n * 8 + tq * 2;
+    base[gq * head_size + d] = o[j][0];
+    base[gq * head_size + d + 1] = o[j][1];
+    base[(gq + 8) * head_size + d] = o[j][2];
+    base[(gq + 8) * head_size + d + 1] = o[j][3];
+  }
+}
+
 // Tensor-core variant of paged_decode_kernel for 16-bit queries (same grid, arguments and
 // outputs, plus part_tokens, which must equal split_tokens here; no block-sparse). Used by v1. The CTA's 16 query-head rows (the GQA group, zero-padded) are the M
 // dimension of mma.sync m16n8k16: S = Q K^T per 8 tokens, then O += P V with P taken straight
@@ -160,30 +192,10 @@ __global__ void __launch_bounds__(PA_THREADS) paged_decode_mma_kernel(PAGED_DECO
   __syncthreads();
 
   // Merge the 4 warps: each publishes (m, l, O) for its 16 rows; shared memory is free now.
-#pragma unroll
-  for (int row = 0; row < 2; ++row) {
-    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 1);
-    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 2);
-  }
   float* m_s = reinterpret_cast<float*>(smem);       // [4][16]
   float* l_s = m_s + 4 * 16;                           // [4][16]
   float* o_s = l_s + 4 * 16;                           // [4][16][head_size]
-  if (tq == 0) {
-    m_s[warp * 16 + gq] = m_run[0];
-    m_s[warp * 16 + gq + 8] = m_run[1];
-    l_s[warp * 16 + gq] = l_run[0];
-    l_s[warp * 16 + gq + 8] = l_run[1];
-  }
-#pragma unroll
-  for (int n = 0; n < NTILES; ++n) {
-    if (n * 8 >= head_size) break;
-    const int d = n * 8 + tq * 2;
-    float* base = o_s + (warp * 16) * head_size;
-    base[gq * head_size + d] = o[n][0];
-    base[gq * head_size + d + 1] = o[n][1];
-    base[(gq + 8) * head_size + d] = o[n][2];
-    base[(gq + 8) * head_size + d + 1] = o[n][3];
-  }
+  publish_group_state(m_s, l_s, o_s, warp, tq == 0, 0, m_run, l_run, o, head_size, gq, tq);
   __syncthreads();
   finish_cta<T, O, PA_THREADS, 4>(m_s, l_s, o_s, v_scale, out, seq, head0, heads_here, head_size, split,
                                   out_stride_seq, out_stride_head, out_stride_part, exp_sums, max_logits,
@@ -341,31 +353,10 @@ __global__ void __launch_bounds__(PA_THREADS8, DMAX == 256 ? 1 : 2) paged_decode
   __syncthreads();
 
   // Merge the 4 token groups: each publishes (m, l, O) for its 16 rows (O by head half).
-#pragma unroll
-  for (int row = 0; row < 2; ++row) {
-    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 1);
-    l_run[row] += __shfl_xor_sync(0xffffffffu, l_run[row], 2);
-  }
   float* m_s = reinterpret_cast<float*>(smem);       // [4][16]
   float* l_s = m_s + 4 * 16;                           // [4][16]
   float* o_s = l_s + 4 * 16;                           // [4][16][head_size]
-  if (tq == 0 && half == 0) {
-    m_s[tg * 16 + gq] = m_run[0];
-    m_s[tg * 16 + gq + 8] = m_run[1];
-    l_s[tg * 16 + gq] = l_run[0];
-    l_s[tg * 16 + gq + 8] = l_run[1];
-  }
-#pragma unroll
-  for (int j = 0; j < NH; ++j) {
-    const int n = half * NH + j;
-    if (n * 8 >= head_size) break;
-    const int d = n * 8 + tq * 2;
-    float* base = o_s + (tg * 16) * head_size;
-    base[gq * head_size + d] = o[j][0];
-    base[gq * head_size + d + 1] = o[j][1];
-    base[(gq + 8) * head_size + d] = o[j][2];
-    base[(gq + 8) * head_size + d + 1] = o[j][3];
-  }
+  publish_group_state(m_s, l_s, o_s, tg, tq == 0 && half == 0, half * NH, m_run, l_run, o, head_size, gq, tq);
   __syncthreads();
   finish_cta<T, O, PA_THREADS8, 4>(m_s, l_s, o_s, v_scale, out, seq, head0, heads_here, head_size, split,
                                   out_stride_seq, out_stride_head, out_stride_part, exp_sums, max_logits,
