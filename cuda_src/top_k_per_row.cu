@@ -267,7 +267,15 @@ __device__ void find_bin_cluster(const u32* hist, u32* groups, u32 need, BinChoi
     const BinChoice c = pick_from_top(a, b, GROUPS - 1, need - g.above);
     if (lane == 0) *out = BinChoice{g.bin * GROUPS + c.bin, g.above + c.above, c.count};
   }
+#ifdef CUPY_OPS_EXP_TOPK_FIND_BIN_CTA_BARRIER
+  // Experiment (docs/perf.md, top-k, eleventh session): the other CTAs may still be reading this
+  // CTA's hist and groups; the caller keeps both unchanged until its next cluster barrier (the
+  // candidate-list pull and the offsets exchange start with one; the bin-overflow path adds one
+  // before its first pass clears hist). A CTA barrier publishes *out.
+  __syncthreads();
+#else
   cluster::sync();
+#endif
 }
 
 // Sum the C CTAs' NB-bin histograms `hist` into every CTA's `sum`: CTA q adds up its share of
@@ -805,6 +813,9 @@ __global__ void CUPY_OPS_CLUSTER_DIMS(C, 1, 1) __launch_bounds__(THREADS, THREAD
       else if (k == th.key) atomicAdd(&warp_eq[w], 1u);
     }
   } else {
+#ifdef CUPY_OPS_EXP_TOPK_FIND_BIN_CTA_BARRIER
+    if constexpr (C > 1) cluster::sync();  // the cluster is done reading hist (find_bin_cluster)
+#endif
     th = refine<C, THREADS, 12, true>(slice, lo0, hi0, b0.count, need0, hist, sum, buf, &choice, q);
     u32 gt = 0, eq = 0;
     sweep_segment<2>(slice, seg_first, seg_end, [&](int i) { return slice.load(i); }, [&](u32 k, bool ok, int) {

@@ -61,6 +61,7 @@ def test_common_sets_are_subsets_of_tables():
 # default or is removed (then drop it here too).
 STAGED_SWITCHES: list[tuple[str, str]] = [  # (op, switch) of experiments staged for a device run
     ("top_k_per_row", "CUPY_OPS_EXP_TOPK_PARAMS_FIRST"),
+    ("top_k_per_row", "CUPY_OPS_EXP_TOPK_FIND_BIN_CTA_BARRIER"),
 ]
 
 
