@@ -520,3 +520,106 @@ def test_mergehead_rejects_bad_arguments(mutate, exc, match):
     with pytest.raises(exc, match=match) as info:
         convert_vertical_slash_indexes_mergehead(**kw)
     assert "convert_vertical_slash_indexes_mergehead:" in str(info.value)
+
+
+
+# --------------------------------------------------------- the reference's scan vs. the spec's
+
+def literal_tile(V, S, q, kv, r, bm, bn, causal):
+    """Spec §4 for one query tile, one step at a time, exactly as the spec words it: the
+    transcription the reference's _tile (which takes runs of steps at once) is checked against."""
+    nv, ns = len(V), len(S)
+    start = r * bm
+    end = start + bm
+    base = kv - q if causal else kv
+    frontier = base + end                      # F
+    sentinel = frontier + bn                   # vertical value once V is exhausted
+    blocks, cols = [], []
+
+    def flush(lo, hi):                          # §4.3
+        if lo < kv:
+            blocks.extend(range(lo, min(hi, kv), bn))
+
+    # §4.1 initial slash: skip values >= F while another slash exists.
+    si = 0
+    s = S[si]
+    si += 1
+    while s >= frontier and si < ns:
+        s = S[si]
+        si += 1
+    if s > frontier:                           # "no slash" (only possible when S is exhausted)
+        lo, hi = (frontier, frontier + bn) if causal else (kv, kv + bn)
+    else:                                      # includes the Q1 quirk s0 == F -> [0, BM)
+        e = max(frontier - s, bm)
+        lo, hi = e - bm, e
+
+    # §4.2 scan. Each step consumes a vertical or a slash, or ends the tile; a non-causal range
+    # reset is always followed by consuming a vertical (all are < kv), hence the step bound.
+    vi = 0
+    v = V[vi]
+    vi += 1
+    for _ in range(2 * (nv + ns) + 4):
+        if v < hi:                                             # a.
+            if v < lo:
+                cols.append(v)
+            if vi < nv:
+                v = V[vi]
+                vi += 1
+            else:
+                v = sentinel
+        elif si < ns and (causal or S[si] >= start):           # b. next slash available
+            e = max(frontier - S[si], bm)
+            si += 1
+            if e > hi + bm:
+                flush(lo, hi)
+                lo, hi = e - bm, e
+            elif e > hi:
+                hi += bm                                       # grows by BM, not to e
+        elif causal:                                           # no slash left, causal
+            flush(lo, hi)
+            break
+        elif vi == nv:                                         # non-causal, V fully fetched
+            if v < kv:
+                cols.append(v)
+            flush(lo, hi)
+            break
+        else:                                                  # non-causal, verticals remain
+            flush(lo, hi)
+            lo, hi = kv, kv + bn
+    else:  # pragma: no cover - impossible on validated input
+        raise AssertionError("literal scan did not terminate")
+    return blocks, cols
+
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("block", [32, 64, 128])
+def test_reference_scan_equals_the_literal_scan(causal, block):
+    # _tile takes runs of no-op steps at once (binary search); it must emit exactly what the
+    # step-by-step transcription emits: slash gaps around the block size, duplicates, zeros,
+    # slashes far above the frontier, few and many entries, kv shorter than q (non-causal).
+    from cupy_ops.reference.vertical_slash import _tile
+    rng = np.random.default_rng(1000 * block + causal)
+    tiles = 0
+    for case in range(300):
+        q = int(rng.integers(1, 700))
+        kv = q + int(rng.integers(0, 700)) if causal else int(rng.integers(1, 1400))
+        V = sorted(rng.integers(0, kv, int(rng.integers(1, [8, 80, 600][case % 3]))).tolist())
+        ns = int(rng.integers(1, [8, 80, 1500][case % 3]))
+        kind = case % 4
+        if kind == 0:   # gaps near block..2*block: new ranges depend on the anchor's phase
+            gaps = rng.integers(block - 3, 2 * block + 3, ns)
+        elif kind == 1:
+            gaps = rng.integers(0, 3 * block, ns)
+        elif kind == 2:  # dense slashes (uniform at large NNZ)
+            gaps = rng.integers(0, 8, ns)
+        else:
+            gaps = rng.integers(0, 2, ns) * rng.integers(0, 5 * block, ns)
+        top = int(rng.integers(0, kv + q + 3 * block))
+        S = np.maximum(top - np.concatenate([[0], np.cumsum(gaps[1:])]), 0).tolist()
+        for r in range(-(-q // block)):
+            want = literal_tile(V, S, q, kv, r, block, block, causal)
+            got = _tile(V, S, q, kv, r, block, block, causal)
+            assert (list(got[0]), list(got[1])) == (list(want[0]), list(want[1])), (case, r)
+            tiles += 1
+    assert tiles > 50000 // block

@@ -49,6 +49,8 @@ defined entries, which is what tests of a GPU mergehead op must restrict their c
 from __future__ import annotations
 
 
+from bisect import bisect_left, bisect_right
+
 import numpy as np
 
 from .._checks import CupyOpsTypeError, check_int, check_numpy_int32, fail
@@ -362,8 +364,9 @@ def _convert(q, kv, vert, slash, v_count, s_count, context_size, bm, bn, causal,
             nv, ns = int(v_count[h]), int(s_count[h])
             V = vert[b, h, :nv].tolist()
             S = slash[b, h, :ns].tolist()
+            neg_s = [-x for x in S]
             for r in range(tiles):
-                blocks, cols = _tile(V, S, q_b, kv_b, r, bm, bn, causal)
+                blocks, cols = _tile(V, S, q_b, kv_b, r, bm, bn, causal, neg_s)
                 block_count[b, h, r] = len(blocks)
                 column_count[b, h, r] = len(cols)
                 block_offset[b, h, r, :len(blocks)] = blocks
@@ -375,11 +378,21 @@ def _convert(q, kv, vert, slash, v_count, s_count, context_size, bm, bn, causal,
             (def_rows, def_offsets, def_rows.copy(), def_columns))
 
 
-def _tile(V, S, q, kv, r, bm, bn, causal):
-    """Spec §4 for one query tile; ``V``/``S`` are the (trimmed) rows as Python lists.
+def _tile(V, S, q, kv, r, bm, bn, causal, neg_s=None):
+    """Spec §4 for one query tile; ``V``/``S`` are the (trimmed, validated: sorted) rows as
+    Python lists; ``neg_s`` is ``[-x for x in S]`` (computed when not given).
 
     Returns the emitted block offsets and columns, in emission order.
+
+    The scan is §4's, step for step, except that runs of steps that change nothing but the
+    position are taken at once by binary search: leading slashes >= F (§4.1), verticals below
+    the range's end (step a: those below its start are emitted, in order), and slashes whose
+    end ``max(F - s, BM)`` does not pass the range's end (step b). Same output as the literal
+    scan (tests/test_vertical_slash_reference.py keeps that transcription and compares them);
+    ~10x faster at ctx 32768 with thousands of slashes, the CPU fallback's common case.
     """
+    if neg_s is None:
+        neg_s = [-x for x in S]
     nv, ns = len(V), len(S)
     start = r * bm
     end = start + bm
@@ -393,12 +406,9 @@ def _tile(V, S, q, kv, r, bm, bn, causal):
             blocks.extend(range(lo, min(hi, kv), bn))
 
     # §4.1 initial slash: skip values >= F while another slash exists.
-    si = 0
-    s = S[si]
-    si += 1
-    while s >= frontier and si < ns:
-        s = S[si]
-        si += 1
+    first = bisect_right(neg_s, -frontier)     # first slash < F (S is non-increasing)
+    si = min(first, ns - 1) + 1                # S[ns - 1] when every slash is >= F
+    s = S[si - 1]
     if s > frontier:                           # "no slash" (only possible when S is exhausted)
         lo, hi = (frontier, frontier + bn) if causal else (kv, kv + bn)
     else:                                      # includes the Q1 quirk s0 == F -> [0, BM)
@@ -407,19 +417,20 @@ def _tile(V, S, q, kv, r, bm, bn, causal):
 
     # §4.2 scan. Each step consumes a vertical or a slash, or ends the tile; a non-causal range
     # reset is always followed by consuming a vertical (all are < kv), hence the step bound.
-    vi = 0
+    vi = 0                                     # the current vertical is V[vi] (vi == nv: sentinel)
     v = V[vi]
-    vi += 1
     for _ in range(2 * (nv + ns) + 4):
-        if v < hi:                                             # a.
-            if v < lo:
-                cols.append(v)
-            if vi < nv:
-                v = V[vi]
-                vi += 1
-            else:
-                v = sentinel
+        if v < hi:                                             # a. (every vertical below hi)
+            below_hi = bisect_left(V, hi, vi)
+            cols.extend(V[vi:bisect_left(V, lo, vi, below_hi)])
+            vi = below_hi
+            v = V[vi] if vi < nv else sentinel
         elif si < ns and (causal or S[si] >= start):           # b. next slash available
+            if hi >= bm:                                       # slashes with F - s <= hi change nothing
+                floor = frontier - hi if causal else max(frontier - hi, start)
+                si = max(si, bisect_right(neg_s, -floor, si))
+                if si >= ns or not (causal or S[si] >= start):
+                    continue
             e = max(frontier - S[si], bm)
             si += 1
             if e > hi + bm:
@@ -430,7 +441,7 @@ def _tile(V, S, q, kv, r, bm, bn, causal):
         elif causal:                                           # no slash left, causal
             flush(lo, hi)
             break
-        elif vi == nv:                                         # non-causal, V fully fetched
+        elif vi >= nv - 1:                                     # non-causal, V fully fetched
             if v < kv:
                 cols.append(v)
             flush(lo, hi)
