@@ -522,7 +522,6 @@ def test_mergehead_rejects_bad_arguments(mutate, exc, match):
     assert "convert_vertical_slash_indexes_mergehead:" in str(info.value)
 
 
-
 # --------------------------------------------------------- the reference's scan vs. the spec's
 
 def literal_tile(V, S, q, kv, r, bm, bn, causal):

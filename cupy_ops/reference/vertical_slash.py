@@ -389,7 +389,7 @@ def _tile(V, S, q, kv, r, bm, bn, causal, neg_s=None):
     the range's end (step a: those below its start are emitted, in order), and slashes whose
     end ``max(F - s, BM)`` does not pass the range's end (step b). Same output as the literal
     scan (tests/test_vertical_slash_reference.py keeps that transcription and compares them);
-    ~10x faster at ctx 32768 with thousands of slashes, the CPU fallback's common case.
+    3-4.5x faster at ctx 32768 with NNZ 1000 / 6000 (measured), the CPU fallback's large case.
     """
     if neg_s is None:
         neg_s = [-x for x in S]
@@ -428,7 +428,7 @@ def _tile(V, S, q, kv, r, bm, bn, causal, neg_s=None):
         elif si < ns and (causal or S[si] >= start):           # b. next slash available
             if hi >= bm:                                       # slashes with F - s <= hi change nothing
                 floor = frontier - hi if causal else max(frontier - hi, start)
-                si = max(si, bisect_right(neg_s, -floor, si))
+                si = bisect_right(neg_s, -floor, si)
                 if si >= ns or not (causal or S[si] >= start):
                     continue
             e = max(frontier - S[si], bm)
